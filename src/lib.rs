@@ -1,0 +1,7 @@
+//! `rpt`: Reinforcement Pre-Training. A plain-text corpus becomes an RL environment: every position
+//! is a state, a policy thinks and then guesses the next token inside `\boxed{}`, a verifier rewards
+//! the guess, and GRPO updates the policy.
+
+pub mod model;
+pub mod grpo;
+pub mod reward;

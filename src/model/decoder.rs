@@ -1,0 +1,326 @@
+//! The decoder-only transformer shared by Qwen2, Qwen3 and Llama: RMSNorm, rotary attention with
+//! grouped-query heads, SwiGLU MLP. One file serves the three families because they differ only in
+//! q/k/v biases (Qwen2) and per-head q/k norms (Qwen3); the config says which.
+//!
+//! Two paths over the same weights: `Mode::Train` uses only ops with a backward pass (candle-nn's fused
+//! `rope`, `softmax_last_dim` and `rms_norm` return outputs detached from the graph), `Mode::Infer`
+//! uses the fused ops. A test proves they agree. The KV cache is passed in, so any number of rollouts
+//! share one immutable set of weights.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::weights::TensorMap;
+
+/// Which kernels to use: differentiable (training) or fused (sampling, scoring without gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Infer,
+}
+
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    /// x: (n, in) -> (n, out)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
+    Ok(match mode {
+        Mode::Infer => candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?,
+        Mode::Train => {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?
+        }
+    })
+}
+
+struct Layer {
+    ln1: Tensor,
+    ln2: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Per-layer key/value cache for one batch of sequences, owned by the caller.
+pub struct Cache {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+}
+
+impl Cache {
+    /// `capacity`: expected total length (prompt + new tokens); the cache grows past it if needed.
+    pub fn new(num_layers: usize, capacity: usize) -> Self {
+        Cache {
+            layers: (0..num_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, capacity.max(1)))
+                .collect(),
+        }
+    }
+
+    /// Tokens already cached (the same for every row).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.current_seq_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The model: immutable weights plus rotary tables. Cheap to clone (tensors are reference-counted).
+pub struct Decoder {
+    cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Decoder {
+    /// Builds the decoder over `weights` (names as published); the tensors are shared, not copied.
+    pub fn new(cfg: &ModelConfig, weights: &TensorMap) -> Result<Self> {
+        let get = |name: &str| -> Result<Tensor> {
+            weights
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
+        };
+        let lin = |p: &str, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                w: get(&format!("{p}.weight"))?,
+                b: if bias { Some(get(&format!("{p}.bias"))?) } else { None },
+            })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                ln1: get(&format!("{p}.input_layernorm.weight"))?,
+                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                q: lin(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias)?,
+                k: lin(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
+                v: lin(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
+                o: lin(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
+                q_norm: if cfg.qk_norm { Some(get(&format!("{p}.self_attn.q_norm.weight"))?) } else { None },
+                k_norm: if cfg.qk_norm { Some(get(&format!("{p}.self_attn.k_norm.weight"))?) } else { None },
+                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias)?,
+                up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias)?,
+                down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
+            });
+        }
+        let embed = get("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { get("lm_head.weight")? };
+        let device = embed.device().clone();
+        let (cos, sin) = rope_tables(cfg, &device)?;
+        Ok(Decoder {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: get("model.norm.weight")?,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Final hidden states after the last norm.
+    ///
+    /// ids, positions: (b, s) u32; mask: (b, 1, s, past + s) additive f32 (0 or a large negative);
+    /// returns (b, s, hidden).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut Cache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let half = self.cfg.head_dim / 2;
+        let flat_pos = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat_pos, 0)?.reshape((b, s, half))?;
+        let sin = self.sin.index_select(&flat_pos, 0)?.reshape((b, s, half))?;
+        let rope = Rope::new(cos, sin, mode)?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?; // (b*s, h)
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = self.layer_forward(layer, &x, b, s, &rope, mask, kv, mode)?;
+        }
+        let x = rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)?;
+        Ok(x.reshape((b, s, self.cfg.hidden_size))?)
+    }
+
+    /// hidden: (..., hidden) -> logits (..., vocab)
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let h = *dims.last().expect("hidden has a last dim");
+        let flat = hidden.reshape(((), h))?;
+        let out = flat.matmul(&self.lm_head.t()?)?;
+        let mut shape = dims;
+        *shape.last_mut().expect("non-empty") = self.cfg.vocab_size;
+        Ok(out.reshape(shape)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        b: usize,
+        s: usize,
+        rope: &Rope,
+        mask: &Tensor,
+        kv: Option<&mut candle_nn::kv_cache::KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let h = rms_norm(x, &l.ln1, c.rms_norm_eps, mode)?;
+        let mut q = l.q.forward(&h)?.reshape((b, s, nh, hd))?;
+        let mut k = l.k.forward(&h)?.reshape((b, s, nkv, hd))?;
+        let v = l.v.forward(&h)?.reshape((b, s, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = rms_norm(&q, qn, c.rms_norm_eps, mode)?;
+            k = rms_norm(&k, kn, c.rms_norm_eps, mode)?;
+        }
+        let q = rope.apply(&q.transpose(1, 2)?.contiguous()?)?; // (b, nh, s, hd)
+        let k = rope.apply(&k.transpose(1, 2)?.contiguous()?)?; // (b, nkv, s, hd)
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match kv {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let t = k.dim(2)?;
+        // Grouped-query attention without copying K/V: the n_rep query heads that share a KV head
+        // are stacked along the sequence axis.
+        let n_rep = nh / nkv;
+        let qg = q.reshape((b, nkv, n_rep * s, hd))?;
+        let scores = (qg.matmul(&k.t()?)? / (hd as f64).sqrt())?
+            .reshape((b, nh, s, t))?
+            .broadcast_add(mask)?;
+        let probs = match mode {
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let attn = probs
+            .reshape((b, nkv, n_rep * s, t))?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b * s, nh * hd))?;
+        let x = (x + l.o.forward(&attn)?)?;
+        let h = rms_norm(&x, &l.ln2, c.rms_norm_eps, mode)?;
+        let gated = (candle_nn::Activation::Silu.forward(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
+        Ok((x + l.down.forward(&gated)?)?)
+    }
+}
+
+/// cos/sin of every position: (max_positions, head_dim / 2).
+fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)) as f32)
+        .collect();
+    let n = cfg.max_position_embeddings;
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// Rotary embedding for one forward call, with per-row positions.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    mode: Mode,
+}
+
+impl Rope {
+    /// cos, sin: (b, s, head_dim / 2)
+    fn new(cos: Tensor, sin: Tensor, mode: Mode) -> Result<Self> {
+        Ok(match mode {
+            Mode::Infer => Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, mode },
+            Mode::Train => Rope {
+                cos: Tensor::cat(&[&cos, &cos], D::Minus1)?.unsqueeze(1)?,
+                sin: Tensor::cat(&[&sin, &sin], D::Minus1)?.unsqueeze(1)?,
+                mode,
+            },
+        })
+    }
+
+    /// x: (b, heads, s, head_dim), contiguous
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.mode {
+            Mode::Infer => candle_nn::rotary_emb::rope(x, &self.cos, &self.sin)?,
+            Mode::Train => {
+                let d = x.dim(D::Minus1)?;
+                let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+                let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+                (x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?
+            }
+        })
+    }
+}
+
+/// The large negative that masks a key (finite, so a fully masked padding row stays NaN-free).
+pub const MASKED: f32 = -1.0e30;
+
+/// Additive attention mask for left-padded rows.
+///
+/// `pad[r]`: padding tokens at the left of row r (over the whole cached sequence);
+/// `past`: tokens already in the cache; `s`: new tokens. Returns (b, 1, s, past + s).
+pub fn attention_mask(pad: &[usize], past: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let t = past + s;
+    let mut m = vec![0f32; pad.len() * s * t];
+    for (r, &p) in pad.iter().enumerate() {
+        for i in 0..s {
+            let row = &mut m[(r * s + i) * t..(r * s + i + 1) * t];
+            for (j, v) in row.iter_mut().enumerate() {
+                if j < p || j > past + i {
+                    *v = MASKED;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (pad.len(), 1, s, t), device)?)
+}
+
+/// Positions counted from each row's first real token: (b, s) u32.
+pub fn positions(pad: &[usize], past: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let mut p = Vec::with_capacity(pad.len() * s);
+    for &pd in pad {
+        for i in 0..s {
+            p.push((past + i).saturating_sub(pd) as u32);
+        }
+    }
+    Ok(Tensor::from_vec(p, (pad.len(), s), device)?)
+}

@@ -1,0 +1,68 @@
+//! The model layer (candle only): Hugging Face checkpoints in and out, the decoder, KV-cached batched
+//! sampling, teacher-forced log-probs for training, and trainable parameters with AdamW.
+
+mod config;
+mod decoder;
+mod error;
+mod sample;
+mod tokenizer;
+mod train;
+mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use candle_core::{Device, Tensor};
+pub use config::{Family, ModelConfig};
+pub use decoder::{Cache, Decoder, MASKED, Mode, attention_mask, positions};
+pub use error::{ModelError, Result};
+pub use sample::{Finish, Rng, Sample, SampleParams, generate, pick, token_logprobs};
+pub use tokenizer::Tokenizer;
+pub use train::{AdamW, AdamWConfig, Trainable};
+pub use weights::{TensorMap, load_weights, save_weights, write_atomic};
+
+/// A checkpoint directory loaded: config, tokenizer and the decoder over its weights.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub tokenizer: Arc<Tokenizer>,
+    pub weights: TensorMap,
+}
+
+impl Checkpoint {
+    /// Loads `dir/config.json`, `dir/tokenizer.json` and the safetensors weights, checking that they
+    /// belong together.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        tokenizer.check_fits(config.vocab_size)?;
+        let weights = load_weights(dir, &config, device)?;
+        Ok(Checkpoint {
+            config,
+            tokenizer: Arc::new(tokenizer),
+            weights,
+        })
+    }
+
+    pub fn decoder(&self) -> Result<Decoder> {
+        Decoder::new(&self.config, &self.weights)
+    }
+
+    /// Writes `config.json`, `model.safetensors` and `tokenizer.json` into `dir` (created if needed).
+    pub fn save(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer, weights: &TensorMap) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        save_weights(dir, config, weights)?;
+        let cfg = serde_json::to_vec_pretty(&config.to_json()).expect("json value serialises");
+        write_atomic(&dir.join("config.json"), &cfg)?;
+        let tok = tokenizer.inner().to_string(false).map_err(|e| ModelError::Tokenizer {
+            path: dir.join("tokenizer.json"),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
+    }
+}

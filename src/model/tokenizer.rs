@@ -1,0 +1,141 @@
+//! The policy's tokenizer (`tokenizer.json`), with each token's exact bytes.
+//!
+//! Byte-level BPE tokens need not end on UTF-8 character boundaries, so everything downstream compares
+//! bytes; this module is where a token id becomes its bytes.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{ModelError, Result};
+
+/// A loaded tokenizer plus a byte table: `bytes(id)` is the exact byte string of one token.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    token_bytes: Vec<Vec<u8>>,
+    path: PathBuf,
+}
+
+/// GPT-2's byte ↔ printable-character table, inverted: char → byte.
+fn byte_level_decoder() -> std::collections::HashMap<char, u8> {
+    let mut bytes: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars = bytes.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    bytes
+        .into_iter()
+        .zip(chars)
+        .map(|(b, c)| (char::from_u32(c).expect("valid code point"), b as u8))
+        .collect()
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_inner(inner, path)
+    }
+
+    pub(crate) fn from_inner(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+        let vocab = inner.get_vocab_size(true);
+        let table = byte_level_decoder();
+        let mut token_bytes = vec![Vec::new(); vocab];
+        for (piece, id) in inner.get_vocab(true) {
+            let id = id as usize;
+            if id >= vocab {
+                continue;
+            }
+            token_bytes[id] = piece_bytes(&piece, &table);
+        }
+        // Added/special tokens are written literally.
+        for (id, tok) in inner.get_added_tokens_decoder() {
+            if (id as usize) < vocab {
+                token_bytes[id as usize] = tok.content.into_bytes();
+            }
+        }
+        Ok(Tokenizer {
+            inner,
+            token_bytes,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Ids of `text`, no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The exact bytes of one token (empty for an id outside the vocabulary).
+    pub fn bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Concatenated bytes of `ids`.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|&i| self.bytes(i).iter().copied()).collect()
+    }
+
+    /// Text of `ids`; bytes that are not UTF-8 become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        String::from_utf8_lossy(&self.decode_bytes(ids)).into_owned()
+    }
+
+    /// The id of a token written exactly as `piece` (special tokens such as `<think>`).
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.inner.token_to_id(piece)
+    }
+
+    /// Refuses a tokenizer with ids the model cannot embed.
+    pub fn check_fits(&self, model_vocab: usize) -> Result<()> {
+        if self.vocab_size() > model_vocab {
+            return Err(ModelError::Tokenizer {
+                path: self.path.clone(),
+                reason: format!(
+                    "has {} tokens but the model's vocab_size is {model_vocab}; they do not belong together",
+                    self.vocab_size()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a vocabulary entry: byte-level (GPT-2 alphabet), SentencePiece (`▁`, `<0xNN>`) or plain.
+fn piece_bytes(piece: &str, table: &std::collections::HashMap<char, u8>) -> Vec<u8> {
+    if let Some(hex) = piece.strip_prefix("<0x").and_then(|s| s.strip_suffix('>'))
+        && hex.len() == 2
+        && let Ok(b) = u8::from_str_radix(hex, 16)
+    {
+        return vec![b];
+    }
+    if piece.chars().all(|c| table.contains_key(&c)) {
+        return piece.chars().map(|c| table[&c]).collect();
+    }
+    piece.replace('\u{2581}', " ").into_bytes()
+}
