@@ -5,3 +5,4 @@
 pub mod model;
 pub mod grpo;
 pub mod reward;
+pub mod env;

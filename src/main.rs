@@ -1,1 +1,43 @@
-fn main() {}
+//! The `rpt` command line.
+
+mod cmd;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Reinforcement Pre-Training: turn a text corpus into reinforcement learning.
+#[derive(Parser, Debug)]
+#[command(name = "rpt", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sample from a checkpoint.
+    Generate(cmd::generate::GenerateArgs),
+    /// Log-prob of each next token of a text under a checkpoint.
+    Logprobs(cmd::generate::LogprobsArgs),
+    /// Score completions with a reward variant.
+    Reward(cmd::reward::RewardArgs),
+    /// Measure generation and training speed on the benchmark shapes.
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RPT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Generate(a) => cmd::generate::run_generate(a),
+        Command::Logprobs(a) => cmd::generate::run_logprobs(a),
+        Command::Reward(a) => cmd::reward::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    }
+}

@@ -4,6 +4,8 @@
 mod config;
 mod decoder;
 mod error;
+mod init;
+mod ops;
 mod sample;
 mod tokenizer;
 mod train;
@@ -16,6 +18,8 @@ pub use candle_core::{Device, Tensor};
 pub use config::{Family, ModelConfig};
 pub use decoder::{Cache, Decoder, MASKED, Mode, attention_mask, positions};
 pub use error::{ModelError, Result};
+pub use init::init_weights;
+pub use ops::target_log_softmax;
 pub use sample::{Finish, Rng, Sample, SampleParams, generate, pick, token_logprobs};
 pub use tokenizer::Tokenizer;
 pub use train::{AdamW, AdamWConfig, Trainable};

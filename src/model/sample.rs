@@ -6,7 +6,7 @@
 //! top-p truncation): the policy the learner differentiates is the same tempered distribution, so these
 //! are its π_old (METHOD §4).
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 use super::decoder::{Cache, Decoder, Mode, attention_mask, positions};
 use super::error::{ModelError, Result};
@@ -259,15 +259,10 @@ pub fn token_logprobs(
     let pos = positions(pad, 0, s, device)?;
     let hidden = model.forward(ids, &pos, &mask, None, mode)?;
     let n = s - from;
-    let logits = model.logits(&hidden.narrow(1, from - 1, n)?)?;
-    let logits = if temperature > 0.0 && temperature != 1.0 {
-        (logits / temperature)?
-    } else {
-        logits
-    };
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = ids.narrow(1, from, n)?.contiguous()?.unsqueeze(2)?;
-    Ok(logp.gather(&targets, 2)?.squeeze(2)?.reshape((b, n))?)
+    let logits = model.logits(&hidden.narrow(1, from - 1, n)?)?.reshape((b * n, ()))?;
+    let targets: Vec<u32> = ids.narrow(1, from, n)?.flatten_all()?.to_vec1()?;
+    let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
+    Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,135 @@
+//! `rpt bench`: the model layer's speed on the peer's shapes (`small`, `big`), so that figures can be put
+//! beside `trl_peer.py generate` / `train` measured in the same sitting. Prints one JSON line per figure
+//! (median of `--repeat` runs after a warm-up).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use rpt::model::{
+    AdamW, AdamWConfig, Family, Mode, ModelConfig, Rng, SampleParams, Tensor, Trainable, generate,
+    init_weights, token_logprobs,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// `small`, `big` or `all`.
+    #[arg(long, default_value = "all")]
+    pub shape: String,
+    /// `generate`, `train` or `all`.
+    #[arg(long, default_value = "all")]
+    pub work: String,
+    #[arg(long, default_value_t = 7)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub prompt: usize,
+    #[arg(long, default_value_t = 48)]
+    pub new: usize,
+    #[arg(long, default_value_t = 112)]
+    pub len: usize,
+}
+
+/// The peer's shapes: Qwen2, tied embeddings, f32.
+pub fn shape(name: &str) -> Result<ModelConfig> {
+    let (h, l, nh, nkv, i, v) = match name {
+        "small" => (128, 4, 4, 2, 512, 2048),
+        "big" => (256, 6, 8, 4, 1024, 8192),
+        other => anyhow::bail!("--shape must be small, big or all, got {other:?}"),
+    };
+    Ok(ModelConfig {
+        family: Family::Qwen2,
+        vocab_size: v,
+        hidden_size: h,
+        intermediate_size: i,
+        num_hidden_layers: l,
+        num_attention_heads: nh,
+        num_key_value_heads: nkv,
+        head_dim: h / nh,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 1024,
+        tie_word_embeddings: true,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        eos_token_ids: vec![],
+        bos_token_id: None,
+        pad_token_id: Some(0),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| 1 + r.below(vocab - 1) as u32).collect()
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let shapes: Vec<&str> = if a.shape == "all" { vec!["small", "big"] } else { vec![a.shape.as_str()] };
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    for name in shapes {
+        let cfg = shape(name)?;
+        let device = super::device();
+        let weights = init_weights(&cfg, 0, 0.02, &device)?;
+        if a.work == "all" || a.work == "generate" {
+            let model = rpt::model::Decoder::new(&cfg, &weights)?;
+            let prompts: Vec<Vec<u32>> = (0..a.batch).map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64)).collect();
+            let seeds: Vec<u64> = (0..a.batch as u64).collect();
+            let params = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: a.new };
+            let run = || generate(&model, &prompts, &params, &seeds, &[], &|_, _| false);
+            run()?;
+            let mut times = vec![];
+            for _ in 0..a.repeat {
+                let t0 = Instant::now();
+                let out = run()?;
+                times.push(t0.elapsed().as_secs_f64());
+                anyhow::ensure!(out.iter().all(|s| s.tokens.len() == a.new));
+            }
+            let tps = (a.batch * a.new) as f64 / median(times);
+            println!(
+                "{}",
+                serde_json::json!({"rpt": "generate", "shape": name, "batch": a.batch, "prompt": a.prompt,
+                    "new": a.new, "tokens_per_s": tps, "threads": threads, "samples": a.repeat})
+            );
+        }
+        if a.work == "all" || a.work == "train" {
+            let params = Trainable::new(&cfg, &weights)?;
+            let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() });
+            let ids = Tensor::from_vec(random_ids(a.batch * a.len, cfg.vocab_size, 99), (a.batch, a.len), &device)?;
+            let pad = vec![0; a.batch];
+            // (forward, backward, optimizer) seconds of one step.
+            let mut step = || -> Result<[f64; 3]> {
+                let t0 = Instant::now();
+                let lp = token_logprobs(&params.decoder()?, &ids, &pad, 1, 1.0, Mode::Train)?;
+                let loss = lp.mean_all()?.neg()?;
+                let t1 = Instant::now();
+                let grads = loss.backward()?;
+                let t2 = Instant::now();
+                opt.step(&params, &grads, 1e-4, 1.0)?;
+                Ok([t1 - t0, t2 - t1, t2.elapsed()].map(|d| d.as_secs_f64()))
+            };
+            for _ in 0..2 {
+                step()?;
+            }
+            let mut parts = vec![];
+            for _ in 0..a.repeat {
+                parts.push(step()?);
+            }
+            let phase = |i: usize| 1000.0 * median(parts.iter().map(|p| p[i]).collect());
+            let times: Vec<f64> = parts.iter().map(|p| p.iter().sum()).collect();
+            println!(
+                "{}",
+                serde_json::json!({"rpt": "train step", "shape": name, "batch": a.batch, "len": a.len,
+                    "ms_per_step": 1000.0 * median(times), "forward_ms": phase(0),
+                    "backward_ms": phase(1), "optimizer_ms": phase(2), "threads": threads, "samples": a.repeat})
+            );
+        }
+    }
+    Ok(())
+}
