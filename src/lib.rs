@@ -6,3 +6,9 @@ pub mod model;
 pub mod grpo;
 pub mod reward;
 pub mod env;
+pub mod config;
+pub mod prompt;
+pub mod error;
+pub mod pipeline;
+
+pub use error::{Error, Result};

@@ -18,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build the built-in model (tokenizer, pre-training, answer-format warm-up).
+    Bootstrap(cmd::pipeline::BootstrapArgs),
+    /// Build the difficulty (entropy) index of the corpus.
+    Prepare(cmd::pipeline::ConfigArgs),
+    /// Held-out next-token accuracy, standard and reasoning mode, per difficulty split.
+    Eval(cmd::pipeline::EvalArgs),
     /// Sample from a checkpoint.
     Generate(cmd::generate::GenerateArgs),
     /// Log-prob of each next token of a text under a checkpoint.
@@ -35,6 +41,9 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match &cli.command {
+        Command::Bootstrap(a) => cmd::pipeline::run_bootstrap(a),
+        Command::Prepare(a) => cmd::pipeline::run_prepare(a),
+        Command::Eval(a) => cmd::pipeline::run_eval(a),
         Command::Generate(a) => cmd::generate::run_generate(a),
         Command::Logprobs(a) => cmd::generate::run_logprobs(a),
         Command::Reward(a) => cmd::reward::run(a),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod pipeline;
 pub mod reward;
 
 use std::path::Path;

@@ -9,7 +9,7 @@ mod state;
 
 pub use builtin::generate_corpus;
 pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, read_corpus};
-pub use index::{Difficulty, EntropyIndex, IndexError, Split, fingerprint};
+pub use index::{Difficulty, DocEntropies, EntropyIndex, IndexError, Split, fingerprint};
 pub use state::{State, TokenizedDoc, continuation_window, make_state};
 
 use crate::model::{Rng, Tokenizer};

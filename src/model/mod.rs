@@ -3,6 +3,7 @@
 
 mod config;
 mod decoder;
+mod entropy;
 mod error;
 mod init;
 mod ops;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 pub use candle_core::{Device, Tensor};
 pub use config::{Family, ModelConfig};
 pub use decoder::{Cache, Decoder, MASKED, Mode, attention_mask, positions};
+pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
 pub use ops::target_log_softmax;

@@ -139,3 +139,52 @@ fn piece_bytes(piece: &str, table: &std::collections::HashMap<char, u8>) -> Vec<
     }
     piece.replace('\u{2581}', " ").into_bytes()
 }
+
+/// The special tokens of every tokenizer `rpt` trains, at ids 0, 1, 2.
+pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<think>", "</think>"];
+
+impl Tokenizer {
+    /// Trains a byte-level BPE tokenizer of `vocab_size` ids on `texts` (deterministic for the same
+    /// input). Ids 0–2 are [`SPECIAL_TOKENS`].
+    pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+        use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+        use tokenizers::models::{ModelWrapper, TrainerWrapper};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
+        let wrap = |e: tokenizers::Error| ModelError::Tokenizer { path: PathBuf::from("<training>"), reason: e.to_string() };
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials.clone())
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        let mut tk = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
+        tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+        tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+        tk.train(&mut trainer, texts.iter()).map_err(wrap)?;
+        tk.add_special_tokens(specials).map_err(wrap)?;
+        Self::from_inner(tk, Path::new("tokenizer.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_tokenizer_round_trips_bytes_and_is_deterministic() {
+        let texts: Vec<String> = (0..50).map(|i| format!("Solve $3x + {i} = 7$. café 数学 🙂 x^{{2}}")).collect();
+        let tok = Tokenizer::train_bpe(&texts, 320).unwrap();
+        assert_eq!(tok.token_id("<think>"), Some(1));
+        assert_eq!(tok.token_id("</think>"), Some(2));
+        let text = "Then $x = 42$, café 数学 🙂 and <think>yes</think>";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode_bytes(&ids), text.as_bytes());
+        assert!(ids.contains(&1) && ids.contains(&2));
+        let again = Tokenizer::train_bpe(&texts, 320).unwrap();
+        assert_eq!(tok.inner().to_string(false).unwrap(), again.inner().to_string(false).unwrap());
+    }
+}

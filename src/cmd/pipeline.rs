@@ -1,0 +1,131 @@
+//! `rpt bootstrap`, `rpt prepare` and `rpt eval`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rpt::config::Config;
+use rpt::env::{Split, make_state};
+use rpt::model::{Rng, SampleParams};
+use rpt::pipeline::evaluate::{EvalItem, evaluate};
+use rpt::pipeline::{bootstrap, load_texts, prepare, tokenize_splits};
+use rpt::prompt::Prompt;
+
+/// The built-in default configuration (`configs/tiny.toml`).
+pub const TINY: &str = include_str!("../../configs/tiny.toml");
+
+/// `--config FILE`, or the built-in default.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::parse(TINY, Path::new("configs/tiny.toml (built in)"))?),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// TOML config; without it, the built-in default `configs/tiny.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output directory (default: the config's `model.path`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run_bootstrap(a: &BootstrapArgs) -> Result<()> {
+    let cfg = load_config(a.config.config.as_deref())?;
+    let out = a.out.clone().unwrap_or_else(|| cfg.model.path.clone());
+    ensure_builtin(&cfg, &out, true)
+}
+
+/// Builds the built-in model at `out` (always when `force`, else only when missing) and prints its report.
+pub fn ensure_builtin(cfg: &Config, out: &Path, force: bool) -> Result<()> {
+    if !force && out.join("config.json").exists() {
+        return Ok(());
+    }
+    eprintln!("building the built-in model in {} ...", out.display());
+    let r = bootstrap::bootstrap(cfg, out, &super::device())?;
+    println!(
+        "bootstrap: {} parameters, vocab {}, {} train / {} held-out documents, {:.0} s\n  \
+         loss: train {:.3}, held-out {:.3} (warm-up {:.3})\n  \
+         held-out next-token accuracy (standard mode, {} positions): {:.1}%\n  \
+         completions at T=0.8 that parse to a \\boxed{{}} prediction: {:.1}%\n  \
+         held-out reasoning-mode accuracy: {:.1}%",
+        r.parameters, r.vocab_size, r.train_documents, r.heldout_documents, r.seconds, r.train_loss, r.heldout_loss,
+        r.sft_loss, r.eval_positions, 100.0 * r.heldout_standard_accuracy, 100.0 * r.format_rate,
+        100.0 * r.heldout_reasoning_accuracy
+    );
+    Ok(())
+}
+
+pub fn run_prepare(a: &ConfigArgs) -> Result<()> {
+    let cfg = load_config(a.config.as_deref())?;
+    ensure_builtin(&cfg, &cfg.model.path, false)?;
+    prepare_and_print(&cfg)
+}
+
+pub fn prepare_and_print(cfg: &Config) -> Result<()> {
+    for r in prepare::prepare(cfg, &super::device())? {
+        println!(
+            "index {:<7} {:>4} documents {:>7} positions  easy {:>6}  medium {:>6}  hard {:>6}  (min_entropy {}: {} trainable)  {:.0} positions/s -> {}",
+            r.split.as_str(), r.documents, r.positions, r.easy, r.medium, r.hard, cfg.states.min_entropy, r.trainable,
+            r.positions_per_second, r.path.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (default: the config's `model.path`).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Held-out positions for evaluation: a seeded sample of `eval.positions` from the easy split.
+pub fn eval_items(cfg: &Config, tok: &rpt::model::Tokenizer) -> Result<Vec<EvalItem>> {
+    let texts = load_texts(cfg)?;
+    let index = prepare::load_index(cfg, Split::Heldout, &texts)?;
+    let splits = tokenize_splits(cfg, &texts, tok)?;
+    let mut cands = index.positions_at_least(rpt::env::Difficulty::Easy.threshold());
+    rpt::env::shuffle(&mut cands, Rng::derive(&[cfg.seed, 0xE7A1]));
+    let mut items = vec![];
+    for (d, t) in cands {
+        if items.len() >= cfg.eval.positions {
+            break;
+        }
+        if let Some(state) = make_state(&splits.heldout[d], t, tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes) {
+            items.push(EvalItem { state, entropy: Some(index.docs[d].entropy[t]) });
+        }
+    }
+    Ok(items)
+}
+
+pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    let cfg = load_config(a.config.config.as_deref())?;
+    let dir = a.model.clone().unwrap_or_else(|| cfg.model.path.clone());
+    let ck = super::load_checkpoint(&dir)?;
+    let report = eval_report(&cfg, &ck).context("evaluation")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+pub fn eval_report(cfg: &Config, ck: &rpt::model::Checkpoint) -> Result<rpt::pipeline::evaluate::EvalReport> {
+    let items = eval_items(cfg, &ck.tokenizer)?;
+    let prompt = Prompt::new(&cfg.prompt.template, &ck.tokenizer)?;
+    let params = SampleParams { temperature: cfg.eval.temperature, top_k: 0, top_p: 1.0, max_new_tokens: cfg.rollout.max_new_tokens };
+    Ok(evaluate(&ck.decoder()?, &ck.tokenizer, &prompt, &items, &params, cfg.seed, 32)?)
+}

@@ -1,0 +1,230 @@
+//! `rpt bootstrap`: the built-in model, made on this machine with nothing downloaded.
+//!
+//! 1. a byte-level BPE tokenizer trained on the corpus (with `<think>`, `</think>`, `<|endoftext|>`);
+//! 2. a tiny Qwen2-family model pre-trained by next-token prediction on the training documents;
+//! 3. a supervised warm-up on the answer format `CONTEXT<think>THOUGHT</think>\boxed{NEXT TOKEN}`,
+//!    loss on the completion only, interleaved with next-token batches so standard mode is kept.
+//!
+//! The warm-up thought re-reads the end of the context: the last tokens of the context, up to
+//! `thought_bytes` bytes, copied after `<think>`. A tiny model cannot be taught to reason by example,
+//! but it can learn that the thought attends to what precedes the answer, and RL then shapes what the
+//! thought contains. Positions whose next token has unbalanced braces are skipped: such a token cannot
+//! be written inside `\boxed{}` and parsed back.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::env::{TokenizedDoc, make_state};
+use crate::error::Result;
+use crate::model::{
+    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Family, Mode, ModelConfig, Rng, SampleParams, Tokenizer,
+    Trainable, init_weights,
+};
+use crate::prompt::Prompt;
+
+use super::evaluate::{EvalItem, evaluate};
+use super::{cosine_lr, load_texts, masked_nll, progress, tokenize_splits};
+
+/// What `rpt bootstrap` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootstrapReport {
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub train_documents: usize,
+    pub heldout_documents: usize,
+    pub train_loss: f64,
+    pub heldout_loss: f64,
+    pub sft_loss: f64,
+    /// Held-out standard-mode next-token accuracy (prefix_match rule), over `eval_positions`.
+    pub heldout_standard_accuracy: f64,
+    pub heldout_reasoning_accuracy: f64,
+    /// Share of completions at temperature 0.8 that parse to a `\boxed{}` prediction.
+    pub format_rate: f64,
+    pub eval_positions: usize,
+    pub seconds: f64,
+}
+
+/// The architecture of the built-in model.
+pub fn builtin_config(cfg: &Config, vocab_size: usize) -> ModelConfig {
+    let b = &cfg.bootstrap;
+    ModelConfig {
+        family: Family::Qwen2,
+        vocab_size,
+        hidden_size: b.hidden_size,
+        intermediate_size: b.intermediate_size,
+        num_hidden_layers: b.layers,
+        num_attention_heads: b.heads,
+        num_key_value_heads: b.kv_heads,
+        head_dim: b.hidden_size / b.heads,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 512,
+        tie_word_embeddings: true,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        eos_token_ids: vec![0],
+        bos_token_id: None,
+        pad_token_id: Some(0),
+    }
+}
+
+/// A random window of `len + 1` tokens from a random training document.
+fn lm_window(docs: &[TokenizedDoc], len: usize, rng: &mut Rng) -> Vec<u32> {
+    let d = &docs[rng.below(docs.len())];
+    if d.len() <= len + 1 {
+        return d.ids.clone();
+    }
+    let start = rng.below(d.len() - len - 1);
+    d.ids[start..start + len + 1].to_vec()
+}
+
+/// One warm-up example at a random position: (row ids, index where the completion starts).
+pub fn sft_example(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, prompt: &Prompt, cfg: &Config) -> Option<(Vec<u32>, usize)> {
+    let st = make_state(doc, t, tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes)?;
+    let answer = std::str::from_utf8(tok.bytes(st.next_token)).ok()?;
+    let mut depth = 0i32;
+    for c in answer.chars() {
+        depth += (c == '{') as i32 - (c == '}') as i32;
+        if depth < 0 {
+            return None;
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    let mut k = 0;
+    let mut bytes = 0;
+    while k < st.context.len() && (k == 0 || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len() <= cfg.bootstrap.thought_bytes) {
+        bytes += tok.bytes(st.context[st.context.len() - 1 - k]).len();
+        k += 1;
+    }
+    let mut row = prompt.build(&st.context);
+    let from = row.len();
+    row.extend_from_slice(&st.context[st.context.len() - k..]);
+    row.push(tok.token_id("</think>")?);
+    row.extend(tok.encode(&format!("\\boxed{{{answer}}}")).ok()?);
+    Some((row, from))
+}
+
+fn sft_batch(docs: &[TokenizedDoc], n: usize, tok: &Tokenizer, prompt: &Prompt, cfg: &Config, rng: &mut Rng) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let (mut rows, mut from) = (vec![], vec![]);
+    while rows.len() < n {
+        let d = &docs[rng.below(docs.len())];
+        if d.len() < 2 {
+            continue;
+        }
+        let t = 1 + rng.below(d.len() - 1);
+        if let Some((r, f)) = sft_example(d, t, tok, prompt, cfg) {
+            rows.push(r);
+            from.push(f);
+        }
+    }
+    (rows, from)
+}
+
+/// Mean next-token loss over `n` windows (no gradient).
+fn lm_loss(model: &Decoder, docs: &[TokenizedDoc], cfg: &Config, n: usize, seed: u64) -> Result<f64> {
+    let mut rng = Rng::new(seed);
+    let rows: Vec<Vec<u32>> = (0..n).map(|_| lm_window(docs, cfg.bootstrap.seq_len, &mut rng)).collect();
+    let (loss, _) = masked_nll(model, &rows, &vec![1; rows.len()], Mode::Infer)?;
+    Ok(loss.to_scalar::<f32>()? as f64)
+}
+
+/// Builds the built-in model into `out` and reports what it measured.
+pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapReport> {
+    let t0 = Instant::now();
+    let b = &cfg.bootstrap;
+    let texts = load_texts(cfg)?;
+    let (train_idx, _) = crate::env::split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
+    let train_texts: Vec<String> = train_idx.iter().map(|&i| texts[i].clone()).collect();
+    let tok = Tokenizer::train_bpe(&train_texts, b.vocab_size)?;
+    tracing::info!(vocab = tok.vocab_size(), "tokenizer trained");
+    let splits = tokenize_splits(cfg, &texts, &tok)?;
+    if splits.train.is_empty() || splits.heldout.is_empty() {
+        return Err(crate::Error::Run("bootstrap needs at least one training and one held-out document".into()));
+    }
+    let model_cfg = builtin_config(cfg, tok.vocab_size());
+    let params = Trainable::new(&model_cfg, &init_weights(&model_cfg, cfg.seed, 0.02, device)?)?;
+    let parameters: usize = params.vars().map(|(_, v)| v.elem_count()).sum::<usize>();
+    let prompt = Prompt::new(&cfg.prompt.template, &tok)?;
+    let mut opt = AdamW::new(AdamWConfig { lr: b.lr, weight_decay: 0.01, ..Default::default() });
+    let mut rng = Rng::new(Rng::derive(&[cfg.seed, 0xB007]));
+
+    let bar = progress(b.pretrain_steps as u64, "pretrain");
+    for step in 0..b.pretrain_steps {
+        let rows: Vec<Vec<u32>> = (0..b.batch).map(|_| lm_window(&splits.train, b.seq_len, &mut rng)).collect();
+        let (loss, _) = masked_nll(&params.decoder()?, &rows, &vec![1; rows.len()], Mode::Train)?;
+        let grads = loss.backward()?;
+        let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
+        opt.step(&params, &grads, cosine_lr(b.lr, step, 20, b.pretrain_steps), scale)?;
+        bar.set_message(format!("loss {:.3}", loss.to_scalar::<f32>()?));
+        bar.inc(1);
+    }
+    bar.finish();
+
+    let bar = progress(b.sft_steps as u64, "warm-up");
+    let mut sft_loss = f64::NAN;
+    let sft_lr = b.lr / 3.0;
+    for step in 0..b.sft_steps {
+        // Two answer-format steps, then one next-token step, so standard mode is not forgotten.
+        let (rows, from) = if step % 3 == 2 {
+            let rows: Vec<Vec<u32>> = (0..b.batch).map(|_| lm_window(&splits.train, b.seq_len, &mut rng)).collect();
+            let n = rows.len();
+            (rows, vec![1; n])
+        } else {
+            sft_batch(&splits.train, b.batch, &tok, &prompt, cfg, &mut rng)
+        };
+        let (loss, _) = masked_nll(&params.decoder()?, &rows, &from, Mode::Train)?;
+        let grads = loss.backward()?;
+        let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
+        opt.step(&params, &grads, cosine_lr(sft_lr, step, 10, b.sft_steps), scale)?;
+        if step % 3 != 2 {
+            sft_loss = loss.to_scalar::<f32>()? as f64;
+        }
+        bar.set_message(format!("loss {sft_loss:.3}"));
+        bar.inc(1);
+    }
+    bar.finish();
+
+    let weights = params.snapshot()?;
+    let model = Decoder::new(&model_cfg, &weights)?;
+    let train_loss_eval = lm_loss(&model, &splits.train, cfg, 32, 1)?;
+    let heldout_loss = lm_loss(&model, &splits.heldout, cfg, 32, 2)?;
+    // Held-out positions in a seeded order.
+    let mut items = vec![];
+    let mut erng = Rng::new(Rng::derive(&[cfg.seed, 0xE7A1]));
+    while items.len() < cfg.eval.positions.min(splits.heldout.iter().map(|d| d.len().saturating_sub(1)).sum()) {
+        let d = &splits.heldout[erng.below(splits.heldout.len())];
+        if d.len() < 2 {
+            continue;
+        }
+        if let Some(state) = make_state(d, 1 + erng.below(d.len() - 1), &tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes) {
+            items.push(EvalItem { state, entropy: None });
+        }
+    }
+    let params_sample = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: cfg.rollout.max_new_tokens };
+    let report = evaluate(&model, &tok, &prompt, &items, &params_sample, cfg.seed, 32)?;
+    let all = report.splits.get("all").cloned().unwrap_or_default();
+
+    Checkpoint::save(out, &model_cfg, &tok, &weights)?;
+    let r = BootstrapReport {
+        parameters,
+        vocab_size: tok.vocab_size(),
+        train_documents: splits.train.len(),
+        heldout_documents: splits.heldout.len(),
+        train_loss: train_loss_eval,
+        heldout_loss,
+        sft_loss,
+        heldout_standard_accuracy: all.standard_accuracy,
+        heldout_reasoning_accuracy: all.reasoning_accuracy,
+        format_rate: 1.0 - all.format_failure_rate,
+        eval_positions: all.positions,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_vec_pretty(&r).expect("report serialises");
+    crate::model::write_atomic(&out.join("bootstrap.json"), &json)?;
+    Ok(r)
+}

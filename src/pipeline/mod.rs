@@ -1,0 +1,96 @@
+//! What the commands run, as library functions: building the built-in model, the difficulty index,
+//! evaluation, and the pieces they share (corpus loading, supervised losses, schedules).
+
+pub mod bootstrap;
+pub mod evaluate;
+pub mod prepare;
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use crate::config::Config;
+use crate::env::{JsonlFields, TokenizedDoc, generate_corpus, read_corpus, split_documents};
+use crate::error::Result;
+use crate::model::{Decoder, Mode, Tokenizer, token_logprobs};
+
+/// The corpus's documents as text, with skipped inputs logged (never silently dropped).
+pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
+    if cfg.corpus.kind == "builtin" {
+        return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
+    }
+    let path = cfg.corpus.path.as_ref().ok_or_else(|| crate::Error::Run("`corpus.path` is required".into()))?;
+    let fields = JsonlFields { fields: cfg.corpus.fields.clone(), separator: cfg.corpus.separator.clone() };
+    let corpus = read_corpus(path, &fields)?;
+    if !corpus.skipped.is_empty() {
+        tracing::warn!(skipped = corpus.skipped.len(), documents = corpus.docs.len(), "corpus inputs skipped");
+        for s in corpus.skipped.iter().take(10) {
+            tracing::warn!("skipped {}: {}", s.source, s.reason);
+        }
+    }
+    Ok(corpus.docs.into_iter().map(|d| d.text).collect())
+}
+
+/// Tokenized documents of both splits: (train, held-out).
+pub struct Splits {
+    pub train: Vec<TokenizedDoc>,
+    pub heldout: Vec<TokenizedDoc>,
+}
+
+pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Result<Splits> {
+    let (train, held) = split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
+    let docs = |idx: Vec<usize>| -> Result<Vec<TokenizedDoc>> {
+        idx.into_iter().map(|i| Ok(TokenizedDoc::new(i, &texts[i], tok)?)).collect()
+    };
+    Ok(Splits { train: docs(train)?, heldout: docs(held)? })
+}
+
+/// Mean negative log-likelihood of the tokens of `rows` from index `loss_from[r]` on (left-padded).
+/// Returns the scalar loss (with gradient in `Mode::Train`) and the number of tokens it averages.
+pub fn masked_nll(model: &Decoder, rows: &[Vec<u32>], loss_from: &[usize], mode: Mode) -> Result<(Tensor, usize)> {
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let pad: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * (width - 1));
+    for ((r, &p), &from) in rows.iter().zip(&pad).zip(loss_from) {
+        ids.extend(std::iter::repeat_n(0u32, p));
+        ids.extend_from_slice(r);
+        // Column j scores token j + 1 of the padded row, i.e. token j + 1 − p of the row.
+        mask.extend((0..width - 1).map(|j| ((j + 1 >= p + from.max(1)) as u8) as f32));
+    }
+    let device = model.device();
+    let n = rows.len();
+    let input = Tensor::from_vec(ids, (n, width), device)?;
+    let lp = token_logprobs(model, &input, &pad, 1, 1.0, mode)?;
+    let count = mask.iter().filter(|&&m| m > 0.0).count();
+    let mask = Tensor::from_vec(mask, (n, width - 1), device)?;
+    let loss = ((lp * mask)?.sum_all()? / -(count.max(1) as f64))?;
+    Ok((loss, count))
+}
+
+/// Linear warm-up then cosine decay to 10% of `lr` at `total` steps.
+pub fn cosine_lr(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let p = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p.min(1.0)).cos()))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or under `RPT_NO_PROGRESS`).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    if std::env::var_os("RPT_NO_PROGRESS").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// Shared, read-only handles a pipeline passes around.
+pub type SharedTokenizer = Arc<Tokenizer>;
