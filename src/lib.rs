@@ -12,3 +12,7 @@ pub mod error;
 pub mod pipeline;
 
 pub use error::{Error, Result};
+pub mod learn;
+pub mod rollout;
+pub mod actors;
+pub mod checkpoint;

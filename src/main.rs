@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Build the built-in model (tokenizer, pre-training, answer-format warm-up).
     Bootstrap(cmd::pipeline::BootstrapArgs),
+    /// Train with RPT (GRPO over corpus positions); with no config, the built-in default.
+    Train(cmd::train::TrainArgs),
     /// Build the difficulty (entropy) index of the corpus.
     Prepare(cmd::pipeline::ConfigArgs),
     /// Held-out next-token accuracy, standard and reasoning mode, per difficulty split.
@@ -42,6 +44,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::Bootstrap(a) => cmd::pipeline::run_bootstrap(a),
+        Command::Train(a) => cmd::train::run(a),
         Command::Prepare(a) => cmd::pipeline::run_prepare(a),
         Command::Eval(a) => cmd::pipeline::run_eval(a),
         Command::Generate(a) => cmd::generate::run_generate(a),

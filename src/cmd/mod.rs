@@ -4,6 +4,7 @@ pub mod bench;
 pub mod generate;
 pub mod pipeline;
 pub mod reward;
+pub mod train;
 
 use std::path::Path;
 

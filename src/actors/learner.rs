@@ -1,0 +1,85 @@
+//! The learner actor: runs each GRPO update on a blocking thread, writes checkpoints, and returns the new
+//! weight snapshot to the supervisor, which hands it to the policies.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::RunShared;
+use super::supervisor::SupMsg;
+use crate::checkpoint::{self, TrainerState};
+use crate::learn::{Learner, UpdateStats};
+use crate::model::{Decoder, TensorMap};
+use crate::rollout::ScoredGroup;
+
+pub struct LearnerActor;
+
+pub struct LearnerArgs {
+    pub learner: Learner,
+    pub shared: Arc<RunShared>,
+    pub supervisor: ActorRef<SupMsg>,
+}
+
+pub struct LearnerState {
+    learner: Arc<Mutex<Learner>>,
+    shared: Arc<RunShared>,
+    supervisor: ActorRef<SupMsg>,
+}
+
+pub enum LearnerMsg {
+    /// Update on `batch` (in the environment's order); checkpoint afterwards when `checkpoint`.
+    Update { step: u64, batch: Vec<ScoredGroup>, cursor: u64, checkpoint: bool },
+}
+
+/// The result of one update.
+pub struct Updated {
+    pub step: u64,
+    pub stats: UpdateStats,
+    pub weights: Arc<Decoder>,
+    pub ema: Option<Arc<Decoder>>,
+    pub seconds: f64,
+}
+
+impl Actor for LearnerActor {
+    type Msg = LearnerMsg;
+    type State = LearnerState;
+    type Arguments = LearnerArgs;
+
+    async fn pre_start(&self, _: ActorRef<LearnerMsg>, a: LearnerArgs) -> Result<LearnerState, ActorProcessingErr> {
+        Ok(LearnerState { learner: Arc::new(Mutex::new(a.learner)), shared: a.shared, supervisor: a.supervisor })
+    }
+
+    async fn handle(&self, _: ActorRef<LearnerMsg>, msg: LearnerMsg, st: &mut LearnerState) -> Result<(), ActorProcessingErr> {
+        let LearnerMsg::Update { step, batch, cursor, checkpoint } = msg;
+        let (learner, shared, sup) = (st.learner.clone(), st.shared.clone(), st.supervisor.clone());
+        let result = tokio::task::spawn_blocking(move || -> crate::Result<Updated> {
+            let t0 = std::time::Instant::now();
+            let mut l = learner.lock().expect("learner lock");
+            let stats = l.update(&batch)?;
+            let cfg_model = l.params.config.clone();
+            let weights = Arc::new(Decoder::new(&cfg_model, &l.snapshot()?)?);
+            let ema = match &l.ema {
+                Some(phi) => Some(Arc::new(Decoder::new(&cfg_model, &copy(phi)?)?)),
+                None => None,
+            };
+            if checkpoint {
+                let state = TrainerState { step: step + 1, cursor, optimizer_step: l.opt.step, seed: shared.cfg.seed };
+                let dir = checkpoint::write(&shared.cfg.run_dir, &l, &cfg_model, &shared.tokenizer, &state)?;
+                tracing::info!(step = step + 1, dir = %dir.display(), "checkpoint written");
+            }
+            Ok(Updated { step, stats, weights, ema, seconds: t0.elapsed().as_secs_f64() })
+        })
+        .await?;
+        match result {
+            Ok(u) => {
+                let _ = sup.cast(SupMsg::Updated(Box::new(u)));
+                Ok(())
+            }
+            Err(e) => Err(format!("learner: {e}").into()),
+        }
+    }
+}
+
+fn copy(map: &TensorMap) -> crate::Result<TensorMap> {
+    map.iter().map(|(k, t)| Ok((k.clone(), t.copy()?))).collect()
+}

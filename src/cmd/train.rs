@@ -1,0 +1,77 @@
+//! `rpt train`: bootstrap the built-in model if needed, index the corpus if needed, evaluate, train with
+//! the actor system, evaluate again.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use rpt::actors::{TrainOptions, train};
+use rpt::env::Split;
+
+use super::pipeline::{ensure_builtin, eval_report, load_config, prepare_and_print};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// TOML config; without it, the built-in default `configs/tiny.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue from the run directory's last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override `train.steps`.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override `run_dir`.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if let Some(d) = &a.run_dir {
+        cfg.run_dir = d.clone();
+    }
+    if cfg.model.bootstrap_if_missing {
+        ensure_builtin(&cfg, &cfg.model.path, false)?;
+    }
+    let texts = rpt::pipeline::load_texts(&cfg)?;
+    if let Err(e) = rpt::pipeline::prepare::load_index(&cfg, Split::Train, &texts) {
+        eprintln!("difficulty index: {e}; building it now");
+        prepare_and_print(&cfg)?;
+    }
+    let device = super::device();
+    let before = if cfg.train.eval_before_after && !a.resume {
+        let ck = super::load_checkpoint(&cfg.model.path)?;
+        let r = eval_report(&cfg, &ck).context("evaluation before training")?;
+        println!("held-out accuracy before training ({}):\n{}", cfg.model.path.display(), r.table());
+        Some(r)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let t0 = std::time::Instant::now();
+    let summary = rt.block_on(train(&cfg, &TrainOptions { resume: a.resume, fail_policy_at_step: None }, &device))?;
+    println!(
+        "trained {} steps in {:.0} s ({} states re-issued); metrics: {}",
+        summary.steps,
+        t0.elapsed().as_secs_f64(),
+        summary.reissued,
+        cfg.run_dir.join("metrics.jsonl").display()
+    );
+    if cfg.train.eval_before_after {
+        let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
+        let ck = super::load_checkpoint(&dir)?;
+        let after = eval_report(&cfg, &ck).context("evaluation after training")?;
+        println!("held-out accuracy after training ({}):\n{}", dir.display(), after.table());
+        let mut report = serde_json::json!({"after": after});
+        if let Some(b) = before {
+            let (x, y) = (b.splits["all"].reasoning_accuracy, after.splits["all"].reasoning_accuracy);
+            println!("reasoning-mode accuracy (all held-out positions): {:.1}% -> {:.1}%", 100.0 * x, 100.0 * y);
+            report["before"] = serde_json::to_value(&b)?;
+        }
+        rpt::model::write_atomic(&cfg.run_dir.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The learner's update (METHOD §4) as a plain struct the learner actor drives: scored groups in,
+//! advantages, the clipped GRPO loss over each mini-batch for `ppo_epochs` passes, gradient-norm clip,
+//! AdamW, and (for `info_gain`) the EMA teacher. Also the checkpoint of everything needed to resume.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::grpo::{LossStats, advantages, ema_update, grpo_loss};
+use crate::model::{AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, token_logprobs};
+use crate::rollout::ScoredGroup;
+
+/// What one update did, for the metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpdateStats {
+    pub loss: LossStats,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub advantage_mean: f64,
+    pub advantage_std: f64,
+    pub optimizer_steps: u64,
+}
+
+pub struct Learner {
+    pub params: Trainable,
+    pub opt: AdamW,
+    reference: Option<Decoder>,
+    /// EMA teacher φ of `info_gain`.
+    pub ema: Option<TensorMap>,
+    cfg: Config,
+}
+
+impl Learner {
+    pub fn new(cfg: &Config, weights: &TensorMap, model_cfg: &crate::model::ModelConfig) -> Result<Self> {
+        let params = Trainable::new(model_cfg, weights)?;
+        let reference = if cfg.grpo.beta > 0.0 { Some(Decoder::new(model_cfg, weights)?) } else { None };
+        let ema = if cfg.reward.variant == "info_gain" { Some(params.snapshot()?) } else { None };
+        let opt = AdamW::new(AdamWConfig { lr: cfg.optim.lr, weight_decay: cfg.optim.weight_decay, ..Default::default() });
+        Ok(Learner { params, opt, reference, ema, cfg: cfg.clone() })
+    }
+
+    /// Learning rate at optimizer step `t` (linear warm-up, then constant).
+    fn lr(&self, t: u64) -> f64 {
+        let w = self.cfg.optim.warmup_steps;
+        if t < w { self.cfg.optim.lr * (t + 1) as f64 / w as f64 } else { self.cfg.optim.lr }
+    }
+
+    /// One GRPO update on a batch of scored groups (in the environment's order).
+    pub fn update(&mut self, batch: &[ScoredGroup]) -> Result<UpdateStats> {
+        let rewards: Vec<Vec<f64>> = batch.iter().map(|g| g.rewards.iter().map(|r| r.value).collect()).collect();
+        let adv = advantages(&rewards, self.cfg.advantage_mode());
+        let flat: Vec<f64> = adv.iter().flatten().copied().collect();
+        let mean = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
+        let std = (flat.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / flat.len().max(1) as f64).sqrt();
+        let mut stats = UpdateStats { advantage_mean: mean, advantage_std: std, ..Default::default() };
+        let slices = self.cfg.grpo.mini_batches.min(batch.len()).max(1);
+        let per = batch.len().div_ceil(slices);
+        let mut first = true;
+        for _ in 0..self.cfg.grpo.ppo_epochs {
+            for (i, mb) in batch.chunks(per).enumerate() {
+                let (_, ls, norm, lr) = self.step_on(mb, &adv[i * per..i * per + mb.len()])?;
+                if first {
+                    stats.loss = ls;
+                    first = false;
+                }
+                stats.grad_norm = norm;
+                stats.lr = lr;
+                stats.optimizer_steps += 1;
+            }
+        }
+        if let Some(phi) = &mut self.ema {
+            let tau = self.cfg.reward.ema_tau;
+            for (name, var) in self.params.vars() {
+                let old = phi.get(name).expect("ema has every tensor");
+                let next = ema_update(old, var.as_tensor(), tau)?.detach();
+                phi.insert(name.clone(), next);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Loss, backward, clip and AdamW on one mini-batch.
+    fn step_on(&mut self, mb: &[ScoredGroup], adv: &[Vec<f64>]) -> Result<(f64, LossStats, f64, f64)> {
+        let thought_only = self.cfg.grpo.loss_tokens == "thought";
+        // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
+        let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
+        for (g, a) in mb.iter().zip(adv) {
+            for (c, &ai) in g.group.completions.iter().zip(a) {
+                rows.push((&g.group.prompt, c, ai));
+            }
+        }
+        let c = rows.iter().map(|(_, comp, _)| comp.tokens.len()).max().unwrap_or(0);
+        if c == 0 {
+            return Ok((0.0, LossStats::default(), 0.0, 0.0));
+        }
+        let width = rows.iter().map(|(p, comp, _)| p.len() + comp.tokens.len()).max().unwrap_or(0);
+        let n = rows.len();
+        let (mut ids, mut pad, mut old, mut mask, mut advs) = (vec![], vec![], vec![], vec![], vec![]);
+        for (p, comp, a) in &rows {
+            let len = p.len() + comp.tokens.len();
+            pad.push(width - len);
+            ids.extend(std::iter::repeat_n(0u32, width - len));
+            ids.extend_from_slice(p);
+            ids.extend_from_slice(&comp.tokens);
+            let lead = c - comp.tokens.len();
+            let counted = if thought_only { comp.thought_len } else { comp.tokens.len() };
+            old.extend(std::iter::repeat_n(0f32, lead));
+            old.extend_from_slice(&comp.logprobs);
+            mask.extend(std::iter::repeat_n(0f32, lead));
+            mask.extend((0..comp.tokens.len()).map(|j| ((j < counted) as u8) as f32));
+            advs.push(*a as f32);
+        }
+        let device = self.params.decoder()?.device().clone();
+        let input = Tensor::from_vec(ids, (n, width), &device)?;
+        let old = Tensor::from_vec(old, (n, c), &device)?;
+        let mask = Tensor::from_vec(mask, (n, c), &device)?;
+        let advs = Tensor::from_vec(advs, n, &device)?;
+        let t = self.cfg.rollout.temperature;
+        let model = self.params.decoder()?;
+        let logp = token_logprobs(&model, &input, &pad, width - c, t, Mode::Train)?;
+        let reference = match &self.reference {
+            Some(r) => Some(token_logprobs(r, &input, &pad, width - c, t, Mode::Infer)?),
+            None => None,
+        };
+        let (loss, ls) = grpo_loss(&logp, &old, reference.as_ref(), &advs, &mask, &self.cfg.loss())?;
+        let grads = loss.backward()?;
+        let norm = AdamW::grad_norm(&self.params, &grads)?;
+        let clip = self.cfg.optim.max_grad_norm;
+        let scale = if clip > 0.0 && norm > clip { clip / norm } else { 1.0 };
+        let lr = self.lr(self.opt.step);
+        self.opt.step(&self.params, &grads, lr, scale)?;
+        Ok((ls.loss, ls, norm, lr))
+    }
+
+    /// An immutable copy of the current weights for the policies.
+    pub fn snapshot(&self) -> Result<TensorMap> {
+        Ok(self.params.snapshot()?)
+    }
+
+    /// Writes optimizer moments and the EMA teacher into `dir` (weights are saved by the caller).
+    pub fn save_state(&self, dir: &Path) -> Result<()> {
+        let mut state = self.opt.state();
+        if let Some(phi) = &self.ema {
+            for (k, t) in phi {
+                state.insert(format!("ema.{k}"), t.clone());
+            }
+        }
+        let tmp = dir.join("optimizer.safetensors.tmp");
+        candle_core::safetensors::save(&state, &tmp)?;
+        std::fs::rename(&tmp, dir.join("optimizer.safetensors")).map_err(|e| crate::Error::io(dir, e))
+    }
+
+    /// Restores weights, optimizer moments (at `opt_step`) and the EMA teacher.
+    pub fn load_state(&mut self, dir: &Path, weights: &TensorMap, opt_step: u64) -> Result<()> {
+        self.params.load(weights)?;
+        let path = dir.join("optimizer.safetensors");
+        let device = self.params.decoder()?.device().clone();
+        let state = candle_core::safetensors::load(&path, &device)?;
+        let (ema, opt): (TensorMap, TensorMap) = state.into_iter().partition(|(k, _)| k.starts_with("ema."));
+        self.opt.restore(&opt, opt_step);
+        if let Some(phi) = &mut self.ema {
+            for (k, t) in ema {
+                phi.insert(k.trim_start_matches("ema.").to_string(), t);
+            }
+        }
+        Ok(())
+    }
+}
