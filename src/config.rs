@@ -261,7 +261,7 @@ pub struct BootstrapSection {
     pub seq_len: usize,
     #[serde(default = "default_boot_lr")]
     pub lr: f64,
-    /// Bytes of the context's end copied into the warm-up thought.
+    /// Bytes of the context's end copied into the warm-up thought (at least its last token).
     #[serde(default = "default_thought_bytes")]
     pub thought_bytes: usize,
 }
@@ -372,10 +372,10 @@ fn default_mlp() -> usize {
     384
 }
 fn default_pretrain_steps() -> usize {
-    700
+    360
 }
 fn default_sft_steps() -> usize {
-    250
+    180
 }
 fn default_boot_batch() -> usize {
     16
@@ -387,7 +387,7 @@ fn default_boot_lr() -> f64 {
     3e-3
 }
 fn default_thought_bytes() -> usize {
-    12
+    1
 }
 fn yes() -> bool {
     true
@@ -583,5 +583,30 @@ mod tests {
     fn trl_alias_for_group_size() {
         let c = Config::parse("[rollout]\nnum_generations = 4\n", Path::new("x")).unwrap();
         assert_eq!(c.rollout.group_size, 4);
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every config in `configs/` parses (apart from paths that only exist on a user's machine).
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let cfg: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            match cfg.validate(&path) {
+                Ok(()) => {}
+                Err(ConfigError::Invalid { key, .. }) if key == "model.path" || key == "corpus.path" => {}
+                Err(e) => panic!("{e}"),
+            }
+            crate::reward::by_name(&cfg.reward.variant).unwrap();
+            n += 1;
+        }
+        assert!(n >= 6, "only {n} configs");
     }
 }

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use crate::config::Config;
 use crate::error::Result;
 use crate::grpo::{LossStats, advantages, ema_update, grpo_loss};
-use crate::model::{AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, token_logprobs};
+use crate::model::{AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, left_pad, token_logprobs};
 use crate::rollout::ScoredGroup;
 
 /// What one update did, for the metrics.
@@ -95,15 +95,15 @@ impl Learner {
         if c == 0 {
             return Ok((0.0, LossStats::default(), 0.0, 0.0));
         }
-        let width = rows.iter().map(|(p, comp, _)| p.len() + comp.tokens.len()).max().unwrap_or(0);
         let n = rows.len();
-        let (mut ids, mut pad, mut old, mut mask, mut advs) = (vec![], vec![], vec![], vec![], vec![]);
-        for (p, comp, a) in &rows {
-            let len = p.len() + comp.tokens.len();
-            pad.push(width - len);
-            ids.extend(std::iter::repeat_n(0u32, width - len));
-            ids.extend_from_slice(p);
-            ids.extend_from_slice(&comp.tokens);
+        let model = self.params.decoder()?;
+        let device = model.device().clone();
+        let full: Vec<Vec<u32>> = rows.iter().map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat()).collect();
+        let batch = left_pad(&full, &device)?;
+        let (input, pad, width) = (&batch.ids, &batch.pad, batch.width);
+        // Completions are right-aligned by the left padding: the last `c` columns hold all of them.
+        let (mut old, mut mask, mut advs) = (vec![], vec![], vec![]);
+        for (_, comp, a) in &rows {
             let lead = c - comp.tokens.len();
             let counted = if thought_only { comp.thought_len } else { comp.tokens.len() };
             old.extend(std::iter::repeat_n(0f32, lead));
@@ -112,16 +112,13 @@ impl Learner {
             mask.extend((0..comp.tokens.len()).map(|j| ((j < counted) as u8) as f32));
             advs.push(*a as f32);
         }
-        let device = self.params.decoder()?.device().clone();
-        let input = Tensor::from_vec(ids, (n, width), &device)?;
         let old = Tensor::from_vec(old, (n, c), &device)?;
         let mask = Tensor::from_vec(mask, (n, c), &device)?;
         let advs = Tensor::from_vec(advs, n, &device)?;
         let t = self.cfg.rollout.temperature;
-        let model = self.params.decoder()?;
-        let logp = token_logprobs(&model, &input, &pad, width - c, t, Mode::Train)?;
+        let logp = token_logprobs(&model, input, pad, width - c, t, Mode::Train)?;
         let reference = match &self.reference {
-            Some(r) => Some(token_logprobs(r, &input, &pad, width - c, t, Mode::Infer)?),
+            Some(r) => Some(token_logprobs(r, input, pad, width - c, t, Mode::Infer)?),
             None => None,
         };
         let (loss, ls) = grpo_loss(&logp, &old, reference.as_ref(), &advs, &mask, &self.cfg.loss())?;

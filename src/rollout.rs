@@ -7,11 +7,9 @@
 
 use std::sync::Arc;
 
-use candle_core::Tensor;
-
 use crate::env::State;
 use crate::error::Result;
-use crate::model::{Decoder, Mode, Rng, SampleParams, Tokenizer, attention_mask, generate, positions};
+use crate::model::{Decoder, Rng, SampleParams, Tokenizer, generate};
 use crate::prompt::Prompt;
 use crate::reward::{Case, Reward, RewardFn, answer_closed, parse_prediction};
 
@@ -98,17 +96,7 @@ pub fn sample_groups(
 
 /// Log-softmax of the last position of each row of a left-padded batch: (rows, vocab).
 fn last_logprobs(model: &Decoder, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-    let device = model.device();
-    let width = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let pad: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
-    let mut ids = vec![];
-    for (r, &p) in rows.iter().zip(&pad) {
-        ids.extend(std::iter::repeat_n(0u32, p));
-        ids.extend_from_slice(r);
-    }
-    let input = Tensor::from_vec(ids, (rows.len(), width), device)?;
-    let hidden = model.forward(&input, &positions(&pad, 0, width, device)?, &attention_mask(&pad, 0, width, device)?, None, Mode::Infer)?;
-    let logits = model.logits(&hidden.narrow(1, width - 1, 1)?.squeeze(1)?)?;
+    let logits = model.last_logits(rows)?;
     Ok(candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.to_vec2()?)
 }
 

@@ -45,7 +45,7 @@ fn full_logits(model: &Decoder, seq: &[u32], mode: Mode) -> Result<Vec<Vec<f32>>
     let n = seq.len();
     let input = Tensor::from_vec(seq.to_vec(), (1, n), dev)?;
     let hidden = model.forward(&input, &positions(&[0], 0, n, dev)?, &attention_mask(&[0], 0, n, dev)?, None, mode)?;
-    Ok(model.logits(&hidden)?.squeeze(0)?.to_vec2()?)
+    Ok(model.logits(&hidden, mode)?.squeeze(0)?.to_vec2()?)
 }
 
 fn check(name: &str) -> Result<()> {
@@ -84,7 +84,7 @@ fn check(name: &str) -> Result<()> {
     let input = Tensor::from_vec(rows.concat(), (rows.len(), width), &dev)?;
     for mode in [Mode::Infer, Mode::Train] {
         let hidden = model.forward(&input, &pos, &attention_mask(&pad, 0, width, &dev)?, None, mode)?;
-        let logits = model.logits(&hidden)?;
+        let logits = model.logits(&hidden, mode)?;
         let last: Vec<Vec<f32>> = logits.narrow(1, width - 1, 1)?.squeeze(1)?.to_vec2()?;
         let d = max_diff(&last, &matrix(&r["batch_logits_last"]));
         assert!(d < TOL, "{name} {mode:?}: batch last logits differ by {d}");

@@ -112,6 +112,7 @@ fn step_metrics(
         "advantage_mean": u.advantage_mean,
         "advantage_std": u.advantage_std,
         "groups": scored.len(),
+        "states": scored.keys().collect::<Vec<_>>(),
         "groups_dropped": dropped,
         "states_reissued": reissued,
         "weight_version_lag": step - version,
@@ -226,7 +227,8 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     sup.stop(None);
     let _ = sup_h.await;
     env_ref.stop(None);
-    metrics_ref.stop(None);
+    // Drain, not stop: the last step's metrics line is queued and must be written.
+    let _ = metrics_ref.drain_and_wait(Some(std::time::Duration::from_secs(60))).await;
     let _ = env_h.await;
     let _ = metrics_h.await;
     match outcome {

@@ -15,7 +15,7 @@ pub struct BenchArgs {
     /// `small`, `big` or `all`.
     #[arg(long, default_value = "all")]
     pub shape: String,
-    /// `generate`, `train` or `all`.
+    /// `generate`, `train`, `all` (both), or `grpo` (needs `--model`).
     #[arg(long, default_value = "all")]
     pub work: String,
     #[arg(long, default_value_t = 7)]
@@ -28,6 +28,15 @@ pub struct BenchArgs {
     pub new: usize,
     #[arg(long, default_value_t = 112)]
     pub len: usize,
+    /// Checkpoint for `--work grpo` (the peer's `trl_peer.py grpo --model`).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Completions per prompt for `--work grpo`.
+    #[arg(long, default_value_t = 8)]
+    pub group: usize,
+    /// Prompts per GRPO step.
+    #[arg(long, default_value_t = 1)]
+    pub prompts_per_step: usize,
 }
 
 /// The peer's shapes: Qwen2, tied embeddings, f32.
@@ -70,7 +79,85 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| 1 + r.below(vocab - 1) as u32).collect()
 }
 
+/// One GRPO step as `rpt train` runs it (sample G × prompts, score, update), timed per step, on the
+/// peer's workload: random prompts of `--prompt` tokens, `--new` tokens per completion, T = 0.8, β = 0.
+fn grpo(a: &BenchArgs) -> Result<()> {
+    use rpt::env::State;
+    use rpt::rollout::{PolicySnapshot, ScoredGroup, score_group};
+    let dir = a.model.as_ref().ok_or_else(|| anyhow::anyhow!("--work grpo needs --model DIR"))?;
+    let ck = super::load_checkpoint(dir)?;
+    let mut cfg = rpt::config::Config::default();
+    cfg.rollout.group_size = a.group;
+    cfg.rollout.states_per_step = a.prompts_per_step;
+    cfg.rollout.max_new_tokens = a.new;
+    cfg.optim.lr = 1e-6;
+    let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
+    let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
+    let reward = rpt::reward::by_name("prefix_match")?;
+    let params = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: a.new };
+    let mut times = vec![];
+    for step in 0..(a.repeat + 1) as u64 {
+        let states: Vec<(u64, State)> = (0..a.prompts_per_step as u64)
+            .map(|i| {
+                let ids = random_ids(a.prompt + 1, ck.config.vocab_size.min(ck.tokenizer.vocab_size()), 100 + step * 1000 + i);
+                let (continuation, boundaries) = rpt::env::continuation_window(&ck.tokenizer, &ids[a.prompt..], 64);
+                (i, State { doc: 0, pos: a.prompt, context: ids[..a.prompt].to_vec(), continuation, boundaries, next_token: ids[a.prompt] })
+            })
+            .collect();
+        let t0 = Instant::now();
+        let snap = PolicySnapshot { version: step, model: std::sync::Arc::new(rpt::model::Decoder::new(&ck.config, &learner.snapshot()?)?) };
+        // Fixed-length completions, as the peer's (no EOS, no stop rule).
+        let groups = sample_groups_fixed(&snap, &prompt, &states, a.group, &params, step)?;
+        let scored: Vec<ScoredGroup> = groups
+            .into_iter()
+            .map(|g| Ok(ScoredGroup { rewards: score_group(reward.as_ref(), &g, &snap.model, None, &ck.tokenizer)?, group: g }))
+            .collect::<Result<_>>()?;
+        learner.update(&scored)?;
+        if step > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"rpt": "grpo step", "model": dir, "group": a.group, "new": a.new,
+            "prompts_per_step": a.prompts_per_step, "s_per_step_median": median(times), "steps": a.repeat})
+    );
+    Ok(())
+}
+
+/// `sample_groups` without EOS or stop rule, so every completion has exactly `max_new_tokens`.
+fn sample_groups_fixed(
+    snap: &rpt::rollout::PolicySnapshot,
+    prompt: &rpt::prompt::Prompt,
+    states: &[(u64, rpt::env::State)],
+    g: usize,
+    params: &SampleParams,
+    step: u64,
+) -> Result<Vec<rpt::rollout::Group>> {
+    let prompts: Vec<Vec<u32>> = states.iter().flat_map(|(_, s)| std::iter::repeat_n(prompt.build(&s.context), g)).collect();
+    let seeds: Vec<u64> = (0..prompts.len() as u64).map(|i| Rng::derive(&[step, i])).collect();
+    let samples = generate(&snap.model, &prompts, params, &seeds, &[], &|_, _| false)?;
+    let mut it = samples.into_iter();
+    Ok(states
+        .iter()
+        .enumerate()
+        .map(|(k, (seq, st))| rpt::rollout::Group {
+            seq: *seq,
+            state: st.clone(),
+            prompt: prompts[k * g].clone(),
+            completions: (&mut it)
+                .take(g)
+                .map(|s| rpt::rollout::Completion { thought_len: s.tokens.len(), tokens: s.tokens, logprobs: s.logprobs })
+                .collect(),
+            version: snap.version,
+        })
+        .collect())
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.work == "grpo" {
+        return grpo(a);
+    }
     let shapes: Vec<&str> = if a.shape == "all" { vec!["small", "big"] } else { vec![a.shape.as_str()] };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     for name in shapes {

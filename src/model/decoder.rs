@@ -27,13 +27,22 @@ struct Linear {
 
 impl Linear {
     /// x: (n, in) -> (n, out)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = matmul_t(x, &self.w, mode)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// `x · wᵀ`; x: (n, in), w: (out, in). Few-row inference on the CPU takes the kernel that does not
+/// pack `w` (decoding); everything else, and all training, the general matmul.
+fn matmul_t(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
+    if mode == Mode::Infer && x.device().is_cpu() && x.dim(0)? <= super::ops::SMALL_M {
+        return Ok(super::ops::small_matmul_t(&x.contiguous()?, w)?);
+    }
+    Ok(x.matmul(&w.t()?)?)
 }
 
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
@@ -178,12 +187,12 @@ impl Decoder {
         Ok(x.reshape((b, s, self.cfg.hidden_size))?)
     }
 
-    /// hidden: (..., hidden) -> logits (..., vocab)
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// hidden: (..., hidden) -> logits (..., vocab). `Mode::Train` keeps the gradient.
+    pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().expect("hidden has a last dim");
         let flat = hidden.reshape(((), h))?;
-        let out = flat.matmul(&self.lm_head.t()?)?;
+        let out = matmul_t(&flat, &self.lm_head, mode)?;
         let mut shape = dims;
         *shape.last_mut().expect("non-empty") = self.cfg.vocab_size;
         Ok(out.reshape(shape)?)
@@ -204,9 +213,9 @@ impl Decoder {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let h = rms_norm(x, &l.ln1, c.rms_norm_eps, mode)?;
-        let mut q = l.q.forward(&h)?.reshape((b, s, nh, hd))?;
-        let mut k = l.k.forward(&h)?.reshape((b, s, nkv, hd))?;
-        let v = l.v.forward(&h)?.reshape((b, s, nkv, hd))?;
+        let mut q = l.q.forward(&h, mode)?.reshape((b, s, nh, hd))?;
+        let mut k = l.k.forward(&h, mode)?.reshape((b, s, nkv, hd))?;
+        let v = l.v.forward(&h, mode)?.reshape((b, s, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = rms_norm(&q, qn, c.rms_norm_eps, mode)?;
             k = rms_norm(&k, kn, c.rms_norm_eps, mode)?;
@@ -236,10 +245,10 @@ impl Decoder {
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((b * s, nh * hd))?;
-        let x = (x + l.o.forward(&attn)?)?;
+        let x = (x + l.o.forward(&attn, mode)?)?;
         let h = rms_norm(&x, &l.ln2, c.rms_norm_eps, mode)?;
-        let gated = (candle_nn::Activation::Silu.forward(&l.gate.forward(&h)?)? * l.up.forward(&h)?)?;
-        Ok((x + l.down.forward(&gated)?)?)
+        let gated = (candle_nn::Activation::Silu.forward(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
+        Ok((x + l.down.forward(&gated, mode)?)?)
     }
 }
 
@@ -323,4 +332,38 @@ pub fn positions(pad: &[usize], past: usize, s: usize, device: &Device) -> Resul
         }
     }
     Ok(Tensor::from_vec(p, (pad.len(), s), device)?)
+}
+
+/// A left-padded batch: `ids` (b, width) u32, `pad[r]` padding tokens at the left of row r.
+pub struct Padded {
+    pub ids: Tensor,
+    pub pad: Vec<usize>,
+    pub width: usize,
+}
+
+/// Left-pads `rows` (pad id 0; padding is masked, so its id never matters).
+pub fn left_pad<R: AsRef<[u32]>>(rows: &[R], device: &Device) -> Result<Padded> {
+    let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let pad: Vec<usize> = rows.iter().map(|r| width - r.as_ref().len()).collect();
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    for (r, &p) in rows.iter().zip(&pad) {
+        ids.extend(std::iter::repeat_n(0u32, p));
+        ids.extend_from_slice(r.as_ref());
+    }
+    Ok(Padded { ids: Tensor::from_vec(ids, (rows.len(), width), device)?, pad, width })
+}
+
+impl Decoder {
+    /// Final hidden states of a whole left-padded batch without a cache: (b, width, hidden).
+    pub fn forward_padded(&self, p: &Padded, mode: Mode) -> Result<Tensor> {
+        let d = self.device();
+        self.forward(&p.ids, &positions(&p.pad, 0, p.width, d)?, &attention_mask(&p.pad, 0, p.width, d)?, None, mode)
+    }
+
+    /// Logits at the last token of each row, for inference: (rows, vocab).
+    pub fn last_logits<R: AsRef<[u32]>>(&self, rows: &[R]) -> Result<Tensor> {
+        let p = left_pad(rows, self.device())?;
+        let hidden = self.forward_padded(&p, Mode::Infer)?;
+        self.logits(&hidden.narrow(1, p.width - 1, 1)?.squeeze(1)?, Mode::Infer)
+    }
 }

@@ -1,9 +1,7 @@
 //! The proxy model's difficulty signal (METHOD §1): at every position, the entropy of the renormalised
 //! top-k next-token distribution, teacher-forced and batched.
 
-use candle_core::Tensor;
-
-use super::decoder::{Decoder, Mode, attention_mask, positions};
+use super::decoder::{Decoder, Mode, left_pad};
 use super::error::Result;
 
 /// Entropy (nats) of `softmax` over the `k` largest logits of one row.
@@ -46,16 +44,9 @@ pub fn sequence_entropies(model: &Decoder, seqs: &[Vec<u32>], k: usize, window: 
             .iter()
             .map(|&(i, start, from)| &seqs[i][from..(start + window).min(seqs[i].len())])
             .collect();
-        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let pad: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        for (r, &p) in rows.iter().zip(&pad) {
-            ids.extend(std::iter::repeat_n(0u32, p));
-            ids.extend_from_slice(r);
-        }
-        let input = Tensor::from_vec(ids, (rows.len(), width), device)?;
-        let hidden = model.forward(&input, &positions(&pad, 0, width, device)?, &attention_mask(&pad, 0, width, device)?, None, Mode::Infer)?;
-        let logits = model.logits(&hidden)?;
+        let batch = left_pad(&rows, device)?;
+        let pad = &batch.pad;
+        let logits = model.logits(&model.forward_padded(&batch, Mode::Infer)?, Mode::Infer)?;
         for (b, &(i, start, from)) in chunk.iter().enumerate() {
             let end = (start + window).min(seqs[i].len());
             // Position t is predicted by the logits at t − 1, which sit at column pad + (t − 1 − from).

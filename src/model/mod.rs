@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use candle_core::{Device, Tensor};
 pub use config::{Family, ModelConfig};
-pub use decoder::{Cache, Decoder, MASKED, Mode, attention_mask, positions};
+pub use decoder::{Cache, Decoder, MASKED, Mode, Padded, attention_mask, left_pad, positions};
 pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;

@@ -140,3 +140,131 @@ mod tests {
         }
     }
 }
+
+/// `x · wᵀ` for inference when x has few rows (decoding: one row per sequence of the batch).
+///
+/// x: (m, k), w: (n, k), both contiguous f32 on the CPU; returns (m, n), without gradient. General
+/// matrix-multiply kernels pack `w` on every call, which dominates when m is small; here each output is
+/// a dot product of two contiguous rows, computed in parallel over chunks of `w`'s rows.
+pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &SmallMatmulT)
+}
+
+/// The largest row count `small_matmul_t` is used for.
+pub const SMALL_M: usize = 16;
+
+struct SmallMatmulT;
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else { candle_core::bail!("small_matmul_t expects f32") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("small_matmul_t expects contiguous inputs") };
+    Ok(&data[a..b])
+}
+
+#[inline]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i < n − 15 (or n − 7), inside both slices.
+    unsafe {
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+impl candle_core::CustomOp2 for SmallMatmulT {
+    fn name(&self) -> &'static str {
+        "small-matmul-t"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("small_matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
+        }
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        // Output laid out (n, m) while computing, so that each task writes a contiguous block.
+        let block = 64;
+        let mut out_t = vec![0f32; n * m];
+        out_t.par_chunks_mut(block * m).enumerate().for_each(|(c, chunk)| {
+            for (j, o) in chunk.chunks_mut(m).enumerate() {
+                let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = dot(&x[i * k..(i + 1) * k], row);
+                }
+            }
+        });
+        let mut out = vec![0f32; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                out[i * n + j] = out_t[j * m + i];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+#[cfg(test)]
+mod small_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn small_matmul_matches_matmul() {
+        for (m, k, n) in [(1, 7, 3), (8, 128, 384), (5, 33, 130)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let a: Vec<Vec<f32>> = small_matmul_t(&x, &w).unwrap().to_vec2().unwrap();
+            let b: Vec<Vec<f32>> = x.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
+            for (r, s) in a.iter().zip(&b) {
+                for (p, q) in r.iter().zip(s) {
+                    assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+                }
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::decoder::{Cache, Decoder, Mode, attention_mask, positions};
+use super::decoder::{Cache, Decoder, Mode, Padded, attention_mask, left_pad, positions};
 use super::error::{ModelError, Result};
 
 /// How to pick each next token.
@@ -183,12 +183,7 @@ pub fn generate(
             model.config().max_position_embeddings
         )));
     }
-    let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * width);
-    for (p, &n) in prompts.iter().zip(&pad) {
-        ids.extend(std::iter::repeat_n(0u32, n));
-        ids.extend_from_slice(p);
-    }
+    let Padded { ids: mut input, pad, .. } = left_pad(prompts, device)?;
     let mut cache = Cache::new(model.config().num_hidden_layers, total);
     let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
     let mut out: Vec<Sample> = (0..b)
@@ -199,7 +194,6 @@ pub fn generate(
         })
         .collect();
     let mut done = vec![false; b];
-    let mut input = Tensor::from_vec(ids, (b, width), device)?;
     let mut past = 0;
     for _ in 0..params.max_new_tokens {
         let s = input.dim(1)?;
@@ -207,7 +201,7 @@ pub fn generate(
         let pos = positions(&pad, past, s, device)?;
         let hidden = model.forward(&input, &pos, &mask, Some(&mut cache), Mode::Infer)?;
         let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
-        let logits: Vec<Vec<f32>> = model.logits(&last)?.to_vec2()?;
+        let logits: Vec<Vec<f32>> = model.logits(&last, Mode::Infer)?.to_vec2()?;
         past += s;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
@@ -259,7 +253,7 @@ pub fn token_logprobs(
     let pos = positions(pad, 0, s, device)?;
     let hidden = model.forward(ids, &pos, &mask, None, mode)?;
     let n = s - from;
-    let logits = model.logits(&hidden.narrow(1, from - 1, n)?)?.reshape((b * n, ()))?;
+    let logits = model.logits(&hidden.narrow(1, from - 1, n)?, mode)?.reshape((b * n, ()))?;
     let targets: Vec<u32> = ids.narrow(1, from, n)?.flatten_all()?.to_vec1()?;
     let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
     Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)

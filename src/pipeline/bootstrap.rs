@@ -3,12 +3,13 @@
 //! 1. a byte-level BPE tokenizer trained on the corpus (with `<think>`, `</think>`, `<|endoftext|>`);
 //! 2. a tiny Qwen2-family model pre-trained by next-token prediction on the training documents;
 //! 3. a supervised warm-up on the answer format `CONTEXT<think>THOUGHT</think>\boxed{NEXT TOKEN}`,
-//!    loss on the completion only, interleaved with next-token batches so standard mode is kept.
+//!    the answer written as the corpus's own token; loss on the completion only, interleaved with
+//!    next-token batches so that standard mode is kept.
 //!
-//! The warm-up thought re-reads the end of the context: the last tokens of the context, up to
-//! `thought_bytes` bytes, copied after `<think>`. A tiny model cannot be taught to reason by example,
-//! but it can learn that the thought attends to what precedes the answer, and RL then shapes what the
-//! thought contains. Positions whose next token has unbalanced braces are skipped: such a token cannot
+//! The warm-up thought re-reads the end of the context and continues it: the last context tokens (up to
+//! `thought_bytes` bytes) copied after `<think>`, then the next token, which the box repeats. The guess
+//! is made where a language model is at home, right after the text it continues, and RL then shapes
+//! that continuation. Positions whose next token has unbalanced braces are skipped: such a token cannot
 //! be written inside `\boxed{}` and parsed back.
 
 use std::path::Path;
@@ -104,8 +105,13 @@ pub fn sft_example(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, prompt: &Promp
     let mut row = prompt.build(&st.context);
     let from = row.len();
     row.extend_from_slice(&st.context[st.context.len() - k..]);
+    row.push(st.next_token);
     row.push(tok.token_id("</think>")?);
-    row.extend(tok.encode(&format!("\\boxed{{{answer}}}")).ok()?);
+    // The answer is the corpus's own token, not the answer re-tokenized inside the braces (byte-level
+    // BPE would merge it with `{` or `}`), so the box holds exactly what standard mode would predict.
+    row.extend(tok.encode("\\boxed{").ok()?);
+    row.push(st.next_token);
+    row.extend(tok.encode("}").ok()?);
     Some((row, from))
 }
 

@@ -4,11 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::Tensor;
-
 use crate::env::{Difficulty, State};
 use crate::error::Result;
-use crate::model::{Decoder, Mode, Rng, SampleParams, Tokenizer, attention_mask, generate, positions};
+use crate::model::{Decoder, Rng, SampleParams, Tokenizer, generate};
 use crate::prompt::Prompt;
 use crate::reward::{answer_closed, parse_prediction, prefix_match};
 
@@ -42,19 +40,9 @@ pub struct EvalReport {
 /// Greedy next token on each raw context: (predicted token) per item.
 pub fn standard_predictions(model: &Decoder, items: &[EvalItem], batch: usize) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(items.len());
-    let device = model.device();
     for chunk in items.chunks(batch.max(1)) {
-        let width = chunk.iter().map(|i| i.state.context.len()).max().unwrap_or(1);
-        let pad: Vec<usize> = chunk.iter().map(|i| width - i.state.context.len()).collect();
-        let mut ids = vec![];
-        for (i, &p) in chunk.iter().zip(&pad) {
-            ids.extend(std::iter::repeat_n(0u32, p));
-            ids.extend_from_slice(&i.state.context);
-        }
-        let input = Tensor::from_vec(ids, (chunk.len(), width), device)?;
-        let hidden = model.forward(&input, &positions(&pad, 0, width, device)?, &attention_mask(&pad, 0, width, device)?, None, Mode::Infer)?;
-        let last = model.logits(&hidden.narrow(1, width - 1, 1)?.squeeze(1)?)?;
-        out.extend(last.argmax(1)?.to_vec1::<u32>()?);
+        let contexts: Vec<&[u32]> = chunk.iter().map(|i| i.state.context.as_slice()).collect();
+        out.extend(model.last_logits(&contexts)?.argmax(1)?.to_vec1::<u32>()?);
     }
     Ok(out)
 }

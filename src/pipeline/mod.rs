@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use crate::config::Config;
 use crate::env::{JsonlFields, TokenizedDoc, generate_corpus, read_corpus, split_documents};
 use crate::error::Result;
-use crate::model::{Decoder, Mode, Tokenizer, token_logprobs};
+use crate::model::{Decoder, Mode, Tokenizer, left_pad, token_logprobs};
 
 /// The corpus's documents as text, with skipped inputs logged (never silently dropped).
 pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
@@ -48,20 +48,16 @@ pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Resul
 /// Mean negative log-likelihood of the tokens of `rows` from index `loss_from[r]` on (left-padded).
 /// Returns the scalar loss (with gradient in `Mode::Train`) and the number of tokens it averages.
 pub fn masked_nll(model: &Decoder, rows: &[Vec<u32>], loss_from: &[usize], mode: Mode) -> Result<(Tensor, usize)> {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let pad: Vec<usize> = rows.iter().map(|r| width - r.len()).collect();
-    let mut ids = Vec::with_capacity(rows.len() * width);
+    let device = model.device();
+    let batch = left_pad(rows, device)?;
+    let (width, pad) = (batch.width, &batch.pad);
     let mut mask = Vec::with_capacity(rows.len() * (width - 1));
-    for ((r, &p), &from) in rows.iter().zip(&pad).zip(loss_from) {
-        ids.extend(std::iter::repeat_n(0u32, p));
-        ids.extend_from_slice(r);
+    for (&p, &from) in pad.iter().zip(loss_from) {
         // Column j scores token j + 1 of the padded row, i.e. token j + 1 − p of the row.
         mask.extend((0..width - 1).map(|j| ((j + 1 >= p + from.max(1)) as u8) as f32));
     }
-    let device = model.device();
     let n = rows.len();
-    let input = Tensor::from_vec(ids, (n, width), device)?;
-    let lp = token_logprobs(model, &input, &pad, 1, 1.0, mode)?;
+    let lp = token_logprobs(model, &batch.ids, pad, 1, 1.0, mode)?;
     let count = mask.iter().filter(|&&m| m > 0.0).count();
     let mask = Tensor::from_vec(mask, (n, width - 1), device)?;
     let loss = ((lp * mask)?.sum_all()? / -(count.max(1) as f64))?;

@@ -1,0 +1,261 @@
+//! The pipelines end to end on a tiny built-in model: bootstrap (deterministic files), the difficulty
+//! index (against entropies computed by hand, stale indexes refused), and training with the actor system
+//! (every reward variant, determinism, resume, a failing policy, bad configs).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use candle_core::{D, Tensor};
+use rpt::actors::{RunSummary, TIMING_KEYS, TrainOptions, train};
+use rpt::config::Config;
+use rpt::env::Split;
+use rpt::model::{Checkpoint, Device, Mode, attention_mask, positions};
+use rpt::pipeline::{bootstrap::bootstrap, load_texts, prepare, tokenize_splits};
+
+/// A config small enough that bootstrap and a few training steps take seconds.
+fn tiny_config(root: &Path, model: &Path) -> Config {
+    let text = format!(
+        r#"
+seed = 3
+run_dir = "{run}"
+[model]
+path = "{model}"
+bootstrap_if_missing = false
+[corpus]
+documents = 24
+heldout_fraction = 0.25
+[states]
+max_context_tokens = 24
+min_entropy = 0.0
+[rollout]
+group_size = 4
+states_per_step = 3
+max_new_tokens = 10
+[optim]
+lr = 1e-3
+[train]
+steps = 4
+checkpoint_every = 2
+[eval]
+positions = 12
+[bootstrap]
+vocab_size = 300
+hidden_size = 32
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate_size = 64
+pretrain_steps = 12
+sft_steps = 6
+batch = 4
+seq_len = 32
+"#,
+        run = root.join("run").display(),
+        model = model.display()
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// The tiny model and its index, built once for this test binary.
+fn shared() -> &'static (PathBuf, Config) {
+    static CELL: OnceLock<(PathBuf, Config)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("rpt-pipeline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let model = root.join("model");
+        let cfg = tiny_config(&root, &model);
+        bootstrap(&cfg, &model, &Device::Cpu).unwrap();
+        prepare::prepare(&cfg, &Device::Cpu).unwrap();
+        (root, cfg)
+    })
+}
+
+/// A config for a fresh run directory that reuses the shared model and its index. Uses `info_gain`
+/// (with RLP advantages): its rewards always vary within a group, so every step has a gradient, and
+/// resuming must also restore the EMA teacher.
+fn run_config(name: &str) -> Config {
+    let (root, base) = shared();
+    let mut cfg = base.clone();
+    cfg.reward.variant = "info_gain".into();
+    cfg.grpo.advantage = "rlp".into();
+    cfg.run_dir = root.join(name);
+    std::fs::create_dir_all(cfg.run_dir.join("index")).unwrap();
+    for split in ["train", "heldout"] {
+        let f = format!("{split}.index.json");
+        std::fs::copy(base.run_dir.join("index").join(&f), cfg.run_dir.join("index").join(&f)).unwrap();
+    }
+    cfg
+}
+
+fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    Ok(rt.block_on(train(cfg, &opts, &Device::Cpu))?)
+}
+
+fn metrics(cfg: &Config) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn without_timing(mut v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for m in &mut v {
+        for k in TIMING_KEYS {
+            m.as_object_mut().unwrap().remove(*k);
+        }
+    }
+    v
+}
+
+#[test]
+fn bootstrap_is_deterministic_and_loadable() -> Result<()> {
+    let (root, cfg) = shared();
+    let again = root.join("model-again");
+    let report = bootstrap(cfg, &again, &Device::Cpu)?;
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(std::fs::read(cfg.model.path.join(f))?, std::fs::read(again.join(f))?, "{f} differs between two runs");
+    }
+    let ck = Checkpoint::load(&again, &Device::Cpu)?;
+    assert_eq!(ck.config.vocab_size, ck.tokenizer.vocab_size());
+    assert_eq!(ck.tokenizer.token_id("</think>"), Some(2));
+    assert!(report.train_loss.is_finite() && report.heldout_loss.is_finite());
+    assert!((0.0..=1.0).contains(&report.format_rate));
+    Ok(())
+}
+
+#[test]
+fn index_matches_entropies_computed_by_hand() -> Result<()> {
+    let (_, cfg) = shared();
+    let texts = load_texts(cfg)?;
+    let index = prepare::load_index(cfg, Split::Heldout, &texts)?;
+    let ck = Checkpoint::load(&cfg.model.path, &Device::Cpu)?;
+    let model = ck.decoder()?;
+    let splits = tokenize_splits(cfg, &texts, &ck.tokenizer)?;
+    let doc = &splits.heldout[0];
+    assert_eq!(index.docs[0].doc, doc.doc);
+    assert_eq!(index.docs[0].entropy.len(), doc.len());
+    // By hand: the whole document in one pass, softmax over the 16 largest logits, −Σ p ln p.
+    let n = doc.len().min(200);
+    let ids = Tensor::from_vec(doc.ids[..n].to_vec(), (1, n), &Device::Cpu)?;
+    let hidden = model.forward(&ids, &positions(&[0], 0, n, &Device::Cpu)?, &attention_mask(&[0], 0, n, &Device::Cpu)?, None, Mode::Infer)?;
+    let logits = model.logits(&hidden, Mode::Infer)?.squeeze(0)?;
+    let top = logits.sort_last_dim(false)?.0.narrow(D::Minus1, 0, 16)?;
+    let p = candle_nn::ops::softmax(&top, D::Minus1)?;
+    let h: Vec<f32> = (p.clone() * p.log()?)?.sum(D::Minus1)?.neg()?.to_vec1()?;
+    for t in 1..n {
+        let want = h[t - 1];
+        let got = index.docs[0].entropy[t];
+        assert!((want - got).abs() < 1e-3, "position {t}: index {got}, by hand {want}");
+    }
+    let (all, [easy, medium, hard]) = index.counts();
+    assert!(all >= easy && easy >= medium && medium >= hard);
+
+    // A different corpus makes the index stale.
+    let mut other = cfg.clone();
+    other.corpus.documents += 1;
+    let e = prepare::load_index(&other, Split::Heldout, &load_texts(&other)?).unwrap_err().to_string();
+    assert!(e.contains("stale") && e.contains("rpt prepare"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn every_reward_variant_trains_with_finite_metrics() -> Result<()> {
+    for variant in ["prefix_match", "first_token", "dense", "conditional_dense", "info_gain"] {
+        let mut cfg = run_config(&format!("variant-{variant}"));
+        cfg.reward.variant = variant.into();
+        cfg.grpo.advantage = "grpo".into();
+        cfg.train.steps = 2;
+        if variant == "info_gain" {
+            cfg.grpo.advantage = "rlp".into();
+            cfg.grpo.loss_tokens = "thought".into();
+        }
+        if variant == "dense" {
+            cfg.grpo.beta = 0.05;
+            cfg.grpo.loss_agg_mode = rpt::grpo::LossAgg::SeqMeanTokenSumNorm;
+        }
+        let summary = run(&cfg, TrainOptions::default())?;
+        assert_eq!(summary.steps, 2, "{variant}");
+        let m = metrics(&cfg);
+        assert_eq!(m.len(), 2, "{variant}");
+        for line in &m {
+            for key in ["reward_mean", "loss", "grad_norm", "entropy", "approx_kl", "tokens_per_s"] {
+                let v = line[key].as_f64().unwrap_or(f64::NAN);
+                assert!(v.is_finite(), "{variant}: {key} = {v}");
+            }
+            assert_eq!(line["reward_variant"], variant);
+        }
+        assert!(rpt::checkpoint::latest(&cfg.run_dir)?.is_some());
+    }
+    Ok(())
+}
+
+#[test]
+fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() -> Result<()> {
+    let a = run_config("det-a");
+    run(&a, TrainOptions::default())?;
+    let b = run_config("det-b");
+    run(&b, TrainOptions::default())?;
+    let (ma, mb) = (without_timing(metrics(&a)), without_timing(metrics(&b)));
+    assert_eq!(ma.len(), 4);
+    assert_eq!(ma, mb, "two runs with the same seed differ");
+    assert!(ma.iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0), "a step had no learning signal");
+
+    // Stopped after step 2 (its checkpoint), then resumed to 4.
+    let mut c = run_config("resume");
+    c.train.steps = 2;
+    run(&c, TrainOptions::default())?;
+    c.train.steps = 4;
+    let e = run(&c, TrainOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("--resume"), "{e}");
+    run(&c, TrainOptions { resume: true, ..Default::default() })?;
+    assert_eq!(without_timing(metrics(&c)), ma, "resumed run differs from the uninterrupted one");
+    Ok(())
+}
+
+#[test]
+fn a_failed_policy_is_restarted_and_every_state_is_learned_once() -> Result<()> {
+    let mut cfg = run_config("fault");
+    cfg.rollout.policies = 2;
+    cfg.rollout.verifiers = 2;
+    let summary = run(&cfg, TrainOptions { fail_policy_at_step: Some(1), ..Default::default() })?;
+    assert_eq!(summary.steps, 4);
+    assert!(summary.reissued > 0, "nothing was re-issued");
+    let m = metrics(&cfg);
+    assert_eq!(m[1]["states_reissued"].as_u64(), Some(summary.reissued as u64));
+    let mut seen: Vec<u64> = m.iter().flat_map(|l| l["states"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap())).collect();
+    seen.sort();
+    let expected: Vec<u64> = (0..4 * cfg.rollout.states_per_step as u64).collect();
+    assert_eq!(seen, expected, "a state was lost or learned twice");
+    // The failure does not change what is learned: same metrics as a run without it.
+    let clean = run_config("fault-clean");
+    let mut clean = clean;
+    clean.rollout.policies = 2;
+    clean.rollout.verifiers = 2;
+    run(&clean, TrainOptions::default())?;
+    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        without_timing(v).into_iter().map(|mut m| {
+            m.as_object_mut().unwrap().remove("states_reissued");
+            m
+        }).collect()
+    };
+    assert!(metrics(&clean).iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0));
+    assert_eq!(strip(metrics(&cfg)), strip(metrics(&clean)));
+    Ok(())
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_starts() -> Result<()> {
+    let mut cfg = run_config("bad");
+    cfg.model.path = PathBuf::from("/no/such/model");
+    let e = run(&cfg, TrainOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("/no/such/model"), "{e}");
+    assert!(!cfg.run_dir.join("metrics.jsonl").exists());
+    let e = Config::parse("[rollout]\ngroup_size = 1\n", Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(e.contains("`rollout.group_size` must be >= 2, got 1"), "{e}");
+    let e = Config::parse("[grpo]\nscale_rewards = \"sometimes\"\n", Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(e.contains("scale_rewards") || e.contains("sometimes"), "{e}");
+    Ok(())
+}
