@@ -73,6 +73,8 @@ struct StepWork {
     scored: BTreeMap<u64, ScoredGroup>,
     dropped: usize,
     reissued: usize,
+    /// The batch went to the learner; nothing about this step changes any more.
+    sent: bool,
     rollout_s: f64,
     verify_s: f64,
     started: Option<Instant>,
@@ -84,9 +86,9 @@ pub struct SupState {
     policies: Vec<ActorRef<PolicyMsg>>,
     verifiers: Vec<ActorRef<VerifierMsg>>,
     by_id: HashMap<ActorId, Role>,
-    /// Weight versions still needed (version → model), and the EMA teacher.
-    versions: BTreeMap<u64, Arc<Decoder>>,
-    ema: Option<Arc<Decoder>>,
+    /// Weight versions still needed: version → (policy, EMA teacher of that version). A group is scored
+    /// with the teacher of the version that sampled it, whatever the learner has done since.
+    versions: BTreeMap<u64, (Arc<Decoder>, Option<Arc<Decoder>>)>,
     updates_done: u64,
     steps: BTreeMap<u64, StepWork>,
     next_launch: u64,
@@ -146,7 +148,7 @@ impl SupState {
             return Err("the environment has no more states".into());
         }
         w.rounds += 1;
-        let snapshot = PolicySnapshot { version: w.version, model: self.versions[&w.version].clone() };
+        let snapshot = PolicySnapshot { version: w.version, model: self.versions[&w.version].0.clone() };
         let p = self.policies.len();
         let per = states.len().div_ceil(p);
         for (i, chunk) in states.chunks(per).enumerate() {
@@ -163,6 +165,10 @@ impl SupState {
         let b = self.cfg().rollout.states_per_step;
         let step = self.updates_done;
         if let Some(mut w) = self.steps.remove(&step) {
+            if w.sent {
+                self.steps.insert(step, w);
+                return self.launch_ready().await;
+            }
             let complete = w.sampling.is_empty() && w.scoring.is_empty();
             if complete && self.cfg().grpo.dynamic_sampling {
                 let seqs: Vec<u64> = w.scored.keys().copied().collect();
@@ -189,6 +195,7 @@ impl SupState {
                 let checkpoint = last || (step + 1) % self.cfg().train.checkpoint_every == 0;
                 self.learner.cast(LearnerMsg::Update { step, batch, cursor, checkpoint })?;
                 self.learner_busy = true;
+                w.sent = true;
             }
             self.steps.insert(step, w);
         }
@@ -214,14 +221,13 @@ impl Actor for Supervisor {
         let (learner, _) = Actor::spawn_linked(None, super::learner::LearnerActor, largs, myself.get_cell()).await?;
         let a = SupArgs2 { shared, env, metrics, start_step, weights, ema, fail_policy_at_step };
         let mut versions = BTreeMap::new();
-        versions.insert(a.start_step, a.weights.clone());
+        versions.insert(a.start_step, (a.weights.clone(), a.ema.clone()));
         let mut st = SupState {
             learner,
             policies: vec![],
             verifiers: vec![],
             by_id: HashMap::new(),
             versions,
-            ema: a.ema.clone(),
             updates_done: a.start_step,
             steps: BTreeMap::new(),
             next_launch: a.start_step,
@@ -261,14 +267,14 @@ impl Actor for Supervisor {
             SupMsg::Sampled(work) => {
                 let Some(w) = st.steps.get_mut(&work.step) else { return Ok(()) };
                 w.rollout_s += work.seconds;
-                let (ver, policy) = (w.version, st.versions[&w.version].clone());
+                let (ver, (policy, ema)) = (w.version, st.versions[&w.version].clone());
                 for g in work.items {
                     // A late answer from a policy that was restarted: its states were re-issued.
                     let Some(_) = w.sampling.remove(&g.seq) else { continue };
                     let v = (g.seq % st.verifiers.len() as u64) as usize;
                     w.scoring.insert(g.seq, (g.clone(), v));
                     debug_assert_eq!(g.version, ver);
-                    st.verifiers[v].cast(VerifierMsg::Score { step: work.step, group: g, policy: policy.clone(), ema: st.ema.clone() })?;
+                    st.verifiers[v].cast(VerifierMsg::Score { step: work.step, group: g, policy: policy.clone(), ema: ema.clone() })?;
                 }
             }
             SupMsg::Scored(work) => {
@@ -289,8 +295,7 @@ impl Actor for Supervisor {
                 let m = step_metrics(&st.a.shared, u.step, &w.scored, &u.stats, w.version, w.reissued, w.dropped, w.rollout_s, w.verify_s, u.seconds, w.started);
                 st.a.metrics.cast(MetricsMsg::Step(m))?;
                 st.updates_done = u.step + 1;
-                st.versions.insert(st.updates_done, u.weights.clone());
-                st.ema = u.ema.clone().or(st.ema.take());
+                st.versions.insert(st.updates_done, (u.weights.clone(), u.ema.clone()));
                 // Keep only the versions a step in progress may still sample from.
                 let oldest = st.steps.values().map(|w| w.version).min().unwrap_or(st.updates_done).min(st.updates_done);
                 st.versions.retain(|&v, _| v >= oldest);
@@ -334,7 +339,7 @@ impl Actor for Supervisor {
                     }
                 }
                 for (step, version, states) in resend {
-                    let snapshot = PolicySnapshot { version, model: st.versions[&version].clone() };
+                    let snapshot = PolicySnapshot { version, model: st.versions[&version].0.clone() };
                     st.policies[i].cast(PolicyMsg::Sample { step, snapshot, states })?;
                 }
             }
@@ -354,8 +359,8 @@ impl Actor for Supervisor {
                     }
                 }
                 for (step, version, group) in resend {
-                    let policy = st.versions[&version].clone();
-                    st.verifiers[i].cast(VerifierMsg::Score { step, group, policy, ema: st.ema.clone() })?;
+                    let (policy, ema) = st.versions[&version].clone();
+                    st.verifiers[i].cast(VerifierMsg::Score { step, group, policy, ema })?;
                 }
             }
             Role::Learner => {
