@@ -26,7 +26,13 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 }
 
 /// Writes `step-NNNNNN` and points `latest` at it.
-pub fn write(run_dir: &Path, learner: &Learner, model_cfg: &ModelConfig, tok: &Tokenizer, state: &TrainerState) -> Result<PathBuf> {
+pub fn write(
+    run_dir: &Path,
+    learner: &Learner,
+    model_cfg: &ModelConfig,
+    tok: &Tokenizer,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let root = checkpoints_dir(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!("{name}.partial"));
@@ -37,7 +43,10 @@ pub fn write(run_dir: &Path, learner: &Learner, model_cfg: &ModelConfig, tok: &T
     std::fs::create_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
     Checkpoint::save(&tmp, model_cfg, tok, &learner.snapshot()?)?;
     learner.save_state(&tmp)?;
-    write_atomic(&tmp.join("trainer_state.json"), &serde_json::to_vec_pretty(state).expect("serialises"))?;
+    write_atomic(
+        &tmp.join("trainer_state.json"),
+        &serde_json::to_vec_pretty(state).expect("serialises"),
+    )?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
     }
@@ -59,5 +68,6 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join("trainer_state.json");
     let bytes = std::fs::read(&p).map_err(|e| crate::Error::io(&p, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| crate::Error::Run(format!("{}: damaged trainer state: {e}", p.display())))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| crate::Error::Run(format!("{}: damaged trainer state: {e}", p.display())))
 }

@@ -19,7 +19,11 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: `{key}` {reason}")]
-    Invalid { path: PathBuf, key: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 /// The whole configuration of a run.
@@ -426,64 +430,117 @@ default_from_serde!(
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates TOML text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Checks every bound; the error names the key, the bound and the value given.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| Err(ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), reason });
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: key.into(),
+                reason,
+            })
+        };
         let r = &self.rollout;
         if r.group_size < 2 {
-            return bad("rollout.group_size", format!("must be >= 2, got {}", r.group_size));
+            return bad(
+                "rollout.group_size",
+                format!("must be >= 2, got {}", r.group_size),
+            );
         }
         if r.states_per_step == 0 {
             return bad("rollout.states_per_step", "must be >= 1, got 0".into());
         }
         if r.temperature < 0.0 {
-            return bad("rollout.temperature", format!("must be >= 0, got {}", r.temperature));
+            return bad(
+                "rollout.temperature",
+                format!("must be >= 0, got {}", r.temperature),
+            );
         }
         if !(r.top_p > 0.0 && r.top_p <= 1.0) {
-            return bad("rollout.top_p", format!("must be in (0, 1], got {}", r.top_p));
+            return bad(
+                "rollout.top_p",
+                format!("must be in (0, 1], got {}", r.top_p),
+            );
         }
         if r.max_new_tokens == 0 {
             return bad("rollout.max_new_tokens", "must be >= 1, got 0".into());
         }
         if r.policies == 0 || r.verifiers == 0 {
-            return bad("rollout.policies", format!("policies and verifiers must be >= 1, got {} and {}", r.policies, r.verifiers));
+            return bad(
+                "rollout.policies",
+                format!(
+                    "policies and verifiers must be >= 1, got {} and {}",
+                    r.policies, r.verifiers
+                ),
+            );
         }
         if let Err(e) = crate::reward::by_name(&self.reward.variant) {
             return bad("reward.variant", e.to_string());
         }
         if !(0.0..=1.0).contains(&self.reward.ema_tau) {
-            return bad("reward.ema_tau", format!("must be in [0, 1], got {}", self.reward.ema_tau));
+            return bad(
+                "reward.ema_tau",
+                format!("must be in [0, 1], got {}", self.reward.ema_tau),
+            );
         }
         let g = &self.grpo;
         if !matches!(g.advantage.as_str(), "grpo" | "rlp") {
-            return bad("grpo.advantage", format!("must be \"grpo\" or \"rlp\", got {:?}", g.advantage));
+            return bad(
+                "grpo.advantage",
+                format!("must be \"grpo\" or \"rlp\", got {:?}", g.advantage),
+            );
         }
         if !matches!(g.loss_tokens.as_str(), "completion" | "thought") {
-            return bad("grpo.loss_tokens", format!("must be \"completion\" or \"thought\", got {:?}", g.loss_tokens));
+            return bad(
+                "grpo.loss_tokens",
+                format!(
+                    "must be \"completion\" or \"thought\", got {:?}",
+                    g.loss_tokens
+                ),
+            );
         }
         if g.epsilon_low < 0.0 || g.epsilon_low >= 1.0 || g.epsilon_high < 0.0 {
-            return bad("grpo.epsilon_low", format!("need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {} and {}", g.epsilon_low, g.epsilon_high));
+            return bad(
+                "grpo.epsilon_low",
+                format!(
+                    "need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {} and {}",
+                    g.epsilon_low, g.epsilon_high
+                ),
+            );
         }
         if g.beta < 0.0 {
             return bad("grpo.beta", format!("must be >= 0, got {}", g.beta));
         }
         if g.ppo_epochs == 0 || g.mini_batches == 0 || g.mini_batches > r.states_per_step {
-            return bad("grpo.mini_batches", format!("need ppo_epochs >= 1 and 1 <= mini_batches <= states_per_step, got {} and {}", g.ppo_epochs, g.mini_batches));
+            return bad(
+                "grpo.mini_batches",
+                format!(
+                    "need ppo_epochs >= 1 and 1 <= mini_batches <= states_per_step, got {} and {}",
+                    g.ppo_epochs, g.mini_batches
+                ),
+            );
         }
         if g.dynamic_sampling && g.max_gen_batches == 0 {
-            return bad("grpo.max_gen_batches", "must be >= 1 with dynamic_sampling".into());
+            return bad(
+                "grpo.max_gen_batches",
+                "must be >= 1 with dynamic_sampling".into(),
+            );
         }
         if self.optim.lr <= 0.0 || !self.optim.lr.is_finite() {
             return bad("optim.lr", format!("must be > 0, got {}", self.optim.lr));
@@ -493,33 +550,80 @@ impl Config {
         }
         let s = &self.states;
         if s.max_context_tokens == 0 || s.max_target_bytes == 0 || s.entropy_top_k < 2 {
-            return bad("states", format!("need max_context_tokens >= 1, max_target_bytes >= 1, entropy_top_k >= 2; got {}, {}, {}", s.max_context_tokens, s.max_target_bytes, s.entropy_top_k));
+            return bad(
+                "states",
+                format!(
+                    "need max_context_tokens >= 1, max_target_bytes >= 1, entropy_top_k >= 2; got {}, {}, {}",
+                    s.max_context_tokens, s.max_target_bytes, s.entropy_top_k
+                ),
+            );
         }
         if !self.prompt.template.contains("{context}") {
-            return bad("prompt.template", format!("must contain {{context}}, got {:?}", self.prompt.template));
+            return bad(
+                "prompt.template",
+                format!("must contain {{context}}, got {:?}", self.prompt.template),
+            );
         }
         match self.corpus.kind.as_str() {
-            "builtin" if self.corpus.documents < 2 => return bad("corpus.documents", format!("must be >= 2, got {}", self.corpus.documents)),
+            "builtin" if self.corpus.documents < 2 => {
+                return bad(
+                    "corpus.documents",
+                    format!("must be >= 2, got {}", self.corpus.documents),
+                );
+            }
             "builtin" => {}
             "files" => match &self.corpus.path {
                 None => return bad("corpus.path", "is required with kind = \"files\"".into()),
-                Some(p) if !p.exists() => return bad("corpus.path", format!("{} does not exist", p.display())),
+                Some(p) if !p.exists() => {
+                    return bad("corpus.path", format!("{} does not exist", p.display()));
+                }
                 Some(_) => {}
             },
-            other => return bad("corpus.kind", format!("must be \"builtin\" or \"files\", got {other:?}")),
+            other => {
+                return bad(
+                    "corpus.kind",
+                    format!("must be \"builtin\" or \"files\", got {other:?}"),
+                );
+            }
         }
         if !(0.0..1.0).contains(&self.corpus.heldout_fraction) {
-            return bad("corpus.heldout_fraction", format!("must be in [0, 1), got {}", self.corpus.heldout_fraction));
+            return bad(
+                "corpus.heldout_fraction",
+                format!("must be in [0, 1), got {}", self.corpus.heldout_fraction),
+            );
         }
         if !self.model.bootstrap_if_missing && !self.model.path.join("config.json").exists() {
-            return bad("model.path", format!("{} has no config.json (and bootstrap_if_missing = false)", self.model.path.display()));
+            return bad(
+                "model.path",
+                format!(
+                    "{} has no config.json (and bootstrap_if_missing = false)",
+                    self.model.path.display()
+                ),
+            );
         }
         let b = &self.bootstrap;
-        if b.heads == 0 || b.kv_heads == 0 || b.heads % b.kv_heads != 0 || b.hidden_size % b.heads != 0 || (b.hidden_size / b.heads) % 2 != 0 {
-            return bad("bootstrap.heads", format!("need heads divisible by kv_heads and an even head size; got hidden {}, heads {}, kv_heads {}", b.hidden_size, b.heads, b.kv_heads));
+        if b.heads == 0
+            || b.kv_heads == 0
+            || b.heads % b.kv_heads != 0
+            || b.hidden_size % b.heads != 0
+            || (b.hidden_size / b.heads) % 2 != 0
+        {
+            return bad(
+                "bootstrap.heads",
+                format!(
+                    "need heads divisible by kv_heads and an even head size; got hidden {}, heads {}, kv_heads {}",
+                    b.hidden_size, b.heads, b.kv_heads
+                ),
+            );
         }
         if b.vocab_size < 300 {
-            return bad("bootstrap.vocab_size", format!("must be >= 300 (256 bytes + special tokens + merges), got {}", b.vocab_size));
+            return bad(
+                "bootstrap.vocab_size",
+                format!(
+                    "must be >= 300 (256 bytes + special tokens + merges), got {}",
+                    b.vocab_size
+                ),
+            );
         }
         Ok(())
     }
@@ -548,7 +652,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text, Path::new("run.toml")).unwrap_err().to_string()
+        Config::parse(text, Path::new("run.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -562,13 +668,25 @@ mod tests {
     #[test]
     fn bad_configs_name_the_key_and_value() {
         let e = err("[rollout]\ngroup_size = 1\n");
-        assert!(e.contains("run.toml") && e.contains("`rollout.group_size` must be >= 2, got 1"), "{e}");
+        assert!(
+            e.contains("run.toml") && e.contains("`rollout.group_size` must be >= 2, got 1"),
+            "{e}"
+        );
         let e = err("[rollout]\ngroupsize = 8\n");
-        assert!(e.contains("unknown field") && e.contains("groupsize"), "{e}");
+        assert!(
+            e.contains("unknown field") && e.contains("groupsize"),
+            "{e}"
+        );
         let e = err("[reward]\nvariant = \"exact\"\n");
-        assert!(e.contains("reward.variant") && e.contains("exact") && e.contains("prefix_match"), "{e}");
+        assert!(
+            e.contains("reward.variant") && e.contains("exact") && e.contains("prefix_match"),
+            "{e}"
+        );
         let e = err("[model]\npath = \"/no/such/model\"\nbootstrap_if_missing = false\n");
-        assert!(e.contains("model.path") && e.contains("/no/such/model"), "{e}");
+        assert!(
+            e.contains("model.path") && e.contains("/no/such/model"),
+            "{e}"
+        );
         let e = err("[grpo]\nloss_agg_mode = \"mean\"\n");
         assert!(e.contains("loss_agg_mode") || e.contains("mean"), "{e}");
         let e = err("[corpus]\nkind = \"files\"\n");
@@ -598,10 +716,12 @@ mod shipped {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            let cfg: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let cfg: Config =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             match cfg.validate(&path) {
                 Ok(()) => {}
-                Err(ConfigError::Invalid { key, .. }) if key == "model.path" || key == "corpus.path" => {}
+                Err(ConfigError::Invalid { key, .. })
+                    if key == "model.path" || key == "corpus.path" => {}
                 Err(e) => panic!("{e}"),
             }
             crate::reward::by_name(&cfg.reward.variant).unwrap();

@@ -9,7 +9,9 @@ use candle_core::Tensor;
 use crate::config::Config;
 use crate::error::Result;
 use crate::grpo::{LossStats, advantages, ema_update, grpo_loss};
-use crate::model::{AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, left_pad, token_logprobs};
+use crate::model::{
+    AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, left_pad, token_logprobs,
+};
 use crate::rollout::ScoredGroup;
 
 /// What one update did, for the metrics.
@@ -33,28 +35,63 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub fn new(cfg: &Config, weights: &TensorMap, model_cfg: &crate::model::ModelConfig) -> Result<Self> {
+    pub fn new(
+        cfg: &Config,
+        weights: &TensorMap,
+        model_cfg: &crate::model::ModelConfig,
+    ) -> Result<Self> {
         let params = Trainable::new(model_cfg, weights)?;
-        let reference = if cfg.grpo.beta > 0.0 { Some(Decoder::new(model_cfg, weights)?) } else { None };
-        let ema = if cfg.reward.variant == "info_gain" { Some(params.snapshot()?) } else { None };
-        let opt = AdamW::new(AdamWConfig { lr: cfg.optim.lr, weight_decay: cfg.optim.weight_decay, ..Default::default() });
-        Ok(Learner { params, opt, reference, ema, cfg: cfg.clone() })
+        let reference = if cfg.grpo.beta > 0.0 {
+            Some(Decoder::new(model_cfg, weights)?)
+        } else {
+            None
+        };
+        let ema = if cfg.reward.variant == "info_gain" {
+            Some(params.snapshot()?)
+        } else {
+            None
+        };
+        let opt = AdamW::new(AdamWConfig {
+            lr: cfg.optim.lr,
+            weight_decay: cfg.optim.weight_decay,
+            ..Default::default()
+        });
+        Ok(Learner {
+            params,
+            opt,
+            reference,
+            ema,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Learning rate at optimizer step `t` (linear warm-up, then constant).
     fn lr(&self, t: u64) -> f64 {
         let w = self.cfg.optim.warmup_steps;
-        if t < w { self.cfg.optim.lr * (t + 1) as f64 / w as f64 } else { self.cfg.optim.lr }
+        if t < w {
+            self.cfg.optim.lr * (t + 1) as f64 / w as f64
+        } else {
+            self.cfg.optim.lr
+        }
     }
 
     /// One GRPO update on a batch of scored groups (in the environment's order).
     pub fn update(&mut self, batch: &[ScoredGroup]) -> Result<UpdateStats> {
-        let rewards: Vec<Vec<f64>> = batch.iter().map(|g| g.rewards.iter().map(|r| r.value).collect()).collect();
+        let rewards: Vec<Vec<f64>> = batch
+            .iter()
+            .map(|g| g.rewards.iter().map(|r| r.value).collect())
+            .collect();
         let adv = advantages(&rewards, self.cfg.advantage_mode());
         let flat: Vec<f64> = adv.iter().flatten().copied().collect();
         let mean = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
-        let std = (flat.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / flat.len().max(1) as f64).sqrt();
-        let mut stats = UpdateStats { advantage_mean: mean, advantage_std: std, ..Default::default() };
+        let std = (flat.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>()
+            / flat.len().max(1) as f64)
+            .sqrt();
+        let mut stats = UpdateStats {
+            advantage_mean: mean,
+            advantage_std: std,
+            ..Default::default()
+        };
         let slices = self.cfg.grpo.mini_batches.min(batch.len()).max(1);
         let per = batch.len().div_ceil(slices);
         let mut first = true;
@@ -82,7 +119,11 @@ impl Learner {
     }
 
     /// Loss, backward, clip and AdamW on one mini-batch.
-    fn step_on(&mut self, mb: &[ScoredGroup], adv: &[Vec<f64>]) -> Result<(f64, LossStats, f64, f64)> {
+    fn step_on(
+        &mut self,
+        mb: &[ScoredGroup],
+        adv: &[Vec<f64>],
+    ) -> Result<(f64, LossStats, f64, f64)> {
         let thought_only = self.cfg.grpo.loss_tokens == "thought";
         // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
         let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
@@ -91,21 +132,32 @@ impl Learner {
                 rows.push((&g.group.prompt, c, ai));
             }
         }
-        let c = rows.iter().map(|(_, comp, _)| comp.tokens.len()).max().unwrap_or(0);
+        let c = rows
+            .iter()
+            .map(|(_, comp, _)| comp.tokens.len())
+            .max()
+            .unwrap_or(0);
         if c == 0 {
             return Ok((0.0, LossStats::default(), 0.0, 0.0));
         }
         let n = rows.len();
         let model = self.params.decoder()?;
         let device = model.device().clone();
-        let full: Vec<Vec<u32>> = rows.iter().map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat()).collect();
+        let full: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat())
+            .collect();
         let batch = left_pad(&full, &device)?;
         let (input, pad, width) = (&batch.ids, &batch.pad, batch.width);
         // Completions are right-aligned by the left padding: the last `c` columns hold all of them.
         let (mut old, mut mask, mut advs) = (vec![], vec![], vec![]);
         for (_, comp, a) in &rows {
             let lead = c - comp.tokens.len();
-            let counted = if thought_only { comp.thought_len } else { comp.tokens.len() };
+            let counted = if thought_only {
+                comp.thought_len
+            } else {
+                comp.tokens.len()
+            };
             old.extend(std::iter::repeat_n(0f32, lead));
             old.extend_from_slice(&comp.logprobs);
             mask.extend(std::iter::repeat_n(0f32, lead));
@@ -121,11 +173,22 @@ impl Learner {
             Some(r) => Some(token_logprobs(r, input, pad, width - c, t, Mode::Infer)?),
             None => None,
         };
-        let (loss, ls) = grpo_loss(&logp, &old, reference.as_ref(), &advs, &mask, &self.cfg.loss())?;
+        let (loss, ls) = grpo_loss(
+            &logp,
+            &old,
+            reference.as_ref(),
+            &advs,
+            &mask,
+            &self.cfg.loss(),
+        )?;
         let grads = loss.backward()?;
         let norm = AdamW::grad_norm(&self.params, &grads)?;
         let clip = self.cfg.optim.max_grad_norm;
-        let scale = if clip > 0.0 && norm > clip { clip / norm } else { 1.0 };
+        let scale = if clip > 0.0 && norm > clip {
+            clip / norm
+        } else {
+            1.0
+        };
         let lr = self.lr(self.opt.step);
         self.opt.step(&self.params, &grads, lr, scale)?;
         Ok((ls.loss, ls, norm, lr))
@@ -146,7 +209,8 @@ impl Learner {
         }
         let tmp = dir.join("optimizer.safetensors.tmp");
         candle_core::safetensors::save(&state, &tmp)?;
-        std::fs::rename(&tmp, dir.join("optimizer.safetensors")).map_err(|e| crate::Error::io(dir, e))
+        std::fs::rename(&tmp, dir.join("optimizer.safetensors"))
+            .map_err(|e| crate::Error::io(dir, e))
     }
 
     /// Restores weights, optimizer moments (at `opt_step`) and the EMA teacher.
@@ -155,7 +219,8 @@ impl Learner {
         let path = dir.join("optimizer.safetensors");
         let device = self.params.decoder()?.device().clone();
         let state = candle_core::safetensors::load(&path, &device)?;
-        let (ema, opt): (TensorMap, TensorMap) = state.into_iter().partition(|(k, _)| k.starts_with("ema."));
+        let (ema, opt): (TensorMap, TensorMap) =
+            state.into_iter().partition(|(k, _)| k.starts_with("ema."));
         self.opt.restore(&opt, opt_step);
         if let Some(phi) = &mut self.ema {
             for (k, t) in ema {

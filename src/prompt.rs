@@ -15,7 +15,10 @@ impl Prompt {
     /// `template` must contain `{context}` (the config validates this).
     pub fn new(template: &str, tok: &Tokenizer) -> crate::model::Result<Self> {
         let (pre, post) = template.split_once("{context}").unwrap_or((template, ""));
-        Ok(Prompt { prefix: tok.encode(pre)?, suffix: tok.encode(post)? })
+        Ok(Prompt {
+            prefix: tok.encode(pre)?,
+            suffix: tok.encode(post)?,
+        })
     }
 
     pub fn build(&self, context: &[u32]) -> Vec<u32> {

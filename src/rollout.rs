@@ -72,7 +72,9 @@ pub fn sample_groups(
         }
     }
     let eos: Vec<u32> = snap.model.config().eos_token_ids.clone();
-    let samples = generate(&snap.model, &prompts, params, &seeds, &eos, &|_, toks| answer_closed(&tok.decode_bytes(toks)))?;
+    let samples = generate(&snap.model, &prompts, params, &seeds, &eos, &|_, toks| {
+        answer_closed(&tok.decode_bytes(toks))
+    })?;
     let mut it = samples.into_iter();
     Ok(states
         .iter()
@@ -84,7 +86,9 @@ pub fn sample_groups(
             completions: (&mut it)
                 .take(group_size)
                 .map(|s| Completion {
-                    thought_len: think_end.and_then(|e| s.tokens.iter().position(|&t| t == e)).unwrap_or(s.tokens.len()),
+                    thought_len: think_end
+                        .and_then(|e| s.tokens.iter().position(|&t| t == e))
+                        .unwrap_or(s.tokens.len()),
                     tokens: s.tokens,
                     logprobs: s.logprobs,
                 })
@@ -102,10 +106,20 @@ fn last_logprobs(model: &Decoder, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
 
 /// Scores one group: computes what `reward` needs with `policy` (and `ema` for `info_gain`), then the
 /// reward itself.
-pub fn score_group(reward: &dyn RewardFn, group: &Group, policy: &Decoder, ema: Option<&Decoder>, tok: &Tokenizer) -> Result<Vec<Reward>> {
+pub fn score_group(
+    reward: &dyn RewardFn,
+    group: &Group,
+    policy: &Decoder,
+    ema: Option<&Decoder>,
+    tok: &Tokenizer,
+) -> Result<Vec<Reward>> {
     let needs = reward.needs();
     let st = &group.state;
-    let texts: Vec<Vec<u8>> = group.completions.iter().map(|c| tok.decode_bytes(&c.tokens)).collect();
+    let texts: Vec<Vec<u8>> = group
+        .completions
+        .iter()
+        .map(|c| tok.decode_bytes(&c.tokens))
+        .collect();
     let mut cases: Vec<Case> = texts
         .iter()
         .map(|t| Case {
@@ -117,7 +131,11 @@ pub fn score_group(reward: &dyn RewardFn, group: &Group, policy: &Decoder, ema: 
         })
         .collect();
     if needs.guess_first_token || needs.guess_prob {
-        let standard = if needs.guess_prob { Some(last_logprobs(policy, std::slice::from_ref(&st.context))?.remove(0)) } else { None };
+        let standard = if needs.guess_prob {
+            Some(last_logprobs(policy, std::slice::from_ref(&st.context))?.remove(0))
+        } else {
+            None
+        };
         for c in cases.iter_mut() {
             if let Ok(y) = parse_prediction(c.completion)
                 && !y.is_empty()
@@ -134,7 +152,9 @@ pub fn score_group(reward: &dyn RewardFn, group: &Group, policy: &Decoder, ema: 
         }
     }
     if needs.info_gain {
-        let think_end = tok.token_id("</think>").ok_or_else(|| crate::Error::Run("info_gain needs a `</think>` token in the tokenizer".into()))?;
+        let think_end = tok.token_id("</think>").ok_or_else(|| {
+            crate::Error::Run("info_gain needs a `</think>` token in the tokenizer".into())
+        })?;
         let rows: Vec<Vec<u32>> = group
             .completions
             .iter()
@@ -147,7 +167,8 @@ pub fn score_group(reward: &dyn RewardFn, group: &Group, policy: &Decoder, ema: 
             .collect();
         let with = last_logprobs(policy, &rows)?;
         let baseline_model = ema.unwrap_or(policy);
-        let base = last_logprobs(baseline_model, std::slice::from_ref(&st.context))?.remove(0)[st.next_token as usize] as f64;
+        let base = last_logprobs(baseline_model, std::slice::from_ref(&st.context))?.remove(0)
+            [st.next_token as usize] as f64;
         for (c, lp) in cases.iter_mut().zip(&with) {
             c.logp_with_thought = Some(lp[st.next_token as usize] as f64);
             c.logp_baseline = Some(base);

@@ -12,34 +12,78 @@ fn fixture() -> PathBuf {
 }
 
 fn rpt(args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_rpt")).args(args).env("RPT_LOG", "error").output()?;
-    Ok((out.status.success(), String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
+    let out = Command::new(env!("CARGO_BIN_EXE_rpt"))
+        .args(args)
+        .env("RPT_LOG", "error")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
 }
 
 fn ids(v: &Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 #[test]
 fn generate_and_logprobs_reproduce_the_reference() -> Result<()> {
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json"))?)?;
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json"))?)?;
     let model = fixture().display().to_string();
-    let prompt: Vec<String> = ids(&reference["greedy_prompt"]).iter().map(u64::to_string).collect();
-    let (ok, out, err) = rpt(&["generate", "--model", &model, "--ids", &prompt.join(","), "--max-new-tokens", "16", "--temperature", "0", "--json"])?;
+    let prompt: Vec<String> = ids(&reference["greedy_prompt"])
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    let (ok, out, err) = rpt(&[
+        "generate",
+        "--model",
+        &model,
+        "--ids",
+        &prompt.join(","),
+        "--max-new-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--json",
+    ])?;
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out)?;
     assert_eq!(ids(&v["ids"]), ids(&reference["greedy_continuation"]));
 
-    let input: Vec<String> = ids(&reference["input_ids"]).iter().map(u64::to_string).collect();
-    let (ok, out, err) = rpt(&["logprobs", "--model", &model, "--ids", &input.join(","), "--json"])?;
+    let input: Vec<String> = ids(&reference["input_ids"])
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    let (ok, out, err) = rpt(&[
+        "logprobs",
+        "--model",
+        &model,
+        "--ids",
+        &input.join(","),
+        "--json",
+    ])?;
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out)?;
-    for (a, b) in v["logprobs"].as_array().unwrap().iter().zip(reference["logprob_of_inputs"].as_array().unwrap()) {
+    for (a, b) in v["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["logprob_of_inputs"].as_array().unwrap())
+    {
         assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4);
     }
 
     let (ok, _, err) = rpt(&["generate", "--model", &model, "--ids", "1,99999"])?;
-    assert!(!ok && err.contains("99999") && err.contains("vocab_size"), "{err}");
+    assert!(
+        !ok && err.contains("99999") && err.contains("vocab_size"),
+        "{err}"
+    );
     let (ok, _, err) = rpt(&["generate", "--model", "/no/such/dir", "--prompt", "x"])?;
     assert!(!ok && err.contains("/no/such/dir"), "{err}");
     Ok(())
@@ -59,7 +103,16 @@ fn reward_scores_lines_with_reasons() -> Result<()> {
     )?;
     let model = fixture().display().to_string();
     let input = cases.display().to_string();
-    let (ok, out, err) = rpt(&["reward", "--model", &model, "--variant", "prefix_match", "--input", &input, "--json"])?;
+    let (ok, out, err) = rpt(&[
+        "reward",
+        "--model",
+        &model,
+        "--variant",
+        "prefix_match",
+        "--input",
+        &input,
+        "--json",
+    ])?;
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out)?;
     let r = v["results"].as_array().unwrap();
@@ -68,12 +121,34 @@ fn reward_scores_lines_with_reasons() -> Result<()> {
     assert_eq!(r[1]["reason"], "wrong");
     assert_eq!(r[2]["reason"], "no_think_end");
 
-    let (ok, _, err) = rpt(&["reward", "--model", &model, "--variant", "exact", "--input", &input])?;
-    assert!(!ok && err.contains("exact") && err.contains("prefix_match"), "{err}");
-    let (ok, _, err) = rpt(&["reward", "--model", &model, "--variant", "dense", "--input", &input])?;
+    let (ok, _, err) = rpt(&[
+        "reward",
+        "--model",
+        &model,
+        "--variant",
+        "exact",
+        "--input",
+        &input,
+    ])?;
+    assert!(
+        !ok && err.contains("exact") && err.contains("prefix_match"),
+        "{err}"
+    );
+    let (ok, _, err) = rpt(&[
+        "reward",
+        "--model",
+        &model,
+        "--variant",
+        "dense",
+        "--input",
+        &input,
+    ])?;
     assert!(!ok && err.contains("guess_prob"), "{err}");
     std::fs::write(&cases, "{\"completion\": 5, \"continuation\": \"x\"}\n")?;
     let (ok, _, err) = rpt(&["reward", "--model", &model, "--input", &input])?;
-    assert!(!ok && err.contains("cases.jsonl:1") && err.contains("completion"), "{err}");
+    assert!(
+        !ok && err.contains("cases.jsonl:1") && err.contains("completion"),
+        "{err}"
+    );
     Ok(())
 }

@@ -8,7 +8,14 @@ use rpt::model::Tokenizer;
 
 fn tokenizer() -> Tokenizer {
     // A small vocabulary so that some tokens split UTF-8 characters (emoji, CJK).
-    let texts: Vec<String> = (0..30).map(|i| format!("Problem {i}: $x = {i}$, café, 数学, 🙂. The answer is {}.", i * 7)).collect();
+    let texts: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "Problem {i}: $x = {i}$, café, 数学, 🙂. The answer is {}.",
+                i * 7
+            )
+        })
+        .collect();
     Tokenizer::train_bpe(&texts, 300).unwrap()
 }
 
@@ -18,15 +25,29 @@ const DOC: &str = "Le café coûte 3 €. 数学は楽しい 🙂🙂! Then $x =
 fn every_state_has_the_exact_bytes_and_boundaries() {
     let tok = tokenizer();
     let doc = TokenizedDoc::new(0, DOC, &tok).unwrap();
-    assert_eq!(doc.bytes, DOC.as_bytes(), "token bytes reassemble the document");
-    let split_char = doc.ids.iter().any(|&id| std::str::from_utf8(tok.bytes(id)).is_err());
-    assert!(split_char, "the test needs a token that splits a UTF-8 character");
+    assert_eq!(
+        doc.bytes,
+        DOC.as_bytes(),
+        "token bytes reassemble the document"
+    );
+    let split_char = doc
+        .ids
+        .iter()
+        .any(|&id| std::str::from_utf8(tok.bytes(id)).is_err());
+    assert!(
+        split_char,
+        "the test needs a token that splits a UTF-8 character"
+    );
     let max_bytes = 6;
     for t in 1..doc.len() {
         let st = make_state(&doc, t, &tok, 5, max_bytes).unwrap();
         let start = doc.offsets[t];
         assert_eq!(st.next_token, doc.ids[t]);
-        assert_eq!(st.continuation, &doc.bytes[start..start + st.continuation.len()], "t = {t}");
+        assert_eq!(
+            st.continuation,
+            &doc.bytes[start..start + st.continuation.len()],
+            "t = {t}"
+        );
         // Boundaries: cumulative token lengths, whole tokens only, within the window unless one token is longer.
         let mut acc = 0;
         for (k, &b) in st.boundaries.iter().enumerate() {
@@ -34,14 +55,22 @@ fn every_state_has_the_exact_bytes_and_boundaries() {
             assert_eq!(b, acc);
         }
         assert_eq!(*st.boundaries.last().unwrap(), st.continuation.len());
-        assert!(st.continuation.len() <= max_bytes || st.boundaries.len() == 1, "t = {t}");
-        let next_fits = t + st.boundaries.len() < doc.len() && acc + tok.bytes(doc.ids[t + st.boundaries.len()]).len() <= max_bytes;
+        assert!(
+            st.continuation.len() <= max_bytes || st.boundaries.len() == 1,
+            "t = {t}"
+        );
+        let next_fits = t + st.boundaries.len() < doc.len()
+            && acc + tok.bytes(doc.ids[t + st.boundaries.len()]).len() <= max_bytes;
         assert!(!next_fits, "t = {t}: the window stopped early");
         // Context: ids ending at t, at most 5, starting on a UTF-8 character boundary.
         assert!(st.context.len() <= 5 && !st.context.is_empty());
         let cstart = t - st.context.len();
         assert_eq!(st.context, &doc.ids[cstart..t]);
-        assert_ne!(doc.bytes[doc.offsets[cstart]] & 0xC0, 0x80, "t = {t}: context starts inside a character");
+        assert_ne!(
+            doc.bytes[doc.offsets[cstart]] & 0xC0,
+            0x80,
+            "t = {t}: context starts inside a character"
+        );
         if cstart > 0 && t >= 5 && t - 5 != cstart {
             // A shorter context only when the 5-token cut would start inside a character.
             assert_eq!(doc.bytes[doc.offsets[t - 5]] & 0xC0, 0x80);
@@ -72,7 +101,8 @@ fn the_environment_order_is_seeded_and_resumable() {
     let tok = Arc::new(tokenizer());
     let doc = TokenizedDoc::new(0, DOC, &tok).unwrap();
     let cands: Vec<(usize, usize)> = (1..doc.len()).map(|t| (0, t)).collect();
-    let make = |seed| CorpusEnvironment::new(vec![doc.clone()], cands.clone(), tok.clone(), 8, 16, seed);
+    let make =
+        |seed| CorpusEnvironment::new(vec![doc.clone()], cands.clone(), tok.clone(), 8, 16, seed);
     let n = cands.len();
     let mut a = make(1);
     let first: Vec<usize> = (0..2 * n).map(|_| a.next_state().unwrap().pos).collect();

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use rpt::model::{
-    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Mode, SampleParams, Tensor, Trainable, generate, token_logprobs,
+    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Mode, SampleParams, Tensor, Trainable,
+    generate, token_logprobs,
 };
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-parity").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf-parity")
+        .join(name)
 }
 
 /// A left-padded batch of two rows (the second padded by 5).
@@ -19,7 +22,10 @@ fn batch() -> (Tensor, Vec<usize>) {
         vec![496u32, 315, 286, 263, 10, 90, 303, 201, 261, 320, 223, 61],
         vec![0, 0, 0, 0, 0, 88, 11, 350, 223, 88, 300, 223],
     ];
-    (Tensor::from_vec(rows.concat(), (2, 12), &Device::Cpu).unwrap(), vec![0, 5])
+    (
+        Tensor::from_vec(rows.concat(), (2, 12), &Device::Cpu).unwrap(),
+        vec![0, 5],
+    )
 }
 
 /// Mean log-prob of the real tokens of `batch()` (targets from position 6 on, all real).
@@ -37,9 +43,14 @@ fn every_parameter_gets_a_gradient_that_matches_finite_differences() -> Result<(
         let grads = loss.backward()?;
         let mut checked = 0;
         for (name, var) in params.vars() {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: `{name}` has no gradient"));
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{family}: `{name}` has no gradient"));
             let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
-            assert!(norm > 0.0 && norm.is_finite(), "{family}: `{name}` gradient norm {norm}");
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{family}: `{name}` gradient norm {norm}"
+            );
             // Directional finite difference along the gradient: (L(w + h·u) − L(w − h·u)) / 2h = |g|.
             if name.contains("layers.1.") || name.contains("embed") || name.contains("lm_head") {
                 let w = ck.weights[name.as_str()].clone();
@@ -52,7 +63,10 @@ fn every_parameter_gets_a_gradient_that_matches_finite_differences() -> Result<(
                 };
                 let fd = (eval(&(&u * h)?)? - eval(&(&u * -h)?)?) / (2.0 * h as f32);
                 let rel = (fd - norm).abs() / norm;
-                assert!(rel < 0.05, "{family}: `{name}` finite difference {fd} vs backward {norm}");
+                assert!(
+                    rel < 0.05,
+                    "{family}: `{name}` finite difference {fd} vs backward {norm}"
+                );
                 checked += 1;
             }
         }
@@ -70,11 +84,17 @@ fn save_then_load_gives_identical_logits() -> Result<()> {
         let again = Checkpoint::load(dir.path(), &Device::Cpu)?;
         assert_eq!(again.config, ck.config);
         let (ids, pad) = batch();
-        let a: Vec<Vec<f32>> = token_logprobs(&ck.decoder()?, &ids, &pad, 6, 1.0, Mode::Infer)?.to_vec2()?;
-        let b: Vec<Vec<f32>> = token_logprobs(&again.decoder()?, &ids, &pad, 6, 1.0, Mode::Infer)?.to_vec2()?;
+        let a: Vec<Vec<f32>> =
+            token_logprobs(&ck.decoder()?, &ids, &pad, 6, 1.0, Mode::Infer)?.to_vec2()?;
+        let b: Vec<Vec<f32>> =
+            token_logprobs(&again.decoder()?, &ids, &pad, 6, 1.0, Mode::Infer)?.to_vec2()?;
         assert_eq!(a, b, "{family}");
         let names = safetensors_names(&dir.path().join("model.safetensors"))?;
-        assert_eq!(names.contains(&"lm_head.weight".to_string()), !ck.config.tie_word_embeddings, "{family}");
+        assert_eq!(
+            names.contains(&"lm_head.weight".to_string()),
+            !ck.config.tie_word_embeddings,
+            "{family}"
+        );
         assert!(names.contains(&"model.layers.0.self_attn.q_proj.weight".to_string()));
     }
     Ok(())
@@ -102,7 +122,10 @@ fn load_err(dir: &Path) -> String {
     }
 }
 
-fn rewrite_weights(dir: &Path, edit: impl Fn(&mut std::collections::HashMap<String, Tensor>)) -> Result<()> {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&mut std::collections::HashMap<String, Tensor>),
+) -> Result<()> {
     let path = dir.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&path, &Device::Cpu)?;
     edit(&mut t);
@@ -117,33 +140,55 @@ fn broken_checkpoints_are_refused_by_name() -> Result<()> {
         t.remove("model.layers.1.mlp.up_proj.weight");
     })?;
     let e = load_err(dir.path());
-    assert!(e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight")
+            && e.contains("missing")
+            && e.contains("[128, 64]"),
+        "{e}"
+    );
 
     let dir = broken_copy("qwen2")?;
     rewrite_weights(dir.path(), |t| {
-        t.insert("model.norm.weight".into(), Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "model.norm.weight".into(),
+            Tensor::zeros(32, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     })?;
     let e = load_err(dir.path());
-    assert!(e.contains("model.norm.weight") && e.contains("[32]") && e.contains("[64]"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("[32]") && e.contains("[64]"),
+        "{e}"
+    );
 
     let dir = broken_copy("qwen2")?;
     let path = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&path)?;
     std::fs::write(&path, &bytes[..bytes.len() / 2])?;
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
 
     let dir = broken_copy("qwen2")?;
-    let cfg = std::fs::read_to_string(dir.path().join("config.json"))?.replace("\"vocab_size\": 512", "\"vocab_size\": 100");
+    let cfg = std::fs::read_to_string(dir.path().join("config.json"))?
+        .replace("\"vocab_size\": 512", "\"vocab_size\": 100");
     std::fs::write(dir.path().join("config.json"), cfg)?;
     let e = load_err(dir.path());
-    assert!(e.contains("tokenizer.json") && e.contains("512") && e.contains("100"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("512") && e.contains("100"),
+        "{e}"
+    );
 
     let dir = broken_copy("qwen2")?;
-    let cfg = std::fs::read_to_string(dir.path().join("config.json"))?.replace("\"qwen2\"", "\"mistral\"");
+    let cfg = std::fs::read_to_string(dir.path().join("config.json"))?
+        .replace("\"qwen2\"", "\"mistral\"");
     std::fs::write(dir.path().join("config.json"), cfg)?;
     let e = load_err(dir.path());
-    assert!(e.contains("config.json") && e.contains("model_type") && e.contains("mistral"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("model_type") && e.contains("mistral"),
+        "{e}"
+    );
 
     let e = load_err(Path::new("/nonexistent/model"));
     assert!(e.contains("/nonexistent/model"), "{e}");
@@ -156,7 +201,10 @@ fn broken_checkpoints_are_refused_by_name() -> Result<()> {
         }
     })?;
     let ck = Checkpoint::load(dir.path(), &Device::Cpu)?;
-    assert_eq!(ck.weights["model.norm.weight"].dtype(), candle_core::DType::F32);
+    assert_eq!(
+        ck.weights["model.norm.weight"].dtype(),
+        candle_core::DType::F32
+    );
     Ok(())
 }
 
@@ -165,18 +213,33 @@ fn an_optimizer_step_never_touches_a_snapshot() -> Result<()> {
     let ck = Checkpoint::load(&fixture("qwen3"), &Device::Cpu)?;
     let params = Trainable::new(&ck.config, &ck.weights)?;
     let snapshot = params.snapshot()?;
-    let before: Vec<f32> = snapshot["model.embed_tokens.weight"].flatten_all()?.to_vec1()?;
-    let mut opt = AdamW::new(AdamWConfig { lr: 0.1, ..Default::default() });
+    let before: Vec<f32> = snapshot["model.embed_tokens.weight"]
+        .flatten_all()?
+        .to_vec1()?;
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: 0.1,
+        ..Default::default()
+    });
     let loss = objective(&params.decoder()?)?.neg()?;
     let grads = loss.backward()?;
     opt.step(&params, &grads, 0.1, 1.0)?;
-    let after: Vec<f32> = snapshot["model.embed_tokens.weight"].flatten_all()?.to_vec1()?;
-    assert_eq!(before, after, "the snapshot changed under an optimizer step");
-    let live: Vec<f32> = params.snapshot()?["model.embed_tokens.weight"].flatten_all()?.to_vec1()?;
+    let after: Vec<f32> = snapshot["model.embed_tokens.weight"]
+        .flatten_all()?
+        .to_vec1()?;
+    assert_eq!(
+        before, after,
+        "the snapshot changed under an optimizer step"
+    );
+    let live: Vec<f32> = params.snapshot()?["model.embed_tokens.weight"]
+        .flatten_all()?
+        .to_vec1()?;
     assert_ne!(before, live, "the optimizer did not move the weights");
     // And the step improved the objective.
     let improved = objective(&params.decoder()?)?.to_scalar::<f32>()?;
-    assert!(improved > -loss.to_scalar::<f32>()?, "AdamW step did not raise the log-likelihood");
+    assert!(
+        improved > -loss.to_scalar::<f32>()?,
+        "AdamW step did not raise the log-likelihood"
+    );
     Ok(())
 }
 
@@ -184,26 +247,45 @@ fn an_optimizer_step_never_touches_a_snapshot() -> Result<()> {
 fn a_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
     let ck = Checkpoint::load(&fixture("qwen2"), &Device::Cpu)?;
     let model = ck.decoder()?;
-    let params = SampleParams { temperature: 0.8, top_p: 0.95, max_new_tokens: 12, ..Default::default() };
+    let params = SampleParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
     let a = vec![496u32, 315, 286];
     let b = vec![511u32, 223, 40, 81, 81, 28, 201];
     let alone = generate(&model, &[a.clone()], &params, &[42], &[], &|_, _| false)?;
-    let together = generate(&model, &[b.clone(), a.clone(), b], &params, &[1, 42, 2], &[], &|_, _| false)?;
+    let together = generate(
+        &model,
+        &[b.clone(), a.clone(), b],
+        &params,
+        &[1, 42, 2],
+        &[],
+        &|_, _| false,
+    )?;
     assert_eq!(alone[0].tokens, together[1].tokens);
     for (x, y) in alone[0].logprobs.iter().zip(&together[1].logprobs) {
         assert!((x - y).abs() < 1e-4);
     }
     let other = generate(&model, &[a.clone()], &params, &[43], &[], &|_, _| false)?;
-    assert_ne!(alone[0].tokens, other[0].tokens, "different seeds gave the same 12 tokens");
+    assert_ne!(
+        alone[0].tokens, other[0].tokens,
+        "different seeds gave the same 12 tokens"
+    );
     // Recorded log-probs are those of teacher-forced scoring at the same temperature.
     let full: Vec<u32> = a.iter().chain(&alone[0].tokens).copied().collect();
     let ids = Tensor::from_vec(full.clone(), (1, full.len()), &Device::Cpu)?;
-    let lp: Vec<f32> = token_logprobs(&model, &ids, &[0], a.len(), 0.8, Mode::Train)?.squeeze(0)?.to_vec1()?;
+    let lp: Vec<f32> = token_logprobs(&model, &ids, &[0], a.len(), 0.8, Mode::Train)?
+        .squeeze(0)?
+        .to_vec1()?;
     for (x, y) in lp.iter().zip(&alone[0].logprobs) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
     // A stop rule ends the row; EOS ends it too.
-    let stopped = generate(&model, &[a.clone()], &params, &[42], &[], &|_, t| t.len() == 3)?;
+    let stopped = generate(&model, &[a.clone()], &params, &[42], &[], &|_, t| {
+        t.len() == 3
+    })?;
     assert_eq!(stopped[0].tokens, alone[0].tokens[..3]);
     assert_eq!(stopped[0].finish, rpt::model::Finish::Stop);
     let eos = alone[0].tokens[4];

@@ -83,13 +83,20 @@ fn run_config(name: &str) -> Config {
     std::fs::create_dir_all(cfg.run_dir.join("index")).unwrap();
     for split in ["train", "heldout"] {
         let f = format!("{split}.index.json");
-        std::fs::copy(base.run_dir.join("index").join(&f), cfg.run_dir.join("index").join(&f)).unwrap();
+        std::fs::copy(
+            base.run_dir.join("index").join(&f),
+            cfg.run_dir.join("index").join(&f),
+        )
+        .unwrap();
     }
     cfg
 }
 
 fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     Ok(rt.block_on(train(cfg, &opts, &Device::Cpu))?)
 }
 
@@ -116,7 +123,11 @@ fn bootstrap_is_deterministic_and_loadable() -> Result<()> {
     let again = root.join("model-again");
     let report = bootstrap(cfg, &again, &Device::Cpu)?;
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        assert_eq!(std::fs::read(cfg.model.path.join(f))?, std::fs::read(again.join(f))?, "{f} differs between two runs");
+        assert_eq!(
+            std::fs::read(cfg.model.path.join(f))?,
+            std::fs::read(again.join(f))?,
+            "{f} differs between two runs"
+        );
     }
     let ck = Checkpoint::load(&again, &Device::Cpu)?;
     assert_eq!(ck.config.vocab_size, ck.tokenizer.vocab_size());
@@ -140,7 +151,13 @@ fn index_matches_entropies_computed_by_hand() -> Result<()> {
     // By hand: the whole document in one pass, softmax over the 16 largest logits, −Σ p ln p.
     let n = doc.len().min(200);
     let ids = Tensor::from_vec(doc.ids[..n].to_vec(), (1, n), &Device::Cpu)?;
-    let hidden = model.forward(&ids, &positions(&[0], 0, n, &Device::Cpu)?, &attention_mask(&[0], 0, n, &Device::Cpu)?, None, Mode::Infer)?;
+    let hidden = model.forward(
+        &ids,
+        &positions(&[0], 0, n, &Device::Cpu)?,
+        &attention_mask(&[0], 0, n, &Device::Cpu)?,
+        None,
+        Mode::Infer,
+    )?;
     let logits = model.logits(&hidden, Mode::Infer)?.squeeze(0)?;
     let top = logits.sort_last_dim(false)?.0.narrow(D::Minus1, 0, 16)?;
     let p = candle_nn::ops::softmax(&top, D::Minus1)?;
@@ -148,7 +165,10 @@ fn index_matches_entropies_computed_by_hand() -> Result<()> {
     for t in 1..n {
         let want = h[t - 1];
         let got = index.docs[0].entropy[t];
-        assert!((want - got).abs() < 1e-3, "position {t}: index {got}, by hand {want}");
+        assert!(
+            (want - got).abs() < 1e-3,
+            "position {t}: index {got}, by hand {want}"
+        );
     }
     let (all, [easy, medium, hard]) = index.counts();
     assert!(all >= easy && easy >= medium && medium >= hard);
@@ -156,14 +176,22 @@ fn index_matches_entropies_computed_by_hand() -> Result<()> {
     // A different corpus makes the index stale.
     let mut other = cfg.clone();
     other.corpus.documents += 1;
-    let e = prepare::load_index(&other, Split::Heldout, &load_texts(&other)?).unwrap_err().to_string();
+    let e = prepare::load_index(&other, Split::Heldout, &load_texts(&other)?)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("stale") && e.contains("rpt prepare"), "{e}");
     Ok(())
 }
 
 #[test]
 fn every_reward_variant_trains_with_finite_metrics() -> Result<()> {
-    for variant in ["prefix_match", "first_token", "dense", "conditional_dense", "info_gain"] {
+    for variant in [
+        "prefix_match",
+        "first_token",
+        "dense",
+        "conditional_dense",
+        "info_gain",
+    ] {
         let mut cfg = run_config(&format!("variant-{variant}"));
         cfg.reward.variant = variant.into();
         cfg.grpo.advantage = "grpo".into();
@@ -181,7 +209,14 @@ fn every_reward_variant_trains_with_finite_metrics() -> Result<()> {
         let m = metrics(&cfg);
         assert_eq!(m.len(), 2, "{variant}");
         for line in &m {
-            for key in ["reward_mean", "loss", "grad_norm", "entropy", "approx_kl", "tokens_per_s"] {
+            for key in [
+                "reward_mean",
+                "loss",
+                "grad_norm",
+                "entropy",
+                "approx_kl",
+                "tokens_per_s",
+            ] {
                 let v = line[key].as_f64().unwrap_or(f64::NAN);
                 assert!(v.is_finite(), "{variant}: {key} = {v}");
             }
@@ -201,7 +236,10 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() -> Result<()
     let (ma, mb) = (without_timing(metrics(&a)), without_timing(metrics(&b)));
     assert_eq!(ma.len(), 4);
     assert_eq!(ma, mb, "two runs with the same seed differ");
-    assert!(ma.iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0), "a step had no learning signal");
+    assert!(
+        ma.iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0),
+        "a step had no learning signal"
+    );
 
     // Stopped after step 2 (its checkpoint), then resumed to 4.
     let mut c = run_config("resume");
@@ -210,8 +248,18 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() -> Result<()
     c.train.steps = 4;
     let e = run(&c, TrainOptions::default()).unwrap_err().to_string();
     assert!(e.contains("--resume"), "{e}");
-    run(&c, TrainOptions { resume: true, ..Default::default() })?;
-    assert_eq!(without_timing(metrics(&c)), ma, "resumed run differs from the uninterrupted one");
+    run(
+        &c,
+        TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(
+        without_timing(metrics(&c)),
+        ma,
+        "resumed run differs from the uninterrupted one"
+    );
     Ok(())
 }
 
@@ -220,12 +268,30 @@ fn a_failed_policy_is_restarted_and_every_state_is_learned_once() -> Result<()> 
     let mut cfg = run_config("fault");
     cfg.rollout.policies = 2;
     cfg.rollout.verifiers = 2;
-    let summary = run(&cfg, TrainOptions { fail_policy_at_step: Some(1), ..Default::default() })?;
+    let summary = run(
+        &cfg,
+        TrainOptions {
+            fail_policy_at_step: Some(1),
+            ..Default::default()
+        },
+    )?;
     assert_eq!(summary.steps, 4);
     assert!(summary.reissued > 0, "nothing was re-issued");
     let m = metrics(&cfg);
-    assert_eq!(m[1]["states_reissued"].as_u64(), Some(summary.reissued as u64));
-    let mut seen: Vec<u64> = m.iter().flat_map(|l| l["states"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap())).collect();
+    assert_eq!(
+        m[1]["states_reissued"].as_u64(),
+        Some(summary.reissued as u64)
+    );
+    let mut seen: Vec<u64> = m
+        .iter()
+        .flat_map(|l| {
+            l["states"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap())
+        })
+        .collect();
     seen.sort();
     let expected: Vec<u64> = (0..4 * cfg.rollout.states_per_step as u64).collect();
     assert_eq!(seen, expected, "a state was lost or learned twice");
@@ -236,12 +302,19 @@ fn a_failed_policy_is_restarted_and_every_state_is_learned_once() -> Result<()> 
     clean.rollout.verifiers = 2;
     run(&clean, TrainOptions::default())?;
     let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        without_timing(v).into_iter().map(|mut m| {
-            m.as_object_mut().unwrap().remove("states_reissued");
-            m
-        }).collect()
+        without_timing(v)
+            .into_iter()
+            .map(|mut m| {
+                m.as_object_mut().unwrap().remove("states_reissued");
+                m
+            })
+            .collect()
     };
-    assert!(metrics(&clean).iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0));
+    assert!(
+        metrics(&clean)
+            .iter()
+            .all(|m| m["grad_norm"].as_f64().unwrap() > 0.0)
+    );
     assert_eq!(strip(metrics(&cfg)), strip(metrics(&clean)));
     Ok(())
 }
@@ -252,7 +325,10 @@ fn stale_rollouts_overlap_the_update_and_are_learned_from() -> Result<()> {
     cfg.rollout.max_staleness = 1;
     run(&cfg, TrainOptions::default())?;
     let m = metrics(&cfg);
-    let lags: Vec<u64> = m.iter().map(|l| l["weight_version_lag"].as_u64().unwrap()).collect();
+    let lags: Vec<u64> = m
+        .iter()
+        .map(|l| l["weight_version_lag"].as_u64().unwrap())
+        .collect();
     // Step 1 samples from the starting weights; every later step from the weights one update behind.
     assert_eq!(lags, vec![0, 1, 1, 1]);
     assert!(m.iter().all(|l| l["grad_norm"].as_f64().unwrap() > 0.0));
@@ -265,15 +341,76 @@ fn stale_rollouts_overlap_the_update_and_are_learned_from() -> Result<()> {
 }
 
 #[test]
+fn a_stop_mid_update_writes_a_checkpoint_and_resume_continues_exactly() -> Result<()> {
+    let mut whole = run_config("stop-whole");
+    whole.train.checkpoint_every = 100;
+    run(&whole, TrainOptions::default())?;
+
+    let mut c = run_config("stop");
+    c.train.checkpoint_every = 100;
+    let summary = run(
+        &c,
+        TrainOptions {
+            stop_while_learning: Some(1),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(
+        summary.steps, 2,
+        "the step being learned finishes, nothing after it"
+    );
+    let latest = rpt::checkpoint::latest(&c.run_dir)?.expect("a checkpoint was written on stop");
+    let state = rpt::checkpoint::read_state(&latest)?;
+    assert_eq!(
+        (state.step, state.cursor),
+        (2, 2 * c.rollout.states_per_step as u64)
+    );
+    run(
+        &c,
+        TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(without_timing(metrics(&c)), without_timing(metrics(&whole)));
+
+    let fresh = run_config("no-checkpoint");
+    let e = run(
+        &fresh,
+        TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no checkpoint to resume"), "{e}");
+    Ok(())
+}
+
+#[test]
 fn bad_configs_are_refused_before_anything_starts() -> Result<()> {
     let mut cfg = run_config("bad");
     cfg.model.path = PathBuf::from("/no/such/model");
     let e = run(&cfg, TrainOptions::default()).unwrap_err().to_string();
     assert!(e.contains("/no/such/model"), "{e}");
     assert!(!cfg.run_dir.join("metrics.jsonl").exists());
-    let e = Config::parse("[rollout]\ngroup_size = 1\n", Path::new("bad.toml")).unwrap_err().to_string();
-    assert!(e.contains("`rollout.group_size` must be >= 2, got 1"), "{e}");
-    let e = Config::parse("[grpo]\nscale_rewards = \"sometimes\"\n", Path::new("bad.toml")).unwrap_err().to_string();
-    assert!(e.contains("scale_rewards") || e.contains("sometimes"), "{e}");
+    let e = Config::parse("[rollout]\ngroup_size = 1\n", Path::new("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`rollout.group_size` must be >= 2, got 1"),
+        "{e}"
+    );
+    let e = Config::parse(
+        "[grpo]\nscale_rewards = \"sometimes\"\n",
+        Path::new("bad.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("scale_rewards") || e.contains("sometimes"),
+        "{e}"
+    );
     Ok(())
 }

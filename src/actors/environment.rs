@@ -19,11 +19,20 @@ impl Actor for EnvironmentActor {
     type State = Box<dyn Environment>;
     type Arguments = Box<dyn Environment>;
 
-    async fn pre_start(&self, _: ActorRef<EnvMsg>, env: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<EnvMsg>,
+        env: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(env)
     }
 
-    async fn handle(&self, _: ActorRef<EnvMsg>, msg: EnvMsg, env: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<EnvMsg>,
+        msg: EnvMsg,
+        env: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             EnvMsg::Take(n, reply) => {
                 let mut out = Vec::with_capacity(n);

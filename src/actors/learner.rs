@@ -28,7 +28,14 @@ pub struct LearnerState {
 
 pub enum LearnerMsg {
     /// Update on `batch` (in the environment's order); checkpoint afterwards when `checkpoint`.
-    Update { step: u64, batch: Vec<ScoredGroup>, cursor: u64, checkpoint: bool },
+    Update {
+        step: u64,
+        batch: Vec<ScoredGroup>,
+        cursor: u64,
+        checkpoint: bool,
+    },
+    /// Write a checkpoint of the current weights: `steps` updates done, data `cursor`.
+    Checkpoint { steps: u64, cursor: u64 },
 }
 
 /// The result of one update.
@@ -45,13 +52,56 @@ impl Actor for LearnerActor {
     type State = LearnerState;
     type Arguments = LearnerArgs;
 
-    async fn pre_start(&self, _: ActorRef<LearnerMsg>, a: LearnerArgs) -> Result<LearnerState, ActorProcessingErr> {
-        Ok(LearnerState { learner: Arc::new(Mutex::new(a.learner)), shared: a.shared, supervisor: a.supervisor })
+    async fn pre_start(
+        &self,
+        _: ActorRef<LearnerMsg>,
+        a: LearnerArgs,
+    ) -> Result<LearnerState, ActorProcessingErr> {
+        Ok(LearnerState {
+            learner: Arc::new(Mutex::new(a.learner)),
+            shared: a.shared,
+            supervisor: a.supervisor,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<LearnerMsg>, msg: LearnerMsg, st: &mut LearnerState) -> Result<(), ActorProcessingErr> {
-        let LearnerMsg::Update { step, batch, cursor, checkpoint } = msg;
+    async fn handle(
+        &self,
+        _: ActorRef<LearnerMsg>,
+        msg: LearnerMsg,
+        st: &mut LearnerState,
+    ) -> Result<(), ActorProcessingErr> {
         let (learner, shared, sup) = (st.learner.clone(), st.shared.clone(), st.supervisor.clone());
+        let (step, batch, cursor, checkpoint) = match msg {
+            LearnerMsg::Update {
+                step,
+                batch,
+                cursor,
+                checkpoint,
+            } => (step, batch, cursor, checkpoint),
+            LearnerMsg::Checkpoint { steps, cursor } => {
+                let written = tokio::task::spawn_blocking(move || -> crate::Result<()> {
+                    let l = learner.lock().expect("learner lock");
+                    let state = TrainerState {
+                        step: steps,
+                        cursor,
+                        optimizer_step: l.opt.step,
+                        seed: shared.cfg.seed,
+                    };
+                    checkpoint::write(
+                        &shared.cfg.run_dir,
+                        &l,
+                        &l.params.config,
+                        &shared.tokenizer,
+                        &state,
+                    )?;
+                    Ok(())
+                })
+                .await?;
+                written.map_err(|e| format!("learner: checkpoint: {e}"))?;
+                let _ = sup.cast(SupMsg::Checkpointed);
+                return Ok(());
+            }
+        };
         let result = tokio::task::spawn_blocking(move || -> crate::Result<Updated> {
             let t0 = std::time::Instant::now();
             let mut l = learner.lock().expect("learner lock");
@@ -63,11 +113,28 @@ impl Actor for LearnerActor {
                 None => None,
             };
             if checkpoint {
-                let state = TrainerState { step: step + 1, cursor, optimizer_step: l.opt.step, seed: shared.cfg.seed };
-                let dir = checkpoint::write(&shared.cfg.run_dir, &l, &cfg_model, &shared.tokenizer, &state)?;
+                let state = TrainerState {
+                    step: step + 1,
+                    cursor,
+                    optimizer_step: l.opt.step,
+                    seed: shared.cfg.seed,
+                };
+                let dir = checkpoint::write(
+                    &shared.cfg.run_dir,
+                    &l,
+                    &cfg_model,
+                    &shared.tokenizer,
+                    &state,
+                )?;
                 tracing::info!(step = step + 1, dir = %dir.display(), "checkpoint written");
             }
-            Ok(Updated { step, stats, weights, ema, seconds: t0.elapsed().as_secs_f64() })
+            Ok(Updated {
+                step,
+                stats,
+                weights,
+                ema,
+                seconds: t0.elapsed().as_secs_f64(),
+            })
         })
         .await?;
         match result {
@@ -81,5 +148,7 @@ impl Actor for LearnerActor {
 }
 
 fn copy(map: &TensorMap) -> crate::Result<TensorMap> {
-    map.iter().map(|(k, t)| Ok((k.clone(), t.copy()?))).collect()
+    map.iter()
+        .map(|(k, t)| Ok((k.clone(), t.copy()?)))
+        .collect()
 }

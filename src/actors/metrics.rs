@@ -28,28 +28,55 @@ impl Actor for MetricsActor {
     type State = MetricsState;
     type Arguments = MetricsArgs;
 
-    async fn pre_start(&self, _: ActorRef<MetricsMsg>, a: MetricsArgs) -> Result<MetricsState, ActorProcessingErr> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&a.path)?;
+    async fn pre_start(
+        &self,
+        _: ActorRef<MetricsMsg>,
+        a: MetricsArgs,
+    ) -> Result<MetricsState, ActorProcessingErr> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.path)?;
         let bar = crate::pipeline::progress(a.total_steps, "train");
         bar.set_position(a.start_step);
         Ok(MetricsState { file, bar })
     }
 
-    async fn handle(&self, _: ActorRef<MetricsMsg>, msg: MetricsMsg, st: &mut MetricsState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<MetricsMsg>,
+        msg: MetricsMsg,
+        st: &mut MetricsState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             MetricsMsg::Step(v) => {
                 writeln!(st.file, "{v}")?;
                 st.file.flush()?;
                 let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-                tracing::info!(step = f("step"), reward = f("reward_mean"), accuracy = f("accuracy"), tokens_per_s = f("tokens_per_s"), "step");
-                st.bar.set_message(format!("reward {:.3} acc {:.3} {:.0} tok/s", f("reward_mean"), f("accuracy"), f("tokens_per_s")));
+                tracing::info!(
+                    step = f("step"),
+                    reward = f("reward_mean"),
+                    accuracy = f("accuracy"),
+                    tokens_per_s = f("tokens_per_s"),
+                    "step"
+                );
+                st.bar.set_message(format!(
+                    "reward {:.3} acc {:.3} {:.0} tok/s",
+                    f("reward_mean"),
+                    f("accuracy"),
+                    f("tokens_per_s")
+                ));
                 st.bar.inc(1);
             }
         }
         Ok(())
     }
 
-    async fn post_stop(&self, _: ActorRef<MetricsMsg>, st: &mut MetricsState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<MetricsMsg>,
+        st: &mut MetricsState,
+    ) -> Result<(), ActorProcessingErr> {
         st.bar.finish_and_clear();
         Ok(())
     }

@@ -62,6 +62,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Test hook: policy 0 fails once at this step; the run must complete regardless.
     pub fail_policy_at_step: Option<u64>,
+    /// Test hook: a stop request (as Ctrl-C sends) arrives while this step's update is running.
+    pub stop_while_learning: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -78,18 +80,28 @@ fn step_metrics(
     learn_s: f64,
     started: Option<std::time::Instant>,
 ) -> serde_json::Value {
-    let rewards: Vec<f64> = scored.values().flat_map(|g| g.rewards.iter().map(|r| r.value)).collect();
+    let rewards: Vec<f64> = scored
+        .values()
+        .flat_map(|g| g.rewards.iter().map(|r| r.value))
+        .collect();
     let n = rewards.len().max(1) as f64;
     let mean = rewards.iter().sum::<f64>() / n;
     let std = (rewards.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / n).sqrt();
-    let correct = scored.values().flat_map(|g| &g.rewards).filter(|r| r.correct).count() as f64 / n;
-    let mut failures: BTreeMap<&str, usize> = FormatFailure::ALL.iter().map(|f| (f.as_str(), 0)).collect();
+    let correct = scored
+        .values()
+        .flat_map(|g| &g.rewards)
+        .filter(|r| r.correct)
+        .count() as f64
+        / n;
+    let mut failures: BTreeMap<&str, usize> =
+        FormatFailure::ALL.iter().map(|f| (f.as_str(), 0)).collect();
     for r in scored.values().flat_map(|g| &g.rewards) {
         if let Some(f) = r.format {
             *failures.entry(f.as_str()).or_default() += 1;
         }
     }
-    let comps: Vec<&crate::rollout::Completion> = scored.values().flat_map(|g| &g.group.completions).collect();
+    let comps: Vec<&crate::rollout::Completion> =
+        scored.values().flat_map(|g| &g.group.completions).collect();
     let tokens: usize = comps.iter().map(|c| c.tokens.len()).sum();
     let cn = comps.len().max(1) as f64;
     serde_json::json!({
@@ -127,10 +139,17 @@ fn step_metrics(
 
 /// Keeps the lines of `metrics.jsonl` before `step` (so a resumed run continues a clean file).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
         .collect();
     let mut out = kept.join("\n");
     if !out.is_empty() {
@@ -145,6 +164,12 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     let run = &cfg.run_dir;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let latest = checkpoint::latest(run)?;
+    if latest.is_none() && opts.resume {
+        return Err(Error::Run(format!(
+            "{}: no checkpoint to resume from; run without --resume",
+            run.display()
+        )));
+    }
     if latest.is_some() && !opts.resume {
         return Err(Error::Run(format!(
             "{} already holds checkpoints; pass --resume to continue it, or choose another `run_dir`",
@@ -155,7 +180,12 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     let (start_step, cursor, weights, opt_step) = match (&latest, opts.resume) {
         (Some(dir), true) => {
             let ts = checkpoint::read_state(dir)?;
-            (ts.step, ts.cursor, load_weights(dir, &base.config, device)?, ts.optimizer_step)
+            (
+                ts.step,
+                ts.cursor,
+                load_weights(dir, &base.config, device)?,
+                ts.optimizer_step,
+            )
         }
         _ => (0, 0, base.weights.clone(), 0),
     };
@@ -173,9 +203,19 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     let splits = tokenize_splits(cfg, &texts, &base.tokenizer)?;
     let candidates = index.positions_at_least(cfg.states.min_entropy);
     if candidates.is_empty() {
-        return Err(Error::Run(format!("no training position has entropy >= states.min_entropy = {}", cfg.states.min_entropy)));
+        return Err(Error::Run(format!(
+            "no training position has entropy >= states.min_entropy = {}",
+            cfg.states.min_entropy
+        )));
     }
-    let mut env = CorpusEnvironment::new(splits.train, candidates, base.tokenizer.clone(), cfg.states.max_context_tokens, cfg.states.max_target_bytes, cfg.seed);
+    let mut env = CorpusEnvironment::new(
+        splits.train,
+        candidates,
+        base.tokenizer.clone(),
+        cfg.states.max_context_tokens,
+        cfg.states.max_target_bytes,
+        cfg.seed,
+    );
     env.seek(cursor);
 
     let mut learner = Learner::new(cfg, &base.weights, &base.config)?;
@@ -201,9 +241,21 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     });
 
     let spawn_err = |e: ractor::SpawnErr| Error::Run(format!("starting the actors: {e}"));
-    let (env_ref, env_h) = Actor::spawn(None, environment::EnvironmentActor, Box::new(env) as Box<dyn Environment>).await.map_err(spawn_err)?;
-    let margs = metrics::MetricsArgs { path: metrics_path, total_steps: cfg.train.steps, start_step };
-    let (metrics_ref, metrics_h) = Actor::spawn(None, metrics::MetricsActor, margs).await.map_err(spawn_err)?;
+    let (env_ref, env_h) = Actor::spawn(
+        None,
+        environment::EnvironmentActor,
+        Box::new(env) as Box<dyn Environment>,
+    )
+    .await
+    .map_err(spawn_err)?;
+    let margs = metrics::MetricsArgs {
+        path: metrics_path,
+        total_steps: cfg.train.steps,
+        start_step,
+    };
+    let (metrics_ref, metrics_h) = Actor::spawn(None, metrics::MetricsActor, margs)
+        .await
+        .map_err(spawn_err)?;
     let sargs = supervisor::SupArgs {
         shared,
         env: env_ref.clone(),
@@ -213,12 +265,17 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         weights: current,
         ema,
         fail_policy_at_step: opts.fail_policy_at_step,
+        stop_while_learning: opts.stop_while_learning,
     };
-    let (sup, sup_h) = Actor::spawn(None, supervisor::Supervisor, sargs).await.map_err(spawn_err)?;
+    let (sup, sup_h) = Actor::spawn(None, supervisor::Supervisor, sargs)
+        .await
+        .map_err(spawn_err)?;
     let stopper = sup.clone();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("Ctrl-C: finishing the current step, writing a checkpoint, then stopping");
+            tracing::warn!(
+                "Ctrl-C: finishing the current step, writing a checkpoint, then stopping"
+            );
             let _ = stopper.cast(supervisor::SupMsg::Stop);
         }
     });
@@ -228,7 +285,9 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     let _ = sup_h.await;
     env_ref.stop(None);
     // Drain, not stop: the last step's metrics line is queued and must be written.
-    let _ = metrics_ref.drain_and_wait(Some(std::time::Duration::from_secs(60))).await;
+    let _ = metrics_ref
+        .drain_and_wait(Some(std::time::Duration::from_secs(60)))
+        .await;
     let _ = env_h.await;
     let _ = metrics_h.await;
     match outcome {

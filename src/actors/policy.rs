@@ -22,7 +22,11 @@ pub struct PolicyArgs {
 
 pub enum PolicyMsg {
     /// Sample `group_size` completions for each state with `snapshot`, for optimizer step `step`.
-    Sample { step: u64, snapshot: PolicySnapshot, states: Vec<(u64, State)> },
+    Sample {
+        step: u64,
+        snapshot: PolicySnapshot,
+        states: Vec<(u64, State)>,
+    },
     /// A sampling job failed on its thread: fail this actor so the supervisor restarts it.
     Failed(String),
 }
@@ -32,24 +36,53 @@ impl Actor for PolicyActor {
     type State = PolicyArgs;
     type Arguments = PolicyArgs;
 
-    async fn pre_start(&self, _: ActorRef<PolicyMsg>, args: PolicyArgs) -> Result<PolicyArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<PolicyMsg>,
+        args: PolicyArgs,
+    ) -> Result<PolicyArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, myself: ActorRef<PolicyMsg>, msg: PolicyMsg, st: &mut PolicyArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<PolicyMsg>,
+        msg: PolicyMsg,
+        st: &mut PolicyArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PolicyMsg::Sample { step, snapshot, states } => {
+            PolicyMsg::Sample {
+                step,
+                snapshot,
+                states,
+            } => {
                 if st.fail_on_step == Some(step) {
                     return Err(format!("policy {}: injected failure at step {step}", st.id).into());
                 }
                 let (shared, sup, id) = (st.shared.clone(), st.supervisor.clone(), st.id);
-                let _span = tracing::debug_span!("policy.sample", policy = id, step, states = states.len()).entered();
+                let _span =
+                    tracing::debug_span!("policy.sample", policy = id, step, states = states.len())
+                        .entered();
                 tokio::task::spawn_blocking(move || {
                     let t0 = std::time::Instant::now();
                     let cfg = &shared.cfg;
-                    match sample_groups(&snapshot, &shared.tokenizer, &shared.prompt, &states, cfg.rollout.group_size, &shared.sample_params, cfg.seed, step) {
+                    match sample_groups(
+                        &snapshot,
+                        &shared.tokenizer,
+                        &shared.prompt,
+                        &states,
+                        cfg.rollout.group_size,
+                        &shared.sample_params,
+                        cfg.seed,
+                        step,
+                    ) {
                         Ok(groups) => {
-                            let _ = sup.cast(SupMsg::Sampled(Work { worker: id, step, seconds: t0.elapsed().as_secs_f64(), items: groups }));
+                            let _ = sup.cast(SupMsg::Sampled(Work {
+                                worker: id,
+                                step,
+                                seconds: t0.elapsed().as_secs_f64(),
+                                items: groups,
+                            }));
                         }
                         Err(e) => {
                             let _ = myself.cast(PolicyMsg::Failed(e.to_string()));

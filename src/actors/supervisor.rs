@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 
 use super::environment::EnvMsg;
 use super::learner::{LearnerMsg, Updated};
@@ -38,6 +40,8 @@ pub struct SupArgs {
     pub ema: Option<Arc<Decoder>>,
     /// Test hook: policy 0 fails once at this step.
     pub fail_policy_at_step: Option<u64>,
+    /// Test hook: stop as Ctrl-C does while this step's update runs.
+    pub stop_while_learning: Option<u64>,
 }
 
 /// The arguments kept after start-up (the learner has moved into its actor).
@@ -49,6 +53,7 @@ pub struct SupArgs2 {
     pub weights: Arc<Decoder>,
     pub ema: Option<Arc<Decoder>>,
     pub fail_policy_at_step: Option<u64>,
+    pub stop_while_learning: Option<u64>,
 }
 
 pub enum SupMsg {
@@ -57,6 +62,8 @@ pub enum SupMsg {
     Sampled(Work<Group>),
     Scored(Work<ScoredGroup>),
     Updated(Box<Updated>),
+    /// The checkpoint asked for at the end of a stopped run is written.
+    Checkpointed,
     /// Finish the step in progress, checkpoint, and stop (Ctrl-C).
     Stop,
 }
@@ -75,6 +82,9 @@ struct StepWork {
     reissued: usize,
     /// The batch went to the learner; nothing about this step changes any more.
     sent: bool,
+    /// Data cursor after this step's states, and whether its update writes a checkpoint.
+    cursor: u64,
+    checkpointed: bool,
     rollout_s: f64,
     verify_s: f64,
     started: Option<Instant>,
@@ -82,6 +92,7 @@ struct StepWork {
 
 pub struct SupState {
     a: SupArgs2,
+    myself: ActorRef<SupMsg>,
     learner: ActorRef<LearnerMsg>,
     policies: Vec<ActorRef<PolicyMsg>>,
     verifiers: Vec<ActorRef<VerifierMsg>>,
@@ -107,14 +118,32 @@ enum Role {
 }
 
 impl Supervisor {
-    async fn spawn_policy(myself: &ActorRef<SupMsg>, st: &SupState, id: usize, fail: Option<u64>) -> Result<ActorRef<PolicyMsg>, ActorProcessingErr> {
-        let args = PolicyArgs { id, shared: st.a.shared.clone(), supervisor: myself.clone(), fail_on_step: fail };
+    async fn spawn_policy(
+        myself: &ActorRef<SupMsg>,
+        st: &SupState,
+        id: usize,
+        fail: Option<u64>,
+    ) -> Result<ActorRef<PolicyMsg>, ActorProcessingErr> {
+        let args = PolicyArgs {
+            id,
+            shared: st.a.shared.clone(),
+            supervisor: myself.clone(),
+            fail_on_step: fail,
+        };
         let (r, _) = Actor::spawn_linked(None, PolicyActor, args, myself.get_cell()).await?;
         Ok(r)
     }
 
-    async fn spawn_verifier(myself: &ActorRef<SupMsg>, st: &SupState, id: usize) -> Result<ActorRef<VerifierMsg>, ActorProcessingErr> {
-        let args = VerifierArgs { id, shared: st.a.shared.clone(), supervisor: myself.clone() };
+    async fn spawn_verifier(
+        myself: &ActorRef<SupMsg>,
+        st: &SupState,
+        id: usize,
+    ) -> Result<ActorRef<VerifierMsg>, ActorProcessingErr> {
+        let args = VerifierArgs {
+            id,
+            shared: st.a.shared.clone(),
+            supervisor: myself.clone(),
+        };
         let (r, _) = Actor::spawn_linked(None, VerifierActor, args, myself.get_cell()).await?;
         Ok(r)
     }
@@ -129,10 +158,18 @@ impl SupState {
     async fn launch_ready(&mut self) -> Result<(), ActorProcessingErr> {
         while self.next_launch < self.end_step
             && self.next_launch <= self.updates_done + self.cfg().rollout.max_staleness
-            && (self.next_launch == self.a.start_step || self.steps.get(&(self.next_launch - 1)).is_none_or(|w| w.sampling.is_empty() && w.scoring.is_empty()))
+            && (self.next_launch == self.a.start_step
+                || self
+                    .steps
+                    .get(&(self.next_launch - 1))
+                    .is_none_or(|w| w.sampling.is_empty() && w.scoring.is_empty()))
         {
             let step = self.next_launch;
-            let mut w = StepWork { version: self.updates_done, started: Some(Instant::now()), ..Default::default() };
+            let mut w = StepWork {
+                version: self.updates_done,
+                started: Some(Instant::now()),
+                ..Default::default()
+            };
             let n = self.cfg().rollout.states_per_step;
             self.request_states(step, &mut w, n).await?;
             self.steps.insert(step, w);
@@ -142,20 +179,32 @@ impl SupState {
     }
 
     /// Takes `n` more states from the environment and sends them to the policies.
-    async fn request_states(&mut self, step: u64, w: &mut StepWork, n: usize) -> Result<(), ActorProcessingErr> {
+    async fn request_states(
+        &mut self,
+        step: u64,
+        w: &mut StepWork,
+        n: usize,
+    ) -> Result<(), ActorProcessingErr> {
         let states = ractor::call_t!(self.a.env, EnvMsg::Take, 60_000, n)?;
         if states.is_empty() {
             return Err("the environment has no more states".into());
         }
         w.rounds += 1;
-        let snapshot = PolicySnapshot { version: w.version, model: self.versions[&w.version].0.clone() };
+        let snapshot = PolicySnapshot {
+            version: w.version,
+            model: self.versions[&w.version].0.clone(),
+        };
         let p = self.policies.len();
         let per = states.len().div_ceil(p);
         for (i, chunk) in states.chunks(per).enumerate() {
             for (k, s) in chunk {
                 w.sampling.insert(*k, (s.clone(), i));
             }
-            self.policies[i].cast(PolicyMsg::Sample { step, snapshot: snapshot.clone(), states: chunk.to_vec() })?;
+            self.policies[i].cast(PolicyMsg::Sample {
+                step,
+                snapshot: snapshot.clone(),
+                states: chunk.to_vec(),
+            })?;
         }
         Ok(())
     }
@@ -172,7 +221,11 @@ impl SupState {
             let complete = w.sampling.is_empty() && w.scoring.is_empty();
             if complete && self.cfg().grpo.dynamic_sampling {
                 let seqs: Vec<u64> = w.scored.keys().copied().collect();
-                let rewards: Vec<Vec<f64>> = w.scored.values().map(|g| g.rewards.iter().map(|r| r.value).collect()).collect();
+                let rewards: Vec<Vec<f64>> = w
+                    .scored
+                    .values()
+                    .map(|g| g.rewards.iter().map(|r| r.value).collect())
+                    .collect();
                 for i in zero_variance_groups(&rewards) {
                     w.scored.remove(&seqs[i]);
                     w.dropped += 1;
@@ -188,14 +241,27 @@ impl SupState {
             if ready {
                 let batch: Vec<ScoredGroup> = w.scored.values().take(b).cloned().collect();
                 if batch.is_empty() {
-                    return Err(format!("step {step}: every group was dropped by dynamic sampling").into());
+                    return Err(format!(
+                        "step {step}: every group was dropped by dynamic sampling"
+                    )
+                    .into());
                 }
                 let cursor = ractor::call_t!(self.a.env, EnvMsg::Cursor, 60_000)?;
                 let last = step + 1 == self.end_step;
                 let checkpoint = last || (step + 1) % self.cfg().train.checkpoint_every == 0;
-                self.learner.cast(LearnerMsg::Update { step, batch, cursor, checkpoint })?;
+                self.learner.cast(LearnerMsg::Update {
+                    step,
+                    batch,
+                    cursor,
+                    checkpoint,
+                })?;
                 self.learner_busy = true;
                 w.sent = true;
+                w.cursor = cursor;
+                w.checkpointed = checkpoint;
+                if self.a.stop_while_learning == Some(step) {
+                    self.myself.cast(SupMsg::Stop)?;
+                }
             }
             self.steps.insert(step, w);
         }
@@ -214,12 +280,41 @@ impl Actor for Supervisor {
     type State = SupState;
     type Arguments = SupArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SupMsg>, a: SupArgs) -> Result<SupState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        a: SupArgs,
+    ) -> Result<SupState, ActorProcessingErr> {
         let cfg = a.shared.cfg.clone();
-        let SupArgs { shared, env, metrics, learner, start_step, weights, ema, fail_policy_at_step } = a;
-        let largs = super::learner::LearnerArgs { learner, shared: shared.clone(), supervisor: myself.clone() };
-        let (learner, _) = Actor::spawn_linked(None, super::learner::LearnerActor, largs, myself.get_cell()).await?;
-        let a = SupArgs2 { shared, env, metrics, start_step, weights, ema, fail_policy_at_step };
+        let SupArgs {
+            shared,
+            env,
+            metrics,
+            learner,
+            start_step,
+            weights,
+            ema,
+            fail_policy_at_step,
+            stop_while_learning,
+        } = a;
+        let largs = super::learner::LearnerArgs {
+            learner,
+            shared: shared.clone(),
+            supervisor: myself.clone(),
+        };
+        let (learner, _) =
+            Actor::spawn_linked(None, super::learner::LearnerActor, largs, myself.get_cell())
+                .await?;
+        let a = SupArgs2 {
+            shared,
+            env,
+            metrics,
+            start_step,
+            weights,
+            ema,
+            fail_policy_at_step,
+            stop_while_learning,
+        };
         let mut versions = BTreeMap::new();
         versions.insert(a.start_step, (a.weights.clone(), a.ema.clone()));
         let mut st = SupState {
@@ -236,6 +331,7 @@ impl Actor for Supervisor {
             reply: None,
             reissued_total: 0,
             fault_pending: a.fail_policy_at_step,
+            myself: myself.clone(),
             a,
         };
         st.by_id.insert(st.learner.get_id(), Role::Learner);
@@ -253,32 +349,51 @@ impl Actor for Supervisor {
         Ok(st)
     }
 
-    async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupMsg::Run(reply) => {
                 st.reply = Some(reply);
                 if st.a.start_step >= st.end_step {
-                    st.finish(Ok(RunSummary { steps: st.updates_done, reissued: 0 }));
+                    st.finish(Ok(RunSummary {
+                        steps: st.updates_done,
+                        reissued: 0,
+                    }));
                     myself.stop(None);
                     return Ok(());
                 }
                 st.launch_ready().await?;
             }
             SupMsg::Sampled(work) => {
-                let Some(w) = st.steps.get_mut(&work.step) else { return Ok(()) };
+                let Some(w) = st.steps.get_mut(&work.step) else {
+                    return Ok(());
+                };
                 w.rollout_s += work.seconds;
                 let (ver, (policy, ema)) = (w.version, st.versions[&w.version].clone());
                 for g in work.items {
                     // A late answer from a policy that was restarted: its states were re-issued.
-                    let Some(_) = w.sampling.remove(&g.seq) else { continue };
+                    let Some(_) = w.sampling.remove(&g.seq) else {
+                        continue;
+                    };
                     let v = (g.seq % st.verifiers.len() as u64) as usize;
                     w.scoring.insert(g.seq, (g.clone(), v));
                     debug_assert_eq!(g.version, ver);
-                    st.verifiers[v].cast(VerifierMsg::Score { step: work.step, group: g, policy: policy.clone(), ema: ema.clone() })?;
+                    st.verifiers[v].cast(VerifierMsg::Score {
+                        step: work.step,
+                        group: g,
+                        policy: policy.clone(),
+                        ema: ema.clone(),
+                    })?;
                 }
             }
             SupMsg::Scored(work) => {
-                let Some(w) = st.steps.get_mut(&work.step) else { return Ok(()) };
+                let Some(w) = st.steps.get_mut(&work.step) else {
+                    return Ok(());
+                };
                 w.verify_s += work.seconds;
                 for sg in work.items {
                     if w.scoring.remove(&sg.group.seq).is_some() {
@@ -292,20 +407,58 @@ impl Actor for Supervisor {
             SupMsg::Updated(u) => {
                 st.learner_busy = false;
                 let w = st.steps.remove(&u.step).unwrap_or_default();
-                let m = step_metrics(&st.a.shared, u.step, &w.scored, &u.stats, w.version, w.reissued, w.dropped, w.rollout_s, w.verify_s, u.seconds, w.started);
+                let m = step_metrics(
+                    &st.a.shared,
+                    u.step,
+                    &w.scored,
+                    &u.stats,
+                    w.version,
+                    w.reissued,
+                    w.dropped,
+                    w.rollout_s,
+                    w.verify_s,
+                    u.seconds,
+                    w.started,
+                );
                 st.a.metrics.cast(MetricsMsg::Step(m))?;
                 st.updates_done = u.step + 1;
-                st.versions.insert(st.updates_done, (u.weights.clone(), u.ema.clone()));
+                st.versions
+                    .insert(st.updates_done, (u.weights.clone(), u.ema.clone()));
                 // Keep only the versions a step in progress may still sample from.
-                let oldest = st.steps.values().map(|w| w.version).min().unwrap_or(st.updates_done).min(st.updates_done);
+                let oldest = st
+                    .steps
+                    .values()
+                    .map(|w| w.version)
+                    .min()
+                    .unwrap_or(st.updates_done)
+                    .min(st.updates_done);
                 st.versions.retain(|&v, _| v >= oldest);
                 if st.updates_done >= st.end_step {
-                    let summary = RunSummary { steps: st.updates_done, reissued: st.reissued_total };
+                    if !w.checkpointed {
+                        // Stopped early (Ctrl-C) after an update that wrote none: write it now.
+                        st.learner.cast(LearnerMsg::Checkpoint {
+                            steps: st.updates_done,
+                            cursor: w.cursor,
+                        })?;
+                        return Ok(());
+                    }
+                    let summary = RunSummary {
+                        steps: st.updates_done,
+                        reissued: st.reissued_total,
+                    };
                     st.finish(Ok(summary));
                     myself.stop(None);
                     return Ok(());
                 }
                 st.advance().await?;
+            }
+            SupMsg::Checkpointed => {
+                let summary = RunSummary {
+                    steps: st.updates_done,
+                    reissued: st.reissued_total,
+                };
+                st.finish(Ok(summary));
+                myself.stop(None);
             }
             SupMsg::Stop => {
                 // Finish the step in progress (its update writes a checkpoint), launch nothing new.
@@ -315,13 +468,22 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<SupMsg>, evt: SupervisionEvent, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, why): (ActorCell, String) = match evt {
             SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
-            SupervisionEvent::ActorTerminated(c, _, r) => (c, r.unwrap_or_else(|| "terminated".into())),
+            SupervisionEvent::ActorTerminated(c, _, r) => {
+                (c, r.unwrap_or_else(|| "terminated".into()))
+            }
             _ => return Ok(()),
         };
-        let Some(role) = st.by_id.remove(&cell.get_id()) else { return Ok(()) };
+        let Some(role) = st.by_id.remove(&cell.get_id()) else {
+            return Ok(());
+        };
         match role {
             Role::Policy(i) => {
                 tracing::warn!(policy = i, reason = %why, "policy failed; restarting it and re-issuing its states");
@@ -331,7 +493,12 @@ impl Actor for Supervisor {
                 st.policies[i] = p;
                 let mut resend = vec![];
                 for (&step, w) in st.steps.iter_mut() {
-                    let mine: Vec<(u64, State)> = w.sampling.iter().filter(|(_, (_, p))| *p == i).map(|(k, (s, _))| (*k, s.clone())).collect();
+                    let mine: Vec<(u64, State)> = w
+                        .sampling
+                        .iter()
+                        .filter(|(_, (_, p))| *p == i)
+                        .map(|(k, (s, _))| (*k, s.clone()))
+                        .collect();
                     if !mine.is_empty() {
                         w.reissued += mine.len();
                         st.reissued_total += mine.len();
@@ -339,8 +506,15 @@ impl Actor for Supervisor {
                     }
                 }
                 for (step, version, states) in resend {
-                    let snapshot = PolicySnapshot { version, model: st.versions[&version].0.clone() };
-                    st.policies[i].cast(PolicyMsg::Sample { step, snapshot, states })?;
+                    let snapshot = PolicySnapshot {
+                        version,
+                        model: st.versions[&version].0.clone(),
+                    };
+                    st.policies[i].cast(PolicyMsg::Sample {
+                        step,
+                        snapshot,
+                        states,
+                    })?;
                 }
             }
             Role::Verifier(i) => {
@@ -360,7 +534,12 @@ impl Actor for Supervisor {
                 }
                 for (step, version, group) in resend {
                     let (policy, ema) = st.versions[&version].clone();
-                    st.verifiers[i].cast(VerifierMsg::Score { step, group, policy, ema })?;
+                    st.verifiers[i].cast(VerifierMsg::Score {
+                        step,
+                        group,
+                        policy,
+                        ema,
+                    })?;
                 }
             }
             Role::Learner => {

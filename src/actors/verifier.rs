@@ -19,7 +19,12 @@ pub struct VerifierArgs {
 }
 
 pub enum VerifierMsg {
-    Score { step: u64, group: Group, policy: Arc<Decoder>, ema: Option<Arc<Decoder>> },
+    Score {
+        step: u64,
+        group: Group,
+        policy: Arc<Decoder>,
+        ema: Option<Arc<Decoder>>,
+    },
     Failed(String),
 }
 
@@ -28,20 +33,45 @@ impl Actor for VerifierActor {
     type State = VerifierArgs;
     type Arguments = VerifierArgs;
 
-    async fn pre_start(&self, _: ActorRef<VerifierMsg>, args: VerifierArgs) -> Result<VerifierArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<VerifierMsg>,
+        args: VerifierArgs,
+    ) -> Result<VerifierArgs, ActorProcessingErr> {
         Ok(args)
     }
 
-    async fn handle(&self, myself: ActorRef<VerifierMsg>, msg: VerifierMsg, st: &mut VerifierArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<VerifierMsg>,
+        msg: VerifierMsg,
+        st: &mut VerifierArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            VerifierMsg::Score { step, group, policy, ema } => {
+            VerifierMsg::Score {
+                step,
+                group,
+                policy,
+                ema,
+            } => {
                 let (shared, sup, id) = (st.shared.clone(), st.supervisor.clone(), st.id);
                 tokio::task::spawn_blocking(move || {
                     let t0 = std::time::Instant::now();
-                    match score_group(shared.reward.as_ref(), &group, &policy, ema.as_deref(), &shared.tokenizer) {
+                    match score_group(
+                        shared.reward.as_ref(),
+                        &group,
+                        &policy,
+                        ema.as_deref(),
+                        &shared.tokenizer,
+                    ) {
                         Ok(rewards) => {
                             let scored = ScoredGroup { group, rewards };
-                            let _ = sup.cast(SupMsg::Scored(Work { worker: id, step, seconds: t0.elapsed().as_secs_f64(), items: vec![scored] }));
+                            let _ = sup.cast(SupMsg::Scored(Work {
+                                worker: id,
+                                step,
+                                seconds: t0.elapsed().as_secs_f64(),
+                                items: vec![scored],
+                            }));
                         }
                         Err(e) => {
                             let _ = myself.cast(VerifierMsg::Failed(e.to_string()));

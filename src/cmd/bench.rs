@@ -84,7 +84,10 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 fn grpo(a: &BenchArgs) -> Result<()> {
     use rpt::env::State;
     use rpt::rollout::{PolicySnapshot, ScoredGroup, score_group};
-    let dir = a.model.as_ref().ok_or_else(|| anyhow::anyhow!("--work grpo needs --model DIR"))?;
+    let dir = a
+        .model
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--work grpo needs --model DIR"))?;
     let ck = super::load_checkpoint(dir)?;
     let mut cfg = rpt::config::Config::default();
     cfg.rollout.group_size = a.group;
@@ -94,23 +97,51 @@ fn grpo(a: &BenchArgs) -> Result<()> {
     let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
     let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
     let reward = rpt::reward::by_name("prefix_match")?;
-    let params = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: a.new };
+    let params = SampleParams {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: a.new,
+    };
     let mut times = vec![];
     for step in 0..(a.repeat + 1) as u64 {
         let states: Vec<(u64, State)> = (0..a.prompts_per_step as u64)
             .map(|i| {
-                let ids = random_ids(a.prompt + 1, ck.config.vocab_size.min(ck.tokenizer.vocab_size()), 100 + step * 1000 + i);
-                let (continuation, boundaries) = rpt::env::continuation_window(&ck.tokenizer, &ids[a.prompt..], 64);
-                (i, State { doc: 0, pos: a.prompt, context: ids[..a.prompt].to_vec(), continuation, boundaries, next_token: ids[a.prompt] })
+                let ids = random_ids(
+                    a.prompt + 1,
+                    ck.config.vocab_size.min(ck.tokenizer.vocab_size()),
+                    100 + step * 1000 + i,
+                );
+                let (continuation, boundaries) =
+                    rpt::env::continuation_window(&ck.tokenizer, &ids[a.prompt..], 64);
+                (
+                    i,
+                    State {
+                        doc: 0,
+                        pos: a.prompt,
+                        context: ids[..a.prompt].to_vec(),
+                        continuation,
+                        boundaries,
+                        next_token: ids[a.prompt],
+                    },
+                )
             })
             .collect();
         let t0 = Instant::now();
-        let snap = PolicySnapshot { version: step, model: std::sync::Arc::new(rpt::model::Decoder::new(&ck.config, &learner.snapshot()?)?) };
+        let snap = PolicySnapshot {
+            version: step,
+            model: std::sync::Arc::new(rpt::model::Decoder::new(&ck.config, &learner.snapshot()?)?),
+        };
         // Fixed-length completions, as the peer's (no EOS, no stop rule).
         let groups = sample_groups_fixed(&snap, &prompt, &states, a.group, &params, step)?;
         let scored: Vec<ScoredGroup> = groups
             .into_iter()
-            .map(|g| Ok(ScoredGroup { rewards: score_group(reward.as_ref(), &g, &snap.model, None, &ck.tokenizer)?, group: g }))
+            .map(|g| {
+                Ok(ScoredGroup {
+                    rewards: score_group(reward.as_ref(), &g, &snap.model, None, &ck.tokenizer)?,
+                    group: g,
+                })
+            })
             .collect::<Result<_>>()?;
         learner.update(&scored)?;
         if step > 0 {
@@ -134,8 +165,13 @@ fn sample_groups_fixed(
     params: &SampleParams,
     step: u64,
 ) -> Result<Vec<rpt::rollout::Group>> {
-    let prompts: Vec<Vec<u32>> = states.iter().flat_map(|(_, s)| std::iter::repeat_n(prompt.build(&s.context), g)).collect();
-    let seeds: Vec<u64> = (0..prompts.len() as u64).map(|i| Rng::derive(&[step, i])).collect();
+    let prompts: Vec<Vec<u32>> = states
+        .iter()
+        .flat_map(|(_, s)| std::iter::repeat_n(prompt.build(&s.context), g))
+        .collect();
+    let seeds: Vec<u64> = (0..prompts.len() as u64)
+        .map(|i| Rng::derive(&[step, i]))
+        .collect();
     let samples = generate(&snap.model, &prompts, params, &seeds, &[], &|_, _| false)?;
     let mut it = samples.into_iter();
     Ok(states
@@ -147,7 +183,11 @@ fn sample_groups_fixed(
             prompt: prompts[k * g].clone(),
             completions: (&mut it)
                 .take(g)
-                .map(|s| rpt::rollout::Completion { thought_len: s.tokens.len(), tokens: s.tokens, logprobs: s.logprobs })
+                .map(|s| rpt::rollout::Completion {
+                    thought_len: s.tokens.len(),
+                    tokens: s.tokens,
+                    logprobs: s.logprobs,
+                })
                 .collect(),
             version: snap.version,
         })
@@ -158,7 +198,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.work == "grpo" {
         return grpo(a);
     }
-    let shapes: Vec<&str> = if a.shape == "all" { vec!["small", "big"] } else { vec![a.shape.as_str()] };
+    let shapes: Vec<&str> = if a.shape == "all" {
+        vec!["small", "big"]
+    } else {
+        vec![a.shape.as_str()]
+    };
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     for name in shapes {
         let cfg = shape(name)?;
@@ -166,9 +210,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let weights = init_weights(&cfg, 0, 0.02, &device)?;
         if a.work == "all" || a.work == "generate" {
             let model = rpt::model::Decoder::new(&cfg, &weights)?;
-            let prompts: Vec<Vec<u32>> = (0..a.batch).map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64)).collect();
+            let prompts: Vec<Vec<u32>> = (0..a.batch)
+                .map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64))
+                .collect();
             let seeds: Vec<u64> = (0..a.batch as u64).collect();
-            let params = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: a.new };
+            let params = SampleParams {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 1.0,
+                max_new_tokens: a.new,
+            };
             let run = || generate(&model, &prompts, &params, &seeds, &[], &|_, _| false);
             run()?;
             let mut times = vec![];
@@ -187,8 +238,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         if a.work == "all" || a.work == "train" {
             let params = Trainable::new(&cfg, &weights)?;
-            let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() });
-            let ids = Tensor::from_vec(random_ids(a.batch * a.len, cfg.vocab_size, 99), (a.batch, a.len), &device)?;
+            let mut opt = AdamW::new(AdamWConfig {
+                lr: 1e-4,
+                ..Default::default()
+            });
+            let ids = Tensor::from_vec(
+                random_ids(a.batch * a.len, cfg.vocab_size, 99),
+                (a.batch, a.len),
+                &device,
+            )?;
             let pad = vec![0; a.batch];
             // (forward, backward, optimizer) seconds of one step.
             let mut step = || -> Result<[f64; 3]> {

@@ -35,8 +35,16 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(a: &GenerateArgs) -> Result<()> {
-    anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0, got {}", a.temperature);
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1], got {}", a.top_p);
+    anyhow::ensure!(
+        a.temperature >= 0.0,
+        "--temperature must be >= 0, got {}",
+        a.temperature
+    );
+    anyhow::ensure!(
+        a.top_p > 0.0 && a.top_p <= 1.0,
+        "--top-p must be in (0, 1], got {}",
+        a.top_p
+    );
     let ck = load_checkpoint(&a.model)?;
     let prompt = prompt_ids(&ck, a.prompt.as_deref(), a.ids.as_deref())?;
     let params = SampleParams {
@@ -47,7 +55,14 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     };
     let model = ck.decoder()?;
     let t0 = std::time::Instant::now();
-    let out = generate(&model, &[prompt.clone()], &params, &[a.seed], &ck.config.eos_token_ids, &|_, _| false)?;
+    let out = generate(
+        &model,
+        &[prompt.clone()],
+        &params,
+        &[a.seed],
+        &ck.config.eos_token_ids,
+        &|_, _| false,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let s = &out[0];
     let text = ck.tokenizer.decode(&s.tokens);
@@ -59,7 +74,12 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!("{text}");
-        eprintln!("[{} tokens, {:?}, {:.1} tokens/s]", s.tokens.len(), s.finish, s.tokens.len() as f64 / secs);
+        eprintln!(
+            "[{} tokens, {:?}, {:.1} tokens/s]",
+            s.tokens.len(),
+            s.finish,
+            s.tokens.len() as f64 / secs
+        );
     }
     Ok(())
 }
@@ -79,17 +99,32 @@ pub struct LogprobsArgs {
 pub fn run_logprobs(a: &LogprobsArgs) -> Result<()> {
     let ck = load_checkpoint(&a.model)?;
     let ids = prompt_ids(&ck, a.text.as_deref(), a.ids.as_deref())?;
-    anyhow::ensure!(ids.len() >= 2, "need at least 2 tokens to score a next token, got {}", ids.len());
+    anyhow::ensure!(
+        ids.len() >= 2,
+        "need at least 2 tokens to score a next token, got {}",
+        ids.len()
+    );
     let model = ck.decoder()?;
     let input = Tensor::from_vec(ids.clone(), (1, ids.len()), model.device())?;
-    let lp: Vec<f32> = token_logprobs(&model, &input, &[0], 1, 1.0, Mode::Infer)?.squeeze(0)?.to_vec1()?;
+    let lp: Vec<f32> = token_logprobs(&model, &input, &[0], 1, 1.0, Mode::Infer)?
+        .squeeze(0)?
+        .to_vec1()?;
     if a.json {
         let total: f64 = lp.iter().map(|&x| x as f64).sum();
-        println!("{}", serde_json::json!({"ids": ids, "logprobs": lp, "total": total}));
+        println!(
+            "{}",
+            serde_json::json!({"ids": ids, "logprobs": lp, "total": total})
+        );
     } else {
         println!("{:>6}  {:>8}  {:>10}  token", "pos", "id", "logprob");
         for (i, (&id, l)) in ids[1..].iter().zip(&lp).enumerate() {
-            println!("{:>6}  {:>8}  {:>10.4}  {:?}", i + 1, id, l, String::from_utf8_lossy(ck.tokenizer.bytes(id)));
+            println!(
+                "{:>6}  {:>8}  {:>10.4}  {:?}",
+                i + 1,
+                id,
+                l,
+                String::from_utf8_lossy(ck.tokenizer.bytes(id))
+            );
         }
     }
     Ok(())

@@ -21,13 +21,18 @@ pub fn device() -> Device {
 }
 
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    Checkpoint::load(dir, &device()).with_context(|| format!("loading model from {}", dir.display()))
+    Checkpoint::load(dir, &device())
+        .with_context(|| format!("loading model from {}", dir.display()))
 }
 
 /// Parses `1,2,3` into token ids.
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     s.split(',')
-        .map(|x| x.trim().parse::<u32>().with_context(|| format!("--ids: {x:?} is not a token id")))
+        .map(|x| {
+            x.trim()
+                .parse::<u32>()
+                .with_context(|| format!("--ids: {x:?} is not a token id"))
+        })
         .collect()
 }
 
@@ -40,7 +45,10 @@ pub fn prompt_ids(ck: &Checkpoint, text: Option<&str>, ids: Option<&str>) -> Res
     };
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty");
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= ck.config.vocab_size) {
-        anyhow::bail!("token id {bad} is outside the vocabulary (vocab_size = {})", ck.config.vocab_size);
+        anyhow::bail!(
+            "token id {bad} is outside the vocabulary (vocab_size = {})",
+            ck.config.vocab_size
+        );
     }
     Ok(ids)
 }

@@ -17,7 +17,10 @@ pub const TINY: &str = include_str!("../../configs/tiny.toml");
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::parse(TINY, Path::new("configs/tiny.toml (built in)"))?),
+        None => Ok(Config::parse(
+            TINY,
+            Path::new("configs/tiny.toml (built in)"),
+        )?),
     }
 }
 
@@ -53,11 +56,20 @@ pub fn ensure_builtin(cfg: &Config, out: &Path, force: bool) -> Result<()> {
     println!(
         "bootstrap: {} parameters, vocab {}, {} train / {} held-out documents, {:.0} s\n  \
          loss: train {:.3}, held-out {:.3} (warm-up {:.3})\n  \
-         held-out next-token accuracy (standard mode, {} positions): {:.1}%\n  \
+         held-out next-token accuracy (standard mode, {} positions of every difficulty): {:.1}%\n  \
          completions at T=0.8 that parse to a \\boxed{{}} prediction: {:.1}%\n  \
-         held-out reasoning-mode accuracy: {:.1}%",
-        r.parameters, r.vocab_size, r.train_documents, r.heldout_documents, r.seconds, r.train_loss, r.heldout_loss,
-        r.sft_loss, r.eval_positions, 100.0 * r.heldout_standard_accuracy, 100.0 * r.format_rate,
+         held-out reasoning-mode accuracy at T=0.8 (same positions): {:.1}%",
+        r.parameters,
+        r.vocab_size,
+        r.train_documents,
+        r.heldout_documents,
+        r.seconds,
+        r.train_loss,
+        r.heldout_loss,
+        r.sft_loss,
+        r.eval_positions,
+        100.0 * r.heldout_standard_accuracy,
+        100.0 * r.format_rate,
         100.0 * r.heldout_reasoning_accuracy
     );
     Ok(())
@@ -73,8 +85,16 @@ pub fn prepare_and_print(cfg: &Config) -> Result<()> {
     for r in prepare::prepare(cfg, &super::device())? {
         println!(
             "index {:<7} {:>4} documents {:>7} positions  easy {:>6}  medium {:>6}  hard {:>6}  (min_entropy {}: {} trainable)  {:.0} positions/s -> {}",
-            r.split.as_str(), r.documents, r.positions, r.easy, r.medium, r.hard, cfg.states.min_entropy, r.trainable,
-            r.positions_per_second, r.path.display()
+            r.split.as_str(),
+            r.documents,
+            r.positions,
+            r.easy,
+            r.medium,
+            r.hard,
+            cfg.states.min_entropy,
+            r.trainable,
+            r.positions_per_second,
+            r.path.display()
         );
     }
     Ok(())
@@ -103,8 +123,17 @@ pub fn eval_items(cfg: &Config, tok: &rpt::model::Tokenizer) -> Result<Vec<EvalI
         if items.len() >= cfg.eval.positions {
             break;
         }
-        if let Some(state) = make_state(&splits.heldout[d], t, tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes) {
-            items.push(EvalItem { state, entropy: Some(index.docs[d].entropy[t]) });
+        if let Some(state) = make_state(
+            &splits.heldout[d],
+            t,
+            tok,
+            cfg.states.max_context_tokens,
+            cfg.states.max_target_bytes,
+        ) {
+            items.push(EvalItem {
+                state,
+                entropy: Some(index.docs[d].entropy[t]),
+            });
         }
     }
     Ok(items)
@@ -123,9 +152,25 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn eval_report(cfg: &Config, ck: &rpt::model::Checkpoint) -> Result<rpt::pipeline::evaluate::EvalReport> {
+pub fn eval_report(
+    cfg: &Config,
+    ck: &rpt::model::Checkpoint,
+) -> Result<rpt::pipeline::evaluate::EvalReport> {
     let items = eval_items(cfg, &ck.tokenizer)?;
     let prompt = Prompt::new(&cfg.prompt.template, &ck.tokenizer)?;
-    let params = SampleParams { temperature: cfg.eval.temperature, top_k: 0, top_p: 1.0, max_new_tokens: cfg.rollout.max_new_tokens };
-    Ok(evaluate(&ck.decoder()?, &ck.tokenizer, &prompt, &items, &params, cfg.seed, 32)?)
+    let params = SampleParams {
+        temperature: cfg.eval.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+    };
+    Ok(evaluate(
+        &ck.decoder()?,
+        &ck.tokenizer,
+        &prompt,
+        &items,
+        &params,
+        cfg.seed,
+        32,
+    )?)
 }

@@ -59,7 +59,8 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?,
+            std::fs::File::open(&a.input)
+                .with_context(|| format!("opening {}", a.input.display()))?,
         ))
     };
     let name = a.input.display().to_string();
@@ -70,7 +71,8 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{name}:{number}: not valid JSON"))?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{name}:{number}: not valid JSON"))?;
         let text = |k: &str| -> Result<String> {
             v.get(k)
                 .and_then(Value::as_str)
@@ -118,14 +120,20 @@ pub fn run(a: &RewardArgs) -> Result<()> {
     for g in order {
         let members: Vec<&Line> = lines.iter().filter(|l| &l.group == g).collect();
         let cases: Vec<Case> = members.iter().map(|l| l.case()).collect();
-        let rewards = reward
-            .score_group(&cases)
-            .with_context(|| format!("{}: group starting at line {}", a.input.display(), members[0].number))?;
+        let rewards = reward.score_group(&cases).with_context(|| {
+            format!(
+                "{}: group starting at line {}",
+                a.input.display(),
+                members[0].number
+            )
+        })?;
         results.extend(members.into_iter().zip(rewards));
     }
     results.sort_by_key(|(l, _)| l.number);
     let reason = |r: &rpt::reward::Reward| {
-        r.format.map(|f| f.as_str()).unwrap_or(if r.correct { "correct" } else { "wrong" })
+        r.format
+            .map(|f| f.as_str())
+            .unwrap_or(if r.correct { "correct" } else { "wrong" })
     };
     if a.json {
         let rows: Vec<Value> = results
@@ -138,7 +146,10 @@ pub fn run(a: &RewardArgs) -> Result<()> {
                     "reason": reason(r), "prediction": prediction})
             })
             .collect();
-        println!("{}", serde_json::json!({"variant": a.variant, "results": rows}));
+        println!(
+            "{}",
+            serde_json::json!({"variant": a.variant, "results": rows})
+        );
     } else {
         println!("{:>5}  {:>8}  reason", "line", "reward");
         for (l, r) in &results {

@@ -45,14 +45,27 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let before = if cfg.train.eval_before_after && !a.resume {
         let ck = super::load_checkpoint(&cfg.model.path)?;
         let r = eval_report(&cfg, &ck).context("evaluation before training")?;
-        println!("held-out accuracy before training ({}):\n{}", cfg.model.path.display(), r.table());
+        println!(
+            "held-out accuracy before training ({}):\n{}",
+            cfg.model.path.display(),
+            r.table()
+        );
         Some(r)
     } else {
         None
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let t0 = std::time::Instant::now();
-    let summary = rt.block_on(train(&cfg, &TrainOptions { resume: a.resume, fail_policy_at_step: None }, &device))?;
+    let summary = rt.block_on(train(
+        &cfg,
+        &TrainOptions {
+            resume: a.resume,
+            ..Default::default()
+        },
+        &device,
+    ))?;
     println!(
         "trained {} steps in {:.0} s ({} states re-issued); metrics: {}",
         summary.steps,
@@ -64,14 +77,28 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
         let ck = super::load_checkpoint(&dir)?;
         let after = eval_report(&cfg, &ck).context("evaluation after training")?;
-        println!("held-out accuracy after training ({}):\n{}", dir.display(), after.table());
+        println!(
+            "held-out accuracy after training ({}):\n{}",
+            dir.display(),
+            after.table()
+        );
         let mut report = serde_json::json!({"after": after});
         if let Some(b) = before {
-            let (x, y) = (b.splits["all"].reasoning_accuracy, after.splits["all"].reasoning_accuracy);
-            println!("reasoning-mode accuracy (all held-out positions): {:.1}% -> {:.1}%", 100.0 * x, 100.0 * y);
+            let (x, y) = (
+                b.splits["all"].reasoning_accuracy,
+                after.splits["all"].reasoning_accuracy,
+            );
+            println!(
+                "reasoning-mode accuracy (all held-out positions): {:.1}% -> {:.1}%",
+                100.0 * x,
+                100.0 * y
+            );
             report["before"] = serde_json::to_value(&b)?;
         }
-        rpt::model::write_atomic(&cfg.run_dir.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+        rpt::model::write_atomic(
+            &cfg.run_dir.join("eval.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
     }
     Ok(())
 }

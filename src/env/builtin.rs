@@ -26,15 +26,22 @@ fn arithmetic(rng: &mut Rng) -> String {
     match rng.below(3) {
         0 => format!(
             "Compute ${a} + {b} \\times {c}$.\nMultiplication comes first: ${b} \\times {c} = {}$.\nThen ${a} + {} = {}$.\nSo the answer is ${}$.\n",
-            b * c, b * c, a + b * c, a + b * c
+            b * c,
+            b * c,
+            a + b * c,
+            a + b * c
         ),
         1 => format!(
             "Compute ${a} - {b}$.\nWe subtract: ${a} - {b} = {}$.\nSo the answer is ${}$.\n",
-            a - b, a - b
+            a - b,
+            a - b
         ),
         _ => format!(
             "Compute $({a} + {b}) \\times {c}$.\nFirst the bracket: ${a} + {b} = {}$.\nThen ${} \\times {c} = {}$.\nSo the answer is ${}$.\n",
-            a + b, a + b, (a + b) * c, (a + b) * c
+            a + b,
+            a + b,
+            (a + b) * c,
+            (a + b) * c
         ),
     }
 }
@@ -104,7 +111,13 @@ pub fn generate_corpus(n: usize, seed: u64) -> Vec<String> {
         .map(|d| {
             let mut rng = Rng::new(Rng::derive(&[seed, d as u64]));
             let problems = 3 + rng.below(3);
-            let mut doc = format!("{}\n\n", pick(&mut rng, &["Worksheet", "Practice problems", "Exercises", "Homework"]));
+            let mut doc = format!(
+                "{}\n\n",
+                pick(
+                    &mut rng,
+                    &["Worksheet", "Practice problems", "Exercises", "Homework"]
+                )
+            );
             for p in 1..=problems {
                 let body = match rng.below(5) {
                     0 => arithmetic(&mut rng),
@@ -141,7 +154,11 @@ mod tests {
                     let expr = rest.trim_end_matches("$.");
                     let (lhs, c) = expr.split_once(" = ").unwrap();
                     let (a, b) = lhs.split_once(" - ").unwrap();
-                    assert_eq!(a.parse::<i64>().unwrap() - b.parse::<i64>().unwrap(), c.parse::<i64>().unwrap(), "{line}");
+                    assert_eq!(
+                        a.parse::<i64>().unwrap() - b.parse::<i64>().unwrap(),
+                        c.parse::<i64>().unwrap(),
+                        "{line}"
+                    );
                 }
             }
             assert!(doc.contains("Problem 1."));

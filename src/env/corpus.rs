@@ -33,7 +33,11 @@ pub enum CorpusError {
         source: std::io::Error,
     },
     #[error("{path}: the corpus has no usable document ({skipped} skipped{first})")]
-    Empty { path: PathBuf, skipped: usize, first: String },
+    Empty {
+        path: PathBuf,
+        skipped: usize,
+        first: String,
+    },
     #[error("`corpus.fields` must name at least one JSONL field")]
     NoFields,
 }
@@ -55,13 +59,19 @@ pub fn read_corpus(path: &Path, fields: &JsonlFields) -> Result<Corpus, CorpusEr
     files.sort();
     let mut corpus = Corpus::default();
     for file in &files {
-        let bytes = std::fs::read(file).map_err(|source| CorpusError::Io { path: file.clone(), source })?;
+        let bytes = std::fs::read(file).map_err(|source| CorpusError::Io {
+            path: file.clone(),
+            source,
+        })?;
         let name = file.display().to_string();
         if file.extension().is_some_and(|e| e == "jsonl") {
             read_jsonl(&bytes, &name, fields, &mut corpus);
         } else {
             match String::from_utf8(bytes) {
-                Ok(text) if text.trim().is_empty() => corpus.skipped.push(Skip { source: name, reason: "empty file".into() }),
+                Ok(text) if text.trim().is_empty() => corpus.skipped.push(Skip {
+                    source: name,
+                    reason: "empty file".into(),
+                }),
                 Ok(text) => corpus.docs.push(Document { text, source: name }),
                 Err(e) => corpus.skipped.push(Skip {
                     source: name,
@@ -71,20 +81,39 @@ pub fn read_corpus(path: &Path, fields: &JsonlFields) -> Result<Corpus, CorpusEr
         }
     }
     if corpus.docs.is_empty() {
-        let first = corpus.skipped.first().map(|s| format!("; first: {}: {}", s.source, s.reason)).unwrap_or_default();
-        return Err(CorpusError::Empty { path: path.to_path_buf(), skipped: corpus.skipped.len(), first });
+        let first = corpus
+            .skipped
+            .first()
+            .map(|s| format!("; first: {}: {}", s.source, s.reason))
+            .unwrap_or_default();
+        return Err(CorpusError::Empty {
+            path: path.to_path_buf(),
+            skipped: corpus.skipped.len(),
+            first,
+        });
     }
     Ok(corpus)
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CorpusError> {
-    let meta = std::fs::metadata(path).map_err(|source| CorpusError::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| CorpusError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|source| CorpusError::Io { path: path.to_path_buf(), source })?;
+        let entries = std::fs::read_dir(path).map_err(|source| CorpusError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|source| CorpusError::Io { path: path.to_path_buf(), source })?;
+            let entry = entry.map_err(|source| CorpusError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
             let p = entry.path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 continue;
             }
             collect_files(&p, out)?;
@@ -98,7 +127,12 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), CorpusError>
 fn read_jsonl(bytes: &[u8], name: &str, f: &JsonlFields, corpus: &mut Corpus) {
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let source = format!("{name}:{}", i + 1);
-        let skip = |reason: String, corpus: &mut Corpus| corpus.skipped.push(Skip { source: source.clone(), reason });
+        let skip = |reason: String, corpus: &mut Corpus| {
+            corpus.skipped.push(Skip {
+                source: source.clone(),
+                reason,
+            })
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -119,7 +153,10 @@ fn read_jsonl(bytes: &[u8], name: &str, f: &JsonlFields, corpus: &mut Corpus) {
             match value.get(field) {
                 Some(serde_json::Value::String(s)) => parts.push(s.as_str()),
                 Some(other) => {
-                    bad = Some(format!("field `{field}` is not a string (got {})", kind(other)));
+                    bad = Some(format!(
+                        "field `{field}` is not a string (got {})",
+                        kind(other)
+                    ));
                     break;
                 }
                 None => {
@@ -131,7 +168,10 @@ fn read_jsonl(bytes: &[u8], name: &str, f: &JsonlFields, corpus: &mut Corpus) {
         match bad {
             Some(reason) => skip(reason, corpus),
             None if parts.iter().all(|p| p.trim().is_empty()) => skip("empty text".into(), corpus),
-            None => corpus.docs.push(Document { text: parts.join(&f.separator), source }),
+            None => corpus.docs.push(Document {
+                text: parts.join(&f.separator),
+                source,
+            }),
         }
     }
 }
@@ -152,7 +192,10 @@ mod tests {
     use super::*;
 
     fn fields(f: &[&str]) -> JsonlFields {
-        JsonlFields { fields: f.iter().map(|s| s.to_string()).collect(), separator: "\n\n".into() }
+        JsonlFields {
+            fields: f.iter().map(|s| s.to_string()).collect(),
+            separator: "\n\n".into(),
+        }
     }
 
     #[test]
@@ -165,7 +208,11 @@ mod tests {
         let c = read_corpus(dir.path(), &fields(&["problem", "solution"])).unwrap();
         let texts: Vec<&str> = c.docs.iter().map(|d| d.text.as_str()).collect();
         assert_eq!(texts, vec!["first", "second", "p1\n\ns1", "p2\n\ns2"]);
-        assert!(c.docs[3].source.ends_with("c.jsonl:3"), "{}", c.docs[3].source);
+        assert!(
+            c.docs[3].source.ends_with("c.jsonl:3"),
+            "{}",
+            c.docs[3].source
+        );
         assert!(c.skipped.is_empty());
     }
 
@@ -180,22 +227,48 @@ mod tests {
         .unwrap();
         let c = read_corpus(dir.path(), &fields(&["text"])).unwrap();
         assert_eq!(c.docs.len(), 1);
-        let reasons: Vec<String> = c.skipped.iter().map(|s| format!("{} {}", s.source, s.reason)).collect();
+        let reasons: Vec<String> = c
+            .skipped
+            .iter()
+            .map(|s| format!("{} {}", s.source, s.reason))
+            .collect();
         assert_eq!(reasons.len(), 5, "{reasons:?}");
-        assert!(reasons[0].contains("bin.txt") && reasons[0].contains("invalid UTF-8 at byte 2"), "{reasons:?}");
-        assert!(reasons[1].ends_with("d.jsonl:2 field `text` is missing"), "{reasons:?}");
-        assert!(reasons[2].ends_with("d.jsonl:3 field `text` is not a string (got a number)"), "{reasons:?}");
-        assert!(reasons[3].ends_with("d.jsonl:4 invalid UTF-8"), "{reasons:?}");
-        assert!(reasons[4].contains("d.jsonl:5 not valid JSON"), "{reasons:?}");
+        assert!(
+            reasons[0].contains("bin.txt") && reasons[0].contains("invalid UTF-8 at byte 2"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].ends_with("d.jsonl:2 field `text` is missing"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].ends_with("d.jsonl:3 field `text` is not a string (got a number)"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[3].ends_with("d.jsonl:4 invalid UTF-8"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[4].contains("d.jsonl:5 not valid JSON"),
+            "{reasons:?}"
+        );
     }
 
     #[test]
     fn an_empty_corpus_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.jsonl"), "{\"a\":1}\n").unwrap();
-        let e = read_corpus(dir.path(), &fields(&["text"])).unwrap_err().to_string();
-        assert!(e.contains("no usable document") && e.contains("1 skipped") && e.contains("x.jsonl:1"), "{e}");
-        let e = read_corpus(Path::new("/no/such/corpus"), &fields(&["text"])).unwrap_err().to_string();
+        let e = read_corpus(dir.path(), &fields(&["text"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no usable document") && e.contains("1 skipped") && e.contains("x.jsonl:1"),
+            "{e}"
+        );
+        let e = read_corpus(Path::new("/no/such/corpus"), &fields(&["text"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such/corpus"), "{e}");
     }
 }

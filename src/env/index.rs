@@ -76,7 +76,9 @@ pub enum IndexError {
     Missing { path: PathBuf },
     #[error("{path}: the difficulty index is damaged ({reason}); re-run `rpt prepare`")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{path}: the difficulty index is stale (made for another corpus, tokenizer or proxy model); re-run `rpt prepare`")]
+    #[error(
+        "{path}: the difficulty index is stale (made for another corpus, tokenizer or proxy model); re-run `rpt prepare`"
+    )]
     Stale { path: PathBuf },
     #[error("{path}: {source}")]
     Io {
@@ -100,7 +102,13 @@ pub fn fingerprint(parts: &[&[u8]]) -> String {
 
 impl EntropyIndex {
     pub fn new(split: Split, fingerprint: String, top_k: usize, docs: Vec<DocEntropies>) -> Self {
-        EntropyIndex { version: VERSION, split, fingerprint, top_k, docs }
+        EntropyIndex {
+            version: VERSION,
+            split,
+            fingerprint,
+            top_k,
+            docs,
+        }
     }
 
     /// Positions with entropy at or above `min` as (index into `docs`, position).
@@ -118,7 +126,11 @@ impl EntropyIndex {
 
     /// Number of positions per difficulty split, and in all.
     pub fn counts(&self) -> (usize, [usize; 3]) {
-        let all = self.docs.iter().map(|d| d.entropy.len().saturating_sub(1)).sum();
+        let all = self
+            .docs
+            .iter()
+            .map(|d| d.entropy.len().saturating_sub(1))
+            .sum();
         let per = Difficulty::ALL.map(|d| self.positions_at_least(d.threshold()).len());
         (all, per)
     }
@@ -127,8 +139,14 @@ impl EntropyIndex {
     pub fn save(&self, path: &Path) -> Result<(), IndexError> {
         let tmp = path.with_extension("tmp");
         let bytes = serde_json::to_vec(self).expect("index serialises");
-        std::fs::write(&tmp, bytes).map_err(|source| IndexError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, path).map_err(|source| IndexError::Io { path: path.to_path_buf(), source })
+        std::fs::write(&tmp, bytes).map_err(|source| IndexError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| IndexError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Loads an index and checks it was made for `expected` fingerprint and `split`.
@@ -136,20 +154,35 @@ impl EntropyIndex {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IndexError::Missing { path: path.to_path_buf() });
+                return Err(IndexError::Missing {
+                    path: path.to_path_buf(),
+                });
             }
-            Err(source) => return Err(IndexError::Io { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(IndexError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        let index: EntropyIndex = serde_json::from_slice(&bytes)
-            .map_err(|e| IndexError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+        let index: EntropyIndex =
+            serde_json::from_slice(&bytes).map_err(|e| IndexError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         if index.version != VERSION || index.split != split {
             return Err(IndexError::Corrupt {
                 path: path.to_path_buf(),
-                reason: format!("version {} split {:?}, expected version {VERSION} split {split:?}", index.version, index.split),
+                reason: format!(
+                    "version {} split {:?}, expected version {VERSION} split {split:?}",
+                    index.version, index.split
+                ),
             });
         }
         if index.fingerprint != expected {
-            return Err(IndexError::Stale { path: path.to_path_buf() });
+            return Err(IndexError::Stale {
+                path: path.to_path_buf(),
+            });
         }
         Ok(index)
     }
@@ -164,7 +197,10 @@ mod tests {
             Split::Train,
             fingerprint(&[b"corpus", b"tok"]),
             16,
-            vec![DocEntropies { doc: 3, entropy: vec![0.0, 0.2, 0.7, 1.2, 1.6] }],
+            vec![DocEntropies {
+                doc: 3,
+                entropy: vec![0.0, 0.2, 0.7, 1.2, 1.6],
+            }],
         )
     }
 
@@ -181,16 +217,27 @@ mod tests {
         let p = dir.path().join("train.index.json");
         let i = index();
         i.save(&p).unwrap();
-        assert_eq!(EntropyIndex::load(&p, Split::Train, &i.fingerprint).unwrap(), i);
-        let e = EntropyIndex::load(&p, Split::Train, "other").unwrap_err().to_string();
+        assert_eq!(
+            EntropyIndex::load(&p, Split::Train, &i.fingerprint).unwrap(),
+            i
+        );
+        let e = EntropyIndex::load(&p, Split::Train, "other")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stale") && e.contains("rpt prepare"), "{e}");
-        let e = EntropyIndex::load(&p, Split::Heldout, &i.fingerprint).unwrap_err().to_string();
+        let e = EntropyIndex::load(&p, Split::Heldout, &i.fingerprint)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("damaged") && e.contains("rpt prepare"), "{e}");
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
-        let e = EntropyIndex::load(&p, Split::Train, &i.fingerprint).unwrap_err().to_string();
+        let e = EntropyIndex::load(&p, Split::Train, &i.fingerprint)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("damaged") && e.contains("rpt prepare"), "{e}");
-        let e = EntropyIndex::load(&dir.path().join("none.json"), Split::Train, "x").unwrap_err().to_string();
+        let e = EntropyIndex::load(&dir.path().join("none.json"), Split::Train, "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("run `rpt prepare`"), "{e}");
     }
 

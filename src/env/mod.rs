@@ -120,7 +120,13 @@ impl CorpusEnvironment {
         }
         let (_, order) = self.epoch_order.as_ref().expect("set above");
         let (d, pos) = self.candidates[order[(k % n) as usize]];
-        make_state(&self.docs[d], pos, &self.tokenizer, self.max_context_tokens, self.max_target_bytes)
+        make_state(
+            &self.docs[d],
+            pos,
+            &self.tokenizer,
+            self.max_context_tokens,
+            self.max_target_bytes,
+        )
     }
 }
 

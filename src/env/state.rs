@@ -28,7 +28,12 @@ impl TokenizedDoc {
             bytes.extend_from_slice(tok.bytes(id));
         }
         offsets.push(bytes.len());
-        TokenizedDoc { doc, ids, offsets, bytes }
+        TokenizedDoc {
+            doc,
+            ids,
+            offsets,
+            bytes,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -59,7 +64,11 @@ pub struct State {
 
 /// Continuation window of `ids` (the tokens from position t on): bytes of whole tokens up to
 /// `max_bytes`, and their cumulative lengths. The first token is always included, even when longer.
-pub fn continuation_window(tok: &Tokenizer, ids: &[u32], max_bytes: usize) -> (Vec<u8>, Vec<usize>) {
+pub fn continuation_window(
+    tok: &Tokenizer,
+    ids: &[u32],
+    max_bytes: usize,
+) -> (Vec<u8>, Vec<usize>) {
     let mut bytes = Vec::new();
     let mut boundaries = Vec::new();
     for &id in ids {
@@ -74,13 +83,24 @@ pub fn continuation_window(tok: &Tokenizer, ids: &[u32], max_bytes: usize) -> (V
 }
 
 /// The state at position `t` of `doc` (1 ≤ t < len: a state needs a context and a next token).
-pub fn make_state(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, max_context_tokens: usize, max_target_bytes: usize) -> Option<State> {
+pub fn make_state(
+    doc: &TokenizedDoc,
+    t: usize,
+    tok: &Tokenizer,
+    max_context_tokens: usize,
+    max_target_bytes: usize,
+) -> Option<State> {
     if t == 0 || t >= doc.len() || max_context_tokens == 0 {
         return None;
     }
     let mut start = t.saturating_sub(max_context_tokens);
     // A left cut must not start inside a UTF-8 character: skip continuation bytes (0b10xxxxxx).
-    while start < t && doc.bytes.get(doc.offsets[start]).is_some_and(|&b| b & 0xC0 == 0x80) {
+    while start < t
+        && doc
+            .bytes
+            .get(doc.offsets[start])
+            .is_some_and(|&b| b & 0xC0 == 0x80)
+    {
         start += 1;
     }
     if start == t {

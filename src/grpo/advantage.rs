@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn group_scaling_by_hand() {
         // r = [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3).
-        let a = advantages(&[vec![1.0, 0.0, 0.0, 1.0]], AdvantageMode::Grpo(ScaleRewards::Group));
+        let a = advantages(
+            &[vec![1.0, 0.0, 0.0, 1.0]],
+            AdvantageMode::Grpo(ScaleRewards::Group),
+        );
         let s = (1.0f64 / 3.0).sqrt();
         assert!((a[0][0] - 0.5 / (s + EPS)).abs() < 1e-12);
         assert!((a[0][1] + 0.5 / (s + EPS)).abs() < 1e-12);
@@ -111,7 +114,10 @@ mod tests {
 
     #[test]
     fn filter_and_ema() {
-        assert_eq!(zero_variance_groups(&[vec![1.0, 1.0], vec![0.0, 1.0], vec![0.0, 0.0]]), vec![0, 2]);
+        assert_eq!(
+            zero_variance_groups(&[vec![1.0, 1.0], vec![0.0, 1.0], vec![0.0, 0.0]]),
+            vec![0, 2]
+        );
         let phi = Tensor::new(&[1.0f32, 0.0], &candle_core::Device::Cpu).unwrap();
         let theta = Tensor::new(&[0.0f32, 1.0], &candle_core::Device::Cpu).unwrap();
         let v: Vec<f32> = ema_update(&phi, &theta, 0.9).unwrap().to_vec1().unwrap();

@@ -66,7 +66,8 @@ pub fn grpo_loss(
     let mut per_token = unclipped.minimum(&clipped)?.neg()?;
     let mut kl_ref = None;
     if cfg.beta > 0.0 {
-        let reference = ref_logp.ok_or_else(|| candle_core::Error::Msg("beta > 0 needs reference log-probs".into()))?;
+        let reference = ref_logp
+            .ok_or_else(|| candle_core::Error::Msg("beta > 0 needs reference log-probs".into()))?;
         let d = (reference - logp)?;
         let k3 = ((d.exp()? - &d)? - 1.0)?;
         per_token = (per_token + (&k3 * cfg.beta)?)?;
@@ -75,7 +76,9 @@ pub fn grpo_loss(
     let masked = (&per_token * mask)?;
     let n_seq = mask.dim(0)?;
     let loss = match cfg.agg {
-        LossAgg::TokenMean => (masked.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?,
+        LossAgg::TokenMean => {
+            (masked.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64)?
+        }
         LossAgg::SeqMeanTokenMean => {
             let per_seq_tokens = mask.sum(D::Minus1)?;
             let has = per_seq_tokens.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
@@ -87,7 +90,16 @@ pub fn grpo_loss(
             (masked.sum_all()? / (n_seq.max(1) * cfg.max_completion_tokens.max(1)) as f64)?
         }
     };
-    let stats = stats(&ratio, logp, old_logp, kl_ref.as_ref(), advantages, mask, cfg, loss.to_scalar::<f32>()? as f64)?;
+    let stats = stats(
+        &ratio,
+        logp,
+        old_logp,
+        kl_ref.as_ref(),
+        advantages,
+        mask,
+        cfg,
+        loss.to_scalar::<f32>()? as f64,
+    )?;
     Ok((loss, stats))
 }
 
@@ -108,7 +120,10 @@ fn stats(
     let k3: Option<Vec<Vec<f32>>> = k3.map(|k| k.detach().to_vec2()).transpose()?;
     let adv: Vec<f32> = adv.to_vec1()?;
     let mask: Vec<Vec<f32>> = mask.to_vec2()?;
-    let mut s = LossStats { loss, ..LossStats::default() };
+    let mut s = LossStats {
+        loss,
+        ..LossStats::default()
+    };
     let (mut low, mut high, mut kl, mut klr, mut ent) = (0usize, 0usize, 0f64, 0f64, 0f64);
     for i in 0..mask.len() {
         for j in 0..mask[i].len() {
@@ -147,13 +162,30 @@ mod tests {
     }
 
     fn cfg(agg: LossAgg) -> LossConfig {
-        LossConfig { epsilon_low: 0.2, epsilon_high: 0.2, beta: 0.0, agg, max_completion_tokens: 4 }
+        LossConfig {
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+            agg,
+            max_completion_tokens: 4,
+        }
     }
 
     /// Two groups of two; rows have 3, 1, 2 and 4 loss tokens (the rest is padding).
     fn batch() -> (Var, Tensor, Tensor, Tensor) {
-        let logp = Var::from_tensor(&t2(&[&[-1.0, -2.0, -0.5, 0.0], &[-1.0, 0.0, 0.0, 0.0], &[-0.3, -0.7, 0.0, 0.0], &[-1.0, -1.0, -1.0, -1.0]])).unwrap();
-        let mask = t2(&[&[1., 1., 1., 0.], &[1., 0., 0., 0.], &[1., 1., 0., 0.], &[1., 1., 1., 1.]]);
+        let logp = Var::from_tensor(&t2(&[
+            &[-1.0, -2.0, -0.5, 0.0],
+            &[-1.0, 0.0, 0.0, 0.0],
+            &[-0.3, -0.7, 0.0, 0.0],
+            &[-1.0, -1.0, -1.0, -1.0],
+        ]))
+        .unwrap();
+        let mask = t2(&[
+            &[1., 1., 1., 0.],
+            &[1., 0., 0., 0.],
+            &[1., 1., 0., 0.],
+            &[1., 1., 1., 1.],
+        ]);
         let adv = Tensor::new(&[1.0f32, -1.0, 0.5, -0.5], &Device::Cpu).unwrap();
         let old = logp.as_tensor().detach();
         (logp, old, adv, mask)
@@ -164,8 +196,13 @@ mod tests {
         let (logp, old, adv, mask) = batch();
         let tokens = [3.0f64, 1.0, 2.0, 4.0];
         let a = [1.0f64, -1.0, 0.5, -0.5];
-        for agg in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean, LossAgg::SeqMeanTokenSumNorm] {
-            let (loss, stats) = grpo_loss(logp.as_tensor(), &old, None, &adv, &mask, &cfg(agg)).unwrap();
+        for agg in [
+            LossAgg::TokenMean,
+            LossAgg::SeqMeanTokenMean,
+            LossAgg::SeqMeanTokenSumNorm,
+        ] {
+            let (loss, stats) =
+                grpo_loss(logp.as_tensor(), &old, None, &adv, &mask, &cfg(agg)).unwrap();
             // At ρ = 1 each loss token contributes −A, and d loss / d logp = −A · weight.
             let weight = |i: usize| match agg {
                 LossAgg::TokenMean => 1.0 / 10.0,
@@ -175,14 +212,25 @@ mod tests {
             let want: f64 = (0..4).map(|i| -a[i] * tokens[i] * weight(i)).sum();
             let got = loss.to_scalar::<f32>().unwrap() as f64;
             assert!((got - want).abs() < 1e-6, "{agg:?}: {got} vs {want}");
-            assert_eq!((stats.clip_low, stats.clip_high, stats.tokens), (0.0, 0.0, 10));
+            assert_eq!(
+                (stats.clip_low, stats.clip_high, stats.tokens),
+                (0.0, 0.0, 10)
+            );
             let grads = loss.backward().unwrap();
             let g: Vec<Vec<f32>> = grads.get(logp.as_tensor()).unwrap().to_vec2().unwrap();
             let m: Vec<Vec<f32>> = mask.to_vec2().unwrap();
             for i in 0..4 {
                 for j in 0..4 {
-                    let want = if m[i][j] == 1.0 { -a[i] * weight(i) } else { 0.0 };
-                    assert!((g[i][j] as f64 - want).abs() < 1e-6, "{agg:?} grad [{i},{j}]: {} vs {want}", g[i][j]);
+                    let want = if m[i][j] == 1.0 {
+                        -a[i] * weight(i)
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (g[i][j] as f64 - want).abs() < 1e-6,
+                        "{agg:?} grad [{i},{j}]: {} vs {want}",
+                        g[i][j]
+                    );
                 }
             }
         }
@@ -195,11 +243,25 @@ mod tests {
         let old = t2(&[&[-0.5, 0.5]]);
         let adv = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
         let mask = t2(&[&[1.0, 1.0]]);
-        let (loss, stats) = grpo_loss(logp.as_tensor(), &old, None, &adv, &mask, &cfg(LossAgg::TokenMean)).unwrap();
+        let (loss, stats) = grpo_loss(
+            logp.as_tensor(),
+            &old,
+            None,
+            &adv,
+            &mask,
+            &cfg(LossAgg::TokenMean),
+        )
+        .unwrap();
         let want = -(1.2 + (-0.5f64).exp()) / 2.0;
         assert!((loss.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-6);
         assert_eq!(stats.clip_high, 0.5);
-        let g: Vec<Vec<f32>> = loss.backward().unwrap().get(logp.as_tensor()).unwrap().to_vec2().unwrap();
+        let g: Vec<Vec<f32>> = loss
+            .backward()
+            .unwrap()
+            .get(logp.as_tensor())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(g[0][0], 0.0);
         assert!((g[0][1] as f64 + (-0.5f64).exp() / 2.0).abs() < 1e-6);
     }
@@ -208,10 +270,20 @@ mod tests {
     fn beta_adds_the_expected_k3() {
         let (logp, old, adv, mask) = batch();
         let reference = (logp.as_tensor() - 0.1).unwrap(); // ref − logp = −0.1 everywhere
-        let base = grpo_loss(logp.as_tensor(), &old, None, &adv, &mask, &cfg(LossAgg::TokenMean)).unwrap().0;
+        let base = grpo_loss(
+            logp.as_tensor(),
+            &old,
+            None,
+            &adv,
+            &mask,
+            &cfg(LossAgg::TokenMean),
+        )
+        .unwrap()
+        .0;
         let mut c = cfg(LossAgg::TokenMean);
         c.beta = 0.5;
-        let (with, stats) = grpo_loss(logp.as_tensor(), &old, Some(&reference), &adv, &mask, &c).unwrap();
+        let (with, stats) =
+            grpo_loss(logp.as_tensor(), &old, Some(&reference), &adv, &mask, &c).unwrap();
         let k3 = (-0.1f64).exp() + 0.1 - 1.0;
         let diff = (with.to_scalar::<f32>().unwrap() - base.to_scalar::<f32>().unwrap()) as f64;
         assert!((diff - 0.5 * k3).abs() < 1e-6, "{diff} vs {}", 0.5 * k3);

@@ -78,7 +78,10 @@ impl ModelConfig {
                 Some(Value::Number(n)) if n.as_u64().is_some_and(|x| x > 0) => {
                     Ok(n.as_u64().unwrap() as usize)
                 }
-                Some(other) => Err(err(field, format!("must be a positive integer, got {other}"))),
+                Some(other) => Err(err(
+                    field,
+                    format!("must be a positive integer, got {other}"),
+                )),
                 None => Err(err(field, "is missing".into())),
             }
         };
@@ -94,9 +97,15 @@ impl ModelConfig {
                 ));
             }
         };
-        let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        let act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
         if act != "silu" {
-            return Err(err("hidden_act", format!("is {act:?}; only \"silu\" is supported")));
+            return Err(err(
+                "hidden_act",
+                format!("is {act:?}; only \"silu\" is supported"),
+            ));
         }
         if let Some(scaling) = v.get("rope_scaling")
             && !scaling.is_null()
@@ -107,7 +116,9 @@ impl ModelConfig {
             ));
         }
         let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
-        if let Some(kind) = rope_params.and_then(|p| p.get("rope_type")).and_then(Value::as_str)
+        if let Some(kind) = rope_params
+            .and_then(|p| p.get("rope_type"))
+            .and_then(Value::as_str)
             && kind != "default"
         {
             return Err(err(
@@ -121,7 +132,10 @@ impl ModelConfig {
             .and_then(Value::as_f64)
             .unwrap_or(10_000.0);
         if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(err("use_sliding_window", "is true; sliding-window attention is not supported".into()));
+            return Err(err(
+                "use_sliding_window",
+                "is true; sliding-window attention is not supported".into(),
+            ));
         }
 
         let hidden_size = usize_field("hidden_size")?;
@@ -133,7 +147,9 @@ impl ModelConfig {
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(err(
                 "num_key_value_heads",
-                format!("is {num_key_value_heads}, which does not divide num_attention_heads = {num_attention_heads}"),
+                format!(
+                    "is {num_key_value_heads}, which does not divide num_attention_heads = {num_attention_heads}"
+                ),
             ));
         }
         let head_dim = match v.get("head_dim") {
@@ -141,7 +157,9 @@ impl ModelConfig {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(err(
                         "hidden_size",
-                        format!("is {hidden_size}, not divisible by num_attention_heads = {num_attention_heads}"),
+                        format!(
+                            "is {hidden_size}, not divisible by num_attention_heads = {num_attention_heads}"
+                        ),
                     ));
                 }
                 hidden_size / num_attention_heads
@@ -149,13 +167,23 @@ impl ModelConfig {
             Some(_) => usize_field("head_dim")?,
         };
         if head_dim % 2 != 0 {
-            return Err(err("head_dim", format!("is {head_dim}; rotary embeddings need an even head_dim")));
+            return Err(err(
+                "head_dim",
+                format!("is {head_dim}; rotary embeddings need an even head_dim"),
+            ));
         }
-        let attention_bias = v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let attention_bias = v
+            .get("attention_bias")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let ids = |field: &str| -> Vec<u32> {
             match v.get(field) {
                 Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect(),
                 _ => vec![],
             }
         };
@@ -168,7 +196,10 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             rope_theta,
             max_position_embeddings: v
                 .get("max_position_embeddings")
@@ -214,7 +245,10 @@ impl ModelConfig {
         });
         let obj = v.as_object_mut().expect("object literal");
         if self.family != Family::Qwen2 {
-            obj.insert("attention_bias".into(), Value::Bool(self.o_bias || self.qkv_bias));
+            obj.insert(
+                "attention_bias".into(),
+                Value::Bool(self.o_bias || self.qkv_bias),
+            );
             obj.insert("mlp_bias".into(), Value::Bool(self.mlp_bias));
         }
         match self.eos_token_ids.as_slice() {
@@ -239,7 +273,10 @@ impl ModelConfig {
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, hd, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
         let (nq, nkv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut push = |n: &str, s: Vec<usize>| out.push((format!("{p}.{n}"), s));
@@ -320,7 +357,12 @@ mod tests {
         assert!(parse(v).unwrap_err().to_string().contains("llama3"));
         let mut v = base();
         v["num_key_value_heads"] = json!(3);
-        assert!(parse(v).unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(
+            parse(v)
+                .unwrap_err()
+                .to_string()
+                .contains("num_key_value_heads")
+        );
     }
 
     #[test]

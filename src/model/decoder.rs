@@ -117,7 +117,11 @@ impl Decoder {
         let lin = |p: &str, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 w: get(&format!("{p}.weight"))?,
-                b: if bias { Some(get(&format!("{p}.bias"))?) } else { None },
+                b: if bias {
+                    Some(get(&format!("{p}.bias"))?)
+                } else {
+                    None
+                },
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -130,15 +134,27 @@ impl Decoder {
                 k: lin(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
                 v: lin(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
                 o: lin(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
-                q_norm: if cfg.qk_norm { Some(get(&format!("{p}.self_attn.q_norm.weight"))?) } else { None },
-                k_norm: if cfg.qk_norm { Some(get(&format!("{p}.self_attn.k_norm.weight"))?) } else { None },
+                q_norm: if cfg.qk_norm {
+                    Some(get(&format!("{p}.self_attn.q_norm.weight"))?)
+                } else {
+                    None
+                },
+                k_norm: if cfg.qk_norm {
+                    Some(get(&format!("{p}.self_attn.k_norm.weight"))?)
+                } else {
+                    None
+                },
                 gate: lin(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias)?,
                 up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias)?,
                 down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
             });
         }
         let embed = get("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { get("lm_head.weight")? };
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight")?
+        };
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
         Ok(Decoder {
@@ -247,7 +263,8 @@ impl Decoder {
             .reshape((b * s, nh * hd))?;
         let x = (x + l.o.forward(&attn, mode)?)?;
         let h = rms_norm(&x, &l.ln2, c.rms_norm_eps, mode)?;
-        let gated = (candle_nn::Activation::Silu.forward(&l.gate.forward(&h, mode)?)? * l.up.forward(&h, mode)?)?;
+        let gated = (candle_nn::Activation::Silu.forward(&l.gate.forward(&h, mode)?)?
+            * l.up.forward(&h, mode)?)?;
         Ok((x + l.down.forward(&gated, mode)?)?)
     }
 }
@@ -260,7 +277,9 @@ fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
         .collect();
     let n = cfg.max_position_embeddings;
     let inv = Tensor::from_vec(inv, (1, half), device)?;
-    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+    let pos = Tensor::arange(0u32, n as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
     let freqs = pos.broadcast_mul(&inv)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
@@ -276,7 +295,11 @@ impl Rope {
     /// cos, sin: (b, s, head_dim / 2)
     fn new(cos: Tensor, sin: Tensor, mode: Mode) -> Result<Self> {
         Ok(match mode {
-            Mode::Infer => Rope { cos: cos.contiguous()?, sin: sin.contiguous()?, mode },
+            Mode::Infer => Rope {
+                cos: cos.contiguous()?,
+                sin: sin.contiguous()?,
+                mode,
+            },
             Mode::Train => Rope {
                 cos: Tensor::cat(&[&cos, &cos], D::Minus1)?.unsqueeze(1)?,
                 sin: Tensor::cat(&[&sin, &sin], D::Minus1)?.unsqueeze(1)?,
@@ -350,14 +373,24 @@ pub fn left_pad<R: AsRef<[u32]>>(rows: &[R], device: &Device) -> Result<Padded> 
         ids.extend(std::iter::repeat_n(0u32, p));
         ids.extend_from_slice(r.as_ref());
     }
-    Ok(Padded { ids: Tensor::from_vec(ids, (rows.len(), width), device)?, pad, width })
+    Ok(Padded {
+        ids: Tensor::from_vec(ids, (rows.len(), width), device)?,
+        pad,
+        width,
+    })
 }
 
 impl Decoder {
     /// Final hidden states of a whole left-padded batch without a cache: (b, width, hidden).
     pub fn forward_padded(&self, p: &Padded, mode: Mode) -> Result<Tensor> {
         let d = self.device();
-        self.forward(&p.ids, &positions(&p.pad, 0, p.width, d)?, &attention_mask(&p.pad, 0, p.width, d)?, None, mode)
+        self.forward(
+            &p.ids,
+            &positions(&p.pad, 0, p.width, d)?,
+            &attention_mask(&p.pad, 0, p.width, d)?,
+            None,
+            mode,
+        )
     }
 
     /// Logits at the last token of each row, for inference: (rows, vocab).

@@ -26,7 +26,14 @@ pub fn topk_entropy(logits: &[f32], k: usize) -> f32 {
 ///
 /// Long sequences are read in windows of `window` tokens, each preceded by up to `overlap` tokens of
 /// context; `batch` windows go through the model together.
-pub fn sequence_entropies(model: &Decoder, seqs: &[Vec<u32>], k: usize, window: usize, overlap: usize, batch: usize) -> Result<Vec<Vec<f32>>> {
+pub fn sequence_entropies(
+    model: &Decoder,
+    seqs: &[Vec<u32>],
+    k: usize,
+    window: usize,
+    overlap: usize,
+    batch: usize,
+) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0.0; s.len()]).collect();
     // (sequence, first scored position, tokens fed): scores positions start..start+window.
     let mut jobs: Vec<(usize, usize, usize)> = vec![];
@@ -51,7 +58,10 @@ pub fn sequence_entropies(model: &Decoder, seqs: &[Vec<u32>], k: usize, window: 
             let end = (start + window).min(seqs[i].len());
             // Position t is predicted by the logits at t − 1, which sit at column pad + (t − 1 − from).
             let first_col = pad[b] + (start - 1 - from);
-            let rows: Vec<Vec<f32>> = logits.get(b)?.narrow(0, first_col, end - start)?.to_vec2()?;
+            let rows: Vec<Vec<f32>> = logits
+                .get(b)?
+                .narrow(0, first_col, end - start)?
+                .to_vec2()?;
             for (j, row) in rows.iter().enumerate() {
                 out[i][start + j] = topk_entropy(row, k);
             }

@@ -60,15 +60,23 @@ impl Checkpoint {
     }
 
     /// Writes `config.json`, `model.safetensors` and `tokenizer.json` into `dir` (created if needed).
-    pub fn save(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer, weights: &TensorMap) -> Result<()> {
+    pub fn save(
+        dir: &Path,
+        config: &ModelConfig,
+        tokenizer: &Tokenizer,
+        weights: &TensorMap,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         save_weights(dir, config, weights)?;
         let cfg = serde_json::to_vec_pretty(&config.to_json()).expect("json value serialises");
         write_atomic(&dir.join("config.json"), &cfg)?;
-        let tok = tokenizer.inner().to_string(false).map_err(|e| ModelError::Tokenizer {
-            path: dir.join("tokenizer.json"),
-            reason: e.to_string(),
-        })?;
+        let tok = tokenizer
+            .inner()
+            .to_string(false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                reason: e.to_string(),
+            })?;
         write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
     }
 }

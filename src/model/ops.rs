@@ -14,15 +14,26 @@ use rayon::prelude::*;
 pub fn target_log_softmax(logits: &Tensor, targets: &[u32], scale: f64) -> Result<Tensor> {
     let (n, _v) = logits.dims2()?;
     if targets.len() != n {
-        candle_core::bail!("target_log_softmax: {} rows but {} targets", n, targets.len());
+        candle_core::bail!(
+            "target_log_softmax: {} rows but {} targets",
+            n,
+            targets.len()
+        );
     }
     if !logits.device().is_cpu() {
-        let scaled = if scale != 1.0 { (logits * scale)? } else { logits.clone() };
+        let scaled = if scale != 1.0 {
+            (logits * scale)?
+        } else {
+            logits.clone()
+        };
         let lp = candle_nn::ops::log_softmax(&scaled, D::Minus1)?;
         let idx = Tensor::from_slice(targets, (n, 1), logits.device())?;
         return lp.gather(&idx, 1)?.squeeze(1);
     }
-    logits.contiguous()?.apply_op1(TargetLogSoftmax { targets: targets.to_vec(), scale: scale as f32 })
+    logits.contiguous()?.apply_op1(TargetLogSoftmax {
+        targets: targets.to_vec(),
+        scale: scale as f32,
+    })
 }
 
 struct TargetLogSoftmax {
@@ -70,7 +81,11 @@ impl CustomOp1 for TargetLogSoftmax {
     /// d logp_i / d x_ij = scale · (δ(j = t_i) − softmax(scale · x_i)_j)
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g: Vec<f32> = grad_res.to_vec1()?;
-        let grad = arg.apply_op1_no_bwd(&TargetLogSoftmaxGrad { targets: &self.targets, grad: &g, scale: self.scale })?;
+        let grad = arg.apply_op1_no_bwd(&TargetLogSoftmaxGrad {
+            targets: &self.targets,
+            grad: &g,
+            scale: self.scale,
+        })?;
         Ok(Some(grad))
     }
 }
@@ -120,7 +135,8 @@ mod tests {
         let upstream = Tensor::new(&[1.0f32, -0.5, 2.0, 0.0, 0.3], &dev).unwrap();
         for scale in [1.0, 1.25] {
             let fused = target_log_softmax(x.as_tensor(), &targets, scale).unwrap();
-            let lp = candle_nn::ops::log_softmax(&(x.as_tensor() * scale).unwrap(), D::Minus1).unwrap();
+            let lp =
+                candle_nn::ops::log_softmax(&(x.as_tensor() * scale).unwrap(), D::Minus1).unwrap();
             let idx = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
             let composed = lp.gather(&idx, 1).unwrap().squeeze(1).unwrap();
             let a: Vec<f32> = fused.to_vec1().unwrap();
@@ -128,8 +144,18 @@ mod tests {
             for (p, q) in a.iter().zip(&b) {
                 assert!((p - q).abs() < 1e-5, "{p} vs {q}");
             }
-            let ga = (fused * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (composed * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let ga = (fused * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gb = (composed * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let ga: Vec<Vec<f32>> = ga.get(x.as_tensor()).unwrap().to_vec2().unwrap();
             let gb: Vec<Vec<f32>> = gb.get(x.as_tensor()).unwrap().to_vec2().unwrap();
             for (r, s) in ga.iter().zip(&gb) {
@@ -156,8 +182,12 @@ pub const SMALL_M: usize = 16;
 struct SmallMatmulT;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("small_matmul_t expects f32") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("small_matmul_t expects contiguous inputs") };
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("small_matmul_t expects f32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("small_matmul_t expects contiguous inputs")
+    };
     Ok(&data[a..b])
 }
 
@@ -165,7 +195,12 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -187,7 +222,11 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         while i + 16 <= n {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
             i += 16;
         }
         while i + 8 <= n {
@@ -220,7 +259,13 @@ impl candle_core::CustomOp2 for SmallMatmulT {
         "small-matmul-t"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
@@ -230,14 +275,17 @@ impl candle_core::CustomOp2 for SmallMatmulT {
         // Output laid out (n, m) while computing, so that each task writes a contiguous block.
         let block = 64;
         let mut out_t = vec![0f32; n * m];
-        out_t.par_chunks_mut(block * m).enumerate().for_each(|(c, chunk)| {
-            for (j, o) in chunk.chunks_mut(m).enumerate() {
-                let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = dot(&x[i * k..(i + 1) * k], row);
+        out_t
+            .par_chunks_mut(block * m)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (j, o) in chunk.chunks_mut(m).enumerate() {
+                    let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = dot(&x[i * k..(i + 1) * k], row);
+                    }
                 }
-            }
-        });
+            });
         let mut out = vec![0f32; m * n];
         for j in 0..n {
             for i in 0..m {

@@ -94,7 +94,11 @@ impl Rng {
 
 /// Picks one token from one row of logits; returns (token, log-prob under the tempered softmax).
 pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
-    let t = if p.temperature > 0.0 { p.temperature as f32 } else { 1.0 };
+    let t = if p.temperature > 0.0 {
+        p.temperature as f32
+    } else {
+        1.0
+    };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
     let z: f32 = probs.iter().sum();
@@ -107,7 +111,11 @@ pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
     if p.top_k > 0 || p.top_p < 1.0 {
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        let mut keep = if p.top_k > 0 { p.top_k.min(order.len()) } else { order.len() };
+        let mut keep = if p.top_k > 0 {
+            p.top_k.min(order.len())
+        } else {
+            order.len()
+        };
         if p.top_p < 1.0 {
             let mut acc = 0.0;
             for (n, &i) in order.iter().enumerate().take(keep) {
@@ -167,7 +175,9 @@ pub fn generate(
         )));
     }
     if let Some(r) = prompts.iter().position(Vec::is_empty) {
-        return Err(ModelError::Invalid(format!("generate: prompt {r} is empty")));
+        return Err(ModelError::Invalid(format!(
+            "generate: prompt {r} is empty"
+        )));
     }
     let b = prompts.len();
     if b == 0 {
@@ -183,7 +193,11 @@ pub fn generate(
             model.config().max_position_embeddings
         )));
     }
-    let Padded { ids: mut input, pad, .. } = left_pad(prompts, device)?;
+    let Padded {
+        ids: mut input,
+        pad,
+        ..
+    } = left_pad(prompts, device)?;
     let mut cache = Cache::new(model.config().num_hidden_layers, total);
     let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
     let mut out: Vec<Sample> = (0..b)
@@ -253,9 +267,15 @@ pub fn token_logprobs(
     let pos = positions(pad, 0, s, device)?;
     let hidden = model.forward(ids, &pos, &mask, None, mode)?;
     let n = s - from;
-    let logits = model.logits(&hidden.narrow(1, from - 1, n)?, mode)?.reshape((b * n, ()))?;
+    let logits = model
+        .logits(&hidden.narrow(1, from - 1, n)?, mode)?
+        .reshape((b * n, ()))?;
     let targets: Vec<u32> = ids.narrow(1, from, n)?.flatten_all()?.to_vec1()?;
-    let scale = if temperature > 0.0 { 1.0 / temperature } else { 1.0 };
+    let scale = if temperature > 0.0 {
+        1.0 / temperature
+    } else {
+        1.0
+    };
     Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
 }
 
@@ -265,7 +285,10 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_argmax_and_reports_its_logprob() {
-        let p = SampleParams { temperature: 0.0, ..Default::default() };
+        let p = SampleParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
         let (t, lp) = pick(&[0.0, 2.0, 1.0], &p, &mut Rng::new(1));
         assert_eq!(t, 1);
         let z = (0f32).exp() + 2f32.exp() + 1f32.exp();
@@ -274,12 +297,20 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_top_p_truncates() {
-        let p = SampleParams { temperature: 1.0, top_k: 1, ..Default::default() };
+        let p = SampleParams {
+            temperature: 1.0,
+            top_k: 1,
+            ..Default::default()
+        };
         for s in 0..20 {
             assert_eq!(pick(&[0.0, 3.0, 1.0], &p, &mut Rng::new(s)).0, 1);
         }
         // p = [0.84, 0.11, 0.04, ...]: top_p 0.5 keeps only the first.
-        let p = SampleParams { temperature: 1.0, top_p: 0.5, ..Default::default() };
+        let p = SampleParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        };
         for s in 0..20 {
             assert_eq!(pick(&[3.0, 1.0, 0.0, -1.0], &p, &mut Rng::new(s)).0, 0);
         }
@@ -287,11 +318,16 @@ mod tests {
 
     #[test]
     fn sampling_frequencies_follow_the_tempered_distribution() {
-        let p = SampleParams { temperature: 1.0, ..Default::default() };
+        let p = SampleParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
         let mut rng = Rng::new(7);
         let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4, 3/4
         let n = 20_000;
-        let ones = (0..n).filter(|_| pick(&logits, &p, &mut rng).0 == 1).count();
+        let ones = (0..n)
+            .filter(|_| pick(&logits, &p, &mut rng).0 == 1)
+            .count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.02, "{share}");
     }

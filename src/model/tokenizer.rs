@@ -84,21 +84,29 @@ impl Tokenizer {
 
     /// Ids of `text`, no special tokens added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// The exact bytes of one token (empty for an id outside the vocabulary).
     pub fn bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Concatenated bytes of `ids`.
     pub fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
-        ids.iter().flat_map(|&i| self.bytes(i).iter().copied()).collect()
+        ids.iter()
+            .flat_map(|&i| self.bytes(i).iter().copied())
+            .collect()
     }
 
     /// Text of `ids`; bytes that are not UTF-8 become U+FFFD.
@@ -151,8 +159,14 @@ impl Tokenizer {
         use tokenizers::models::{ModelWrapper, TrainerWrapper};
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
-        let wrap = |e: tokenizers::Error| ModelError::Tokenizer { path: PathBuf::from("<training>"), reason: e.to_string() };
-        let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect();
+        let wrap = |e: tokenizers::Error| ModelError::Tokenizer {
+            path: PathBuf::from("<training>"),
+            reason: e.to_string(),
+        };
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
@@ -162,8 +176,12 @@ impl Tokenizer {
             .build()
             .into();
         let mut tk = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
-        tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))));
-        tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+        tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+            false, true, true,
+        ))));
+        tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+            false, true, true,
+        ))));
         tk.train(&mut trainer, texts.iter()).map_err(wrap)?;
         tk.add_special_tokens(specials).map_err(wrap)?;
         Self::from_inner(tk, Path::new("tokenizer.json"))
@@ -176,7 +194,9 @@ mod tests {
 
     #[test]
     fn trained_tokenizer_round_trips_bytes_and_is_deterministic() {
-        let texts: Vec<String> = (0..50).map(|i| format!("Solve $3x + {i} = 7$. café 数学 🙂 x^{{2}}")).collect();
+        let texts: Vec<String> = (0..50)
+            .map(|i| format!("Solve $3x + {i} = 7$. café 数学 🙂 x^{{2}}"))
+            .collect();
         let tok = Tokenizer::train_bpe(&texts, 320).unwrap();
         assert_eq!(tok.token_id("<think>"), Some(1));
         assert_eq!(tok.token_id("</think>"), Some(2));
@@ -185,6 +205,9 @@ mod tests {
         assert_eq!(tok.decode_bytes(&ids), text.as_bytes());
         assert!(ids.contains(&1) && ids.contains(&2));
         let again = Tokenizer::train_bpe(&texts, 320).unwrap();
-        assert_eq!(tok.inner().to_string(false).unwrap(), again.inner().to_string(false).unwrap());
+        assert_eq!(
+            tok.inner().to_string(false).unwrap(),
+            again.inner().to_string(false).unwrap()
+        );
     }
 }

@@ -29,7 +29,10 @@ impl Trainable {
                 .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
             vars.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
         }
-        Ok(Trainable { config: config.clone(), vars })
+        Ok(Trainable {
+            config: config.clone(),
+            vars,
+        })
     }
 
     /// A decoder whose forward pass records gradients into these variables.
@@ -98,7 +101,12 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            config,
+            step: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// The global L2 norm of the gradients of `params`.
@@ -113,14 +121,22 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr`, gradients scaled by `scale` (for norm clipping).
-    pub fn step(&mut self, params: &Trainable, grads: &GradStore, lr: f64, scale: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &Trainable,
+        grads: &GradStore,
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         for (name, var) in params.vars() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let g = (g * scale)?;
             let m = match self.m.get(name) {
                 Some(m) => ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,

@@ -17,17 +17,19 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<std::path::PathBuf> = if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: index.clone(),
-            source,
-        })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            ModelError::Config {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: index.clone(),
+                source,
+            })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
                 path: index.clone(),
                 field: "weight_map".into(),
                 reason: "is missing or not an object".into(),
-            }
-        })?;
+            })?;
         let shards: BTreeSet<String> = map
             .values()
             .filter_map(|s| s.as_str().map(str::to_string))
@@ -43,10 +45,11 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
         // SAFETY: the map is only read while this function runs; a checkpoint being rewritten
         // underneath is the usual mmap caveat, and checkpoints are written by rename.
         let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| ModelError::io(file, e))?;
-        let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
         for (name, view) in st.tensors() {
             let dtype = match view.dtype() {
                 safetensors::Dtype::F32 => DType::F32,
@@ -70,11 +73,13 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
     let first = files[0].clone();
     let mut out = TensorMap::new();
     for (name, shape) in cfg.tensor_shapes() {
-        let (t, file) = found.remove(&name).ok_or_else(|| ModelError::MissingTensor {
-            path: first.clone(),
-            name: name.clone(),
-            expected: shape.clone(),
-        })?;
+        let (t, file) = found
+            .remove(&name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: first.clone(),
+                name: name.clone(),
+                expected: shape.clone(),
+            })?;
         if t.dims() != shape.as_slice() {
             return Err(ModelError::Shape {
                 path: file,
@@ -92,12 +97,19 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
 pub fn save_weights(dir: &Path, cfg: &ModelConfig, tensors: &TensorMap) -> Result<()> {
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for (name, shape) in cfg.tensor_shapes() {
-        let t = tensors.get(&name).ok_or_else(|| ModelError::MissingTensor {
-            path: dir.join("model.safetensors"),
-            name: name.clone(),
-            expected: shape,
-        })?;
-        out.insert(name, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()?);
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: dir.join("model.safetensors"),
+                name: name.clone(),
+                expected: shape,
+            })?;
+        out.insert(
+            name,
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .contiguous()?,
+        );
     }
     let path = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");

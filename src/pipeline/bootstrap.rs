@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::env::{TokenizedDoc, make_state};
 use crate::error::Result;
 use crate::model::{
-    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Family, Mode, ModelConfig, Rng, SampleParams, Tokenizer,
-    Trainable, init_weights,
+    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Family, Mode, ModelConfig, Rng, SampleParams,
+    Tokenizer, Trainable, init_weights,
 };
 use crate::prompt::Prompt;
 
@@ -83,8 +83,20 @@ fn lm_window(docs: &[TokenizedDoc], len: usize, rng: &mut Rng) -> Vec<u32> {
 }
 
 /// One warm-up example at a random position: (row ids, index where the completion starts).
-pub fn sft_example(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, prompt: &Prompt, cfg: &Config) -> Option<(Vec<u32>, usize)> {
-    let st = make_state(doc, t, tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes)?;
+pub fn sft_example(
+    doc: &TokenizedDoc,
+    t: usize,
+    tok: &Tokenizer,
+    prompt: &Prompt,
+    cfg: &Config,
+) -> Option<(Vec<u32>, usize)> {
+    let st = make_state(
+        doc,
+        t,
+        tok,
+        cfg.states.max_context_tokens,
+        cfg.states.max_target_bytes,
+    )?;
     let answer = std::str::from_utf8(tok.bytes(st.next_token)).ok()?;
     let mut depth = 0i32;
     for c in answer.chars() {
@@ -98,7 +110,11 @@ pub fn sft_example(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, prompt: &Promp
     }
     let mut k = 0;
     let mut bytes = 0;
-    while k < st.context.len() && (k == 0 || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len() <= cfg.bootstrap.thought_bytes) {
+    while k < st.context.len()
+        && (k == 0
+            || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len()
+                <= cfg.bootstrap.thought_bytes)
+    {
         bytes += tok.bytes(st.context[st.context.len() - 1 - k]).len();
         k += 1;
     }
@@ -115,7 +131,14 @@ pub fn sft_example(doc: &TokenizedDoc, t: usize, tok: &Tokenizer, prompt: &Promp
     Some((row, from))
 }
 
-fn sft_batch(docs: &[TokenizedDoc], n: usize, tok: &Tokenizer, prompt: &Prompt, cfg: &Config, rng: &mut Rng) -> (Vec<Vec<u32>>, Vec<usize>) {
+fn sft_batch(
+    docs: &[TokenizedDoc],
+    n: usize,
+    tok: &Tokenizer,
+    prompt: &Prompt,
+    cfg: &Config,
+    rng: &mut Rng,
+) -> (Vec<Vec<u32>>, Vec<usize>) {
     let (mut rows, mut from) = (vec![], vec![]);
     while rows.len() < n {
         let d = &docs[rng.below(docs.len())];
@@ -132,9 +155,17 @@ fn sft_batch(docs: &[TokenizedDoc], n: usize, tok: &Tokenizer, prompt: &Prompt, 
 }
 
 /// Mean next-token loss over `n` windows (no gradient).
-fn lm_loss(model: &Decoder, docs: &[TokenizedDoc], cfg: &Config, n: usize, seed: u64) -> Result<f64> {
+fn lm_loss(
+    model: &Decoder,
+    docs: &[TokenizedDoc],
+    cfg: &Config,
+    n: usize,
+    seed: u64,
+) -> Result<f64> {
     let mut rng = Rng::new(seed);
-    let rows: Vec<Vec<u32>> = (0..n).map(|_| lm_window(docs, cfg.bootstrap.seq_len, &mut rng)).collect();
+    let rows: Vec<Vec<u32>> = (0..n)
+        .map(|_| lm_window(docs, cfg.bootstrap.seq_len, &mut rng))
+        .collect();
     let (loss, _) = masked_nll(model, &rows, &vec![1; rows.len()], Mode::Infer)?;
     Ok(loss.to_scalar::<f32>()? as f64)
 }
@@ -144,28 +175,45 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let t0 = Instant::now();
     let b = &cfg.bootstrap;
     let texts = load_texts(cfg)?;
-    let (train_idx, _) = crate::env::split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
+    let (train_idx, _) =
+        crate::env::split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
     let train_texts: Vec<String> = train_idx.iter().map(|&i| texts[i].clone()).collect();
     let tok = Tokenizer::train_bpe(&train_texts, b.vocab_size)?;
     tracing::info!(vocab = tok.vocab_size(), "tokenizer trained");
     let splits = tokenize_splits(cfg, &texts, &tok)?;
     if splits.train.is_empty() || splits.heldout.is_empty() {
-        return Err(crate::Error::Run("bootstrap needs at least one training and one held-out document".into()));
+        return Err(crate::Error::Run(
+            "bootstrap needs at least one training and one held-out document".into(),
+        ));
     }
     let model_cfg = builtin_config(cfg, tok.vocab_size());
-    let params = Trainable::new(&model_cfg, &init_weights(&model_cfg, cfg.seed, 0.02, device)?)?;
+    let params = Trainable::new(
+        &model_cfg,
+        &init_weights(&model_cfg, cfg.seed, 0.02, device)?,
+    )?;
     let parameters: usize = params.vars().map(|(_, v)| v.elem_count()).sum::<usize>();
     let prompt = Prompt::new(&cfg.prompt.template, &tok)?;
-    let mut opt = AdamW::new(AdamWConfig { lr: b.lr, weight_decay: 0.01, ..Default::default() });
+    let mut opt = AdamW::new(AdamWConfig {
+        lr: b.lr,
+        weight_decay: 0.01,
+        ..Default::default()
+    });
     let mut rng = Rng::new(Rng::derive(&[cfg.seed, 0xB007]));
 
     let bar = progress(b.pretrain_steps as u64, "pretrain");
     for step in 0..b.pretrain_steps {
-        let rows: Vec<Vec<u32>> = (0..b.batch).map(|_| lm_window(&splits.train, b.seq_len, &mut rng)).collect();
+        let rows: Vec<Vec<u32>> = (0..b.batch)
+            .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
+            .collect();
         let (loss, _) = masked_nll(&params.decoder()?, &rows, &vec![1; rows.len()], Mode::Train)?;
         let grads = loss.backward()?;
         let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
-        opt.step(&params, &grads, cosine_lr(b.lr, step, 20, b.pretrain_steps), scale)?;
+        opt.step(
+            &params,
+            &grads,
+            cosine_lr(b.lr, step, 20, b.pretrain_steps),
+            scale,
+        )?;
         bar.set_message(format!("loss {:.3}", loss.to_scalar::<f32>()?));
         bar.inc(1);
     }
@@ -177,7 +225,9 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     for step in 0..b.sft_steps {
         // Two answer-format steps, then one next-token step, so standard mode is not forgotten.
         let (rows, from) = if step % 3 == 2 {
-            let rows: Vec<Vec<u32>> = (0..b.batch).map(|_| lm_window(&splits.train, b.seq_len, &mut rng)).collect();
+            let rows: Vec<Vec<u32>> = (0..b.batch)
+                .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
+                .collect();
             let n = rows.len();
             (rows, vec![1; n])
         } else {
@@ -186,7 +236,12 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         let (loss, _) = masked_nll(&params.decoder()?, &rows, &from, Mode::Train)?;
         let grads = loss.backward()?;
         let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
-        opt.step(&params, &grads, cosine_lr(sft_lr, step, 10, b.sft_steps), scale)?;
+        opt.step(
+            &params,
+            &grads,
+            cosine_lr(sft_lr, step, 10, b.sft_steps),
+            scale,
+        )?;
         if step % 3 != 2 {
             sft_loss = loss.to_scalar::<f32>()? as f64;
         }
@@ -202,16 +257,38 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     // Held-out positions in a seeded order.
     let mut items = vec![];
     let mut erng = Rng::new(Rng::derive(&[cfg.seed, 0xE7A1]));
-    while items.len() < cfg.eval.positions.min(splits.heldout.iter().map(|d| d.len().saturating_sub(1)).sum()) {
+    while items.len()
+        < cfg.eval.positions.min(
+            splits
+                .heldout
+                .iter()
+                .map(|d| d.len().saturating_sub(1))
+                .sum(),
+        )
+    {
         let d = &splits.heldout[erng.below(splits.heldout.len())];
         if d.len() < 2 {
             continue;
         }
-        if let Some(state) = make_state(d, 1 + erng.below(d.len() - 1), &tok, cfg.states.max_context_tokens, cfg.states.max_target_bytes) {
-            items.push(EvalItem { state, entropy: None });
+        if let Some(state) = make_state(
+            d,
+            1 + erng.below(d.len() - 1),
+            &tok,
+            cfg.states.max_context_tokens,
+            cfg.states.max_target_bytes,
+        ) {
+            items.push(EvalItem {
+                state,
+                entropy: None,
+            });
         }
     }
-    let params_sample = SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, max_new_tokens: cfg.rollout.max_new_tokens };
+    let params_sample = SampleParams {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: cfg.rollout.max_new_tokens,
+    };
     let report = evaluate(&model, &tok, &prompt, &items, &params_sample, cfg.seed, 32)?;
     let all = report.splits.get("all").cloned().unwrap_or_default();
 

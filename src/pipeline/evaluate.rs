@@ -58,11 +58,19 @@ pub fn evaluate(
     batch: usize,
 ) -> Result<EvalReport> {
     let standard = standard_predictions(model, items, batch)?;
-    let mut reasoning: Vec<std::result::Result<Vec<u8>, crate::reward::FormatFailure>> = Vec::with_capacity(items.len());
+    let mut reasoning: Vec<std::result::Result<Vec<u8>, crate::reward::FormatFailure>> =
+        Vec::with_capacity(items.len());
     for (c, chunk) in items.chunks(batch.max(1)).enumerate() {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|i| prompt.build(&i.state.context)).collect();
-        let seeds: Vec<u64> = (0..chunk.len()).map(|j| Rng::derive(&[seed, (c * batch + j) as u64])).collect();
-        let samples = generate(model, &prompts, params, &seeds, &[0], &|_, toks| answer_closed(&tok.decode_bytes(toks)))?;
+        let prompts: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|i| prompt.build(&i.state.context))
+            .collect();
+        let seeds: Vec<u64> = (0..chunk.len())
+            .map(|j| Rng::derive(&[seed, (c * batch + j) as u64]))
+            .collect();
+        let samples = generate(model, &prompts, params, &seeds, &[0], &|_, toks| {
+            answer_closed(&tok.decode_bytes(toks))
+        })?;
         for s in samples {
             let bytes = tok.decode_bytes(&s.tokens);
             reasoning.push(parse_prediction(&bytes).map(<[u8]>::to_vec));
@@ -78,12 +86,20 @@ pub fn evaluate(
             Err(f) => (false, Some(*f)),
         };
         if let Some(f) = failure {
-            *report.failures_by_reason.entry(f.as_str().to_string()).or_default() += 1;
+            *report
+                .failures_by_reason
+                .entry(f.as_str().to_string())
+                .or_default() += 1;
         }
         let mut splits = vec!["all"];
         if known {
             let h = item.entropy.unwrap_or(0.0);
-            splits.extend(Difficulty::ALL.iter().filter(|d| h >= d.threshold()).map(|d| d.as_str()));
+            splits.extend(
+                Difficulty::ALL
+                    .iter()
+                    .filter(|d| h >= d.threshold())
+                    .map(|d| d.as_str()),
+            );
         }
         for name in splits {
             let s = report.splits.entry(name.to_string()).or_default();
@@ -105,7 +121,10 @@ pub fn evaluate(
 impl EvalReport {
     /// A table: one row per split.
     pub fn table(&self) -> String {
-        let mut out = format!("{:<8} {:>9} {:>10} {:>10} {:>10}\n", "split", "positions", "standard", "reasoning", "format-fail");
+        let mut out = format!(
+            "{:<8} {:>9} {:>10} {:>10} {:>10}\n",
+            "split", "positions", "standard", "reasoning", "format-fail"
+        );
         for name in ["all", "easy", "medium", "hard"] {
             if let Some(s) = self.splits.get(name) {
                 out.push_str(&format!(

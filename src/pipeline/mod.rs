@@ -19,11 +19,22 @@ pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
     if cfg.corpus.kind == "builtin" {
         return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
     }
-    let path = cfg.corpus.path.as_ref().ok_or_else(|| crate::Error::Run("`corpus.path` is required".into()))?;
-    let fields = JsonlFields { fields: cfg.corpus.fields.clone(), separator: cfg.corpus.separator.clone() };
+    let path = cfg
+        .corpus
+        .path
+        .as_ref()
+        .ok_or_else(|| crate::Error::Run("`corpus.path` is required".into()))?;
+    let fields = JsonlFields {
+        fields: cfg.corpus.fields.clone(),
+        separator: cfg.corpus.separator.clone(),
+    };
     let corpus = read_corpus(path, &fields)?;
     if !corpus.skipped.is_empty() {
-        tracing::warn!(skipped = corpus.skipped.len(), documents = corpus.docs.len(), "corpus inputs skipped");
+        tracing::warn!(
+            skipped = corpus.skipped.len(),
+            documents = corpus.docs.len(),
+            "corpus inputs skipped"
+        );
         for s in corpus.skipped.iter().take(10) {
             tracing::warn!("skipped {}: {}", s.source, s.reason);
         }
@@ -40,14 +51,24 @@ pub struct Splits {
 pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Result<Splits> {
     let (train, held) = split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
     let docs = |idx: Vec<usize>| -> Result<Vec<TokenizedDoc>> {
-        idx.into_iter().map(|i| Ok(TokenizedDoc::new(i, &texts[i], tok)?)).collect()
+        idx.into_iter()
+            .map(|i| Ok(TokenizedDoc::new(i, &texts[i], tok)?))
+            .collect()
     };
-    Ok(Splits { train: docs(train)?, heldout: docs(held)? })
+    Ok(Splits {
+        train: docs(train)?,
+        heldout: docs(held)?,
+    })
 }
 
 /// Mean negative log-likelihood of the tokens of `rows` from index `loss_from[r]` on (left-padded).
 /// Returns the scalar loss (with gradient in `Mode::Train`) and the number of tokens it averages.
-pub fn masked_nll(model: &Decoder, rows: &[Vec<u32>], loss_from: &[usize], mode: Mode) -> Result<(Tensor, usize)> {
+pub fn masked_nll(
+    model: &Decoder,
+    rows: &[Vec<u32>],
+    loss_from: &[usize],
+    mode: Mode,
+) -> Result<(Tensor, usize)> {
     let device = model.device();
     let batch = left_pad(rows, device)?;
     let (width, pad) = (batch.width, &batch.pad);
@@ -80,9 +101,11 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(what.to_string());
     bar

@@ -30,11 +30,16 @@ pub struct PrepareReport {
 }
 
 pub fn proxy_dir(cfg: &Config) -> PathBuf {
-    cfg.model.proxy.clone().unwrap_or_else(|| cfg.model.path.clone())
+    cfg.model
+        .proxy
+        .clone()
+        .unwrap_or_else(|| cfg.model.path.clone())
 }
 
 pub fn index_path(cfg: &Config, split: Split) -> PathBuf {
-    cfg.run_dir.join("index").join(format!("{}.index.json", split.as_str()))
+    cfg.run_dir
+        .join("index")
+        .join(format!("{}.index.json", split.as_str()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -52,7 +57,10 @@ pub fn index_fingerprint(cfg: &Config, texts: &[String]) -> Result<String> {
         read(&proxy.join("model.safetensors.index.json"))?
     };
     let pcfg = read(&proxy.join("config.json"))?;
-    let how = format!("k={} window={WINDOW} overlap={OVERLAP} heldout={} seed={}", cfg.states.entropy_top_k, cfg.corpus.heldout_fraction, cfg.seed);
+    let how = format!(
+        "k={} window={WINDOW} overlap={OVERLAP} heldout={} seed={}",
+        cfg.states.entropy_top_k, cfg.corpus.heldout_fraction, cfg.seed
+    );
     let mut parts: Vec<&[u8]> = vec![&tok, &weights, &pcfg, how.as_bytes()];
     parts.extend(texts.iter().map(|t| t.as_bytes()));
     Ok(fingerprint(&parts))
@@ -63,9 +71,14 @@ pub fn prepare(cfg: &Config, device: &Device) -> Result<Vec<PrepareReport>> {
     let texts = load_texts(cfg)?;
     let policy = Checkpoint::load(&cfg.model.path, device)?;
     let proxy_path = proxy_dir(cfg);
-    let proxy = if proxy_path == cfg.model.path { None } else { Some(Checkpoint::load(&proxy_path, device)?) };
+    let proxy = if proxy_path == cfg.model.path {
+        None
+    } else {
+        Some(Checkpoint::load(&proxy_path, device)?)
+    };
     if let Some(p) = &proxy
-        && p.tokenizer.inner().to_string(false).ok() != policy.tokenizer.inner().to_string(false).ok()
+        && p.tokenizer.inner().to_string(false).ok()
+            != policy.tokenizer.inner().to_string(false).ok()
     {
         return Err(crate::Error::Run(format!(
             "{}: the proxy's tokenizer differs from the policy's ({}); positions would not line up",
@@ -76,9 +89,13 @@ pub fn prepare(cfg: &Config, device: &Device) -> Result<Vec<PrepareReport>> {
     let model = proxy.as_ref().unwrap_or(&policy).decoder()?;
     let fp = index_fingerprint(cfg, &texts)?;
     let splits = tokenize_splits(cfg, &texts, &policy.tokenizer)?;
-    std::fs::create_dir_all(cfg.run_dir.join("index")).map_err(|e| crate::Error::io(cfg.run_dir.join("index"), e))?;
+    std::fs::create_dir_all(cfg.run_dir.join("index"))
+        .map_err(|e| crate::Error::io(cfg.run_dir.join("index"), e))?;
     let mut reports = vec![];
-    for (split, docs) in [(Split::Train, &splits.train), (Split::Heldout, &splits.heldout)] {
+    for (split, docs) in [
+        (Split::Train, &splits.train),
+        (Split::Heldout, &splits.heldout),
+    ] {
         let t0 = Instant::now();
         let entropies = index_docs(&model, docs, cfg.states.entropy_top_k)?;
         let index = EntropyIndex::new(split, fp.clone(), cfg.states.entropy_top_k, entropies);
@@ -100,13 +117,20 @@ pub fn prepare(cfg: &Config, device: &Device) -> Result<Vec<PrepareReport>> {
     Ok(reports)
 }
 
-fn index_docs(model: &crate::model::Decoder, docs: &[TokenizedDoc], k: usize) -> Result<Vec<DocEntropies>> {
+fn index_docs(
+    model: &crate::model::Decoder,
+    docs: &[TokenizedDoc],
+    k: usize,
+) -> Result<Vec<DocEntropies>> {
     let bar = progress(docs.len() as u64, "index");
     let mut out = Vec::with_capacity(docs.len());
     for chunk in docs.chunks(16) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|d| d.ids.clone()).collect();
         let ent = sequence_entropies(model, &seqs, k, WINDOW, OVERLAP, 16)?;
-        out.extend(chunk.iter().zip(ent).map(|(d, entropy)| DocEntropies { doc: d.doc, entropy }));
+        out.extend(chunk.iter().zip(ent).map(|(d, entropy)| DocEntropies {
+            doc: d.doc,
+            entropy,
+        }));
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -67,7 +67,10 @@ pub enum RewardError {
     #[error("unknown reward variant {name:?}; known: {known}")]
     Unknown { name: String, known: String },
     #[error("reward `{variant}` needs `{field}`, which was not provided")]
-    Missing { variant: &'static str, field: &'static str },
+    Missing {
+        variant: &'static str,
+        field: &'static str,
+    },
 }
 
 /// Every variant by name. One line per variant.
@@ -87,7 +90,11 @@ pub fn by_name(name: &str) -> Result<Arc<dyn RewardFn>, RewardError> {
         .map(|(_, make)| make())
         .ok_or_else(|| RewardError::Unknown {
             name: name.to_string(),
-            known: REGISTRY.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            known: REGISTRY
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -107,6 +114,9 @@ mod tests {
             assert_eq!(by_name(name).unwrap().name(), *name);
         }
         let e = by_name("exact").err().unwrap().to_string();
-        assert!(e.contains("\"exact\"") && e.contains("prefix_match") && e.contains("info_gain"), "{e}");
+        assert!(
+            e.contains("\"exact\"") && e.contains("prefix_match") && e.contains("info_gain"),
+            "{e}"
+        );
     }
 }

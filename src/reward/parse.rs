@@ -2,7 +2,9 @@
 //! last `</think>`, with nested braces counted. Works on bytes of any kind and never panics.
 
 /// Why a completion has no prediction; each is counted in the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FormatFailure {
     /// No `</think>` anywhere.
@@ -14,7 +16,11 @@ pub enum FormatFailure {
 }
 
 impl FormatFailure {
-    pub const ALL: [FormatFailure; 3] = [FormatFailure::NoThinkEnd, FormatFailure::NoBoxed, FormatFailure::Unclosed];
+    pub const ALL: [FormatFailure; 3] = [
+        FormatFailure::NoThinkEnd,
+        FormatFailure::NoBoxed,
+        FormatFailure::Unclosed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,7 +38,9 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.len() > hay.len() {
         return None;
     }
-    (0..=hay.len() - needle.len()).rev().find(|&i| &hay[i..i + needle.len()] == needle)
+    (0..=hay.len() - needle.len())
+        .rev()
+        .find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
 /// The bytes inside the last complete `\boxed{…}` after the last `</think>`.
@@ -79,7 +87,9 @@ fn closing_brace(s: &[u8]) -> Option<usize> {
 /// True once `generated` holds a complete answer: a `\boxed{…}` closed after the last `</think>`.
 /// The sampler's stop rule for RPT completions.
 pub fn answer_closed(generated: &[u8]) -> bool {
-    let Some(p) = rfind(generated, THINK_END) else { return false };
+    let Some(p) = rfind(generated, THINK_END) else {
+        return false;
+    };
     let tail = &generated[p + THINK_END.len()..];
     match rfind(tail, BOXED) {
         Some(b) => closing_brace(&tail[b + BOXED.len()..]).is_some(),
@@ -126,7 +136,10 @@ mod tests {
         assert_eq!(p("\\boxed{1}"), Err(FormatFailure::NoThinkEnd));
         assert_eq!(p("</think> 4"), Err(FormatFailure::NoBoxed));
         assert_eq!(p("</think>\\boxed{ 4"), Err(FormatFailure::Unclosed));
-        assert_eq!(p("</think>\\boxed{1}\\boxed{2"), Err(FormatFailure::Unclosed));
+        assert_eq!(
+            p("</think>\\boxed{1}\\boxed{2"),
+            Err(FormatFailure::Unclosed)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The five reward variants of METHOD §3: RPT Eq. 3 and App. A, and RLP Eq. 3–5.
 
-use super::{Case, FormatFailure, Needs, Reward, RewardError, RewardFn, parse_prediction, prefix_match};
+use super::{
+    Case, FormatFailure, Needs, Reward, RewardError, RewardFn, parse_prediction, prefix_match,
+};
 
 fn judged<'a>(c: &Case<'a>) -> (Option<&'a [u8]>, Option<FormatFailure>, bool) {
     match parse_prediction(c.completion) {
@@ -21,7 +23,11 @@ impl RewardFn for PrefixMatch {
             .iter()
             .map(|c| {
                 let (_, format, correct) = judged(c);
-                Reward { value: correct as u8 as f64, correct, format }
+                Reward {
+                    value: correct as u8 as f64,
+                    correct,
+                    format,
+                }
             })
             .collect())
     }
@@ -34,12 +40,21 @@ fn first_token_hit(c: &Case<'_>, variant: &'static str) -> Result<(Reward, bool)
     let (y, format, correct) = judged(c);
     let hit = match y {
         Some(y) if !y.is_empty() => {
-            c.guess_first_token.ok_or(RewardError::Missing { variant, field: "guess_first_token" })?
-                == c.next_token
+            c.guess_first_token.ok_or(RewardError::Missing {
+                variant,
+                field: "guess_first_token",
+            })? == c.next_token
         }
         _ => false,
     };
-    Ok((Reward { value: hit as u8 as f64, correct, format }, y.is_some_and(|y| !y.is_empty())))
+    Ok((
+        Reward {
+            value: hit as u8 as f64,
+            correct,
+            format,
+        },
+        y.is_some_and(|y| !y.is_empty()),
+    ))
 }
 
 impl RewardFn for FirstToken {
@@ -47,10 +62,16 @@ impl RewardFn for FirstToken {
         "first_token"
     }
     fn needs(&self) -> Needs {
-        Needs { guess_first_token: true, ..Needs::default() }
+        Needs {
+            guess_first_token: true,
+            ..Needs::default()
+        }
     }
     fn score_group(&self, group: &[Case<'_>]) -> Result<Vec<Reward>, RewardError> {
-        group.iter().map(|c| first_token_hit(c, self.name()).map(|(r, _)| r)).collect()
+        group
+            .iter()
+            .map(|c| first_token_hit(c, self.name()).map(|(r, _)| r))
+            .collect()
     }
 }
 
@@ -60,8 +81,15 @@ pub struct Dense;
 fn dense(c: &Case<'_>, variant: &'static str) -> Result<Reward, RewardError> {
     let (mut r, has_guess) = first_token_hit(c, variant)?;
     if r.value == 0.0 && has_guess {
-        let p = c.guess_prob.ok_or(RewardError::Missing { variant, field: "guess_prob" })?;
-        r.value = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        let p = c.guess_prob.ok_or(RewardError::Missing {
+            variant,
+            field: "guess_prob",
+        })?;
+        r.value = if p.is_finite() {
+            p.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
     }
     Ok(r)
 }
@@ -71,7 +99,11 @@ impl RewardFn for Dense {
         "dense"
     }
     fn needs(&self) -> Needs {
-        Needs { guess_first_token: true, guess_prob: true, ..Needs::default() }
+        Needs {
+            guess_first_token: true,
+            guess_prob: true,
+            ..Needs::default()
+        }
     }
     fn score_group(&self, group: &[Case<'_>]) -> Result<Vec<Reward>, RewardError> {
         group.iter().map(|c| dense(c, self.name())).collect()
@@ -89,7 +121,10 @@ impl RewardFn for ConditionalDense {
         Dense.needs()
     }
     fn score_group(&self, group: &[Case<'_>]) -> Result<Vec<Reward>, RewardError> {
-        let mut rewards: Vec<Reward> = group.iter().map(|c| dense(c, self.name())).collect::<Result<_, _>>()?;
+        let mut rewards: Vec<Reward> = group
+            .iter()
+            .map(|c| dense(c, self.name()))
+            .collect::<Result<_, _>>()?;
         if !rewards.iter().any(|r| r.value == 1.0) {
             for r in &mut rewards {
                 r.value = 0.0;
@@ -108,17 +143,34 @@ impl RewardFn for InfoGain {
         "info_gain"
     }
     fn needs(&self) -> Needs {
-        Needs { info_gain: true, ..Needs::default() }
+        Needs {
+            info_gain: true,
+            ..Needs::default()
+        }
     }
     fn score_group(&self, group: &[Case<'_>]) -> Result<Vec<Reward>, RewardError> {
         group
             .iter()
             .map(|c| {
                 let (_, format, correct) = judged(c);
-                let with = c.logp_with_thought.ok_or(RewardError::Missing { variant: "info_gain", field: "logp_with_thought" })?;
-                let base = c.logp_baseline.ok_or(RewardError::Missing { variant: "info_gain", field: "logp_baseline" })?;
-                let value = if with.is_finite() && base.is_finite() { with - base } else { 0.0 };
-                Ok(Reward { value, correct, format })
+                let with = c.logp_with_thought.ok_or(RewardError::Missing {
+                    variant: "info_gain",
+                    field: "logp_with_thought",
+                })?;
+                let base = c.logp_baseline.ok_or(RewardError::Missing {
+                    variant: "info_gain",
+                    field: "logp_baseline",
+                })?;
+                let value = if with.is_finite() && base.is_finite() {
+                    with - base
+                } else {
+                    0.0
+                };
+                Ok(Reward {
+                    value,
+                    correct,
+                    format,
+                })
             })
             .collect()
     }
@@ -134,7 +186,13 @@ mod tests {
     const BOUNDS: &[usize] = &[2, 3, 4];
 
     fn case(completion: &str) -> Case<'_> {
-        Case { completion: completion.as_bytes(), continuation: CONT, boundaries: BOUNDS, next_token: 7, ..Case::default() }
+        Case {
+            completion: completion.as_bytes(),
+            continuation: CONT,
+            boundaries: BOUNDS,
+            next_token: 7,
+            ..Case::default()
+        }
     }
 
     fn prefix(completion: &str) -> f64 {
@@ -155,14 +213,22 @@ mod tests {
         assert_eq!(prefix("\\boxed{ 4}"), 0.0); // no </think>
         assert_eq!(prefix("</think>\\boxed{ 4}</think>\\boxed{ 9}"), 0.0); // </think> twice: the last wins
         assert_eq!(prefix("</think>\\boxed{ 9}</think>\\boxed{ 4}"), 1.0);
-        let bad = Case { completion: b"</think>\\boxed{\xff 4}", ..case("") };
+        let bad = Case {
+            completion: b"</think>\\boxed{\xff 4}",
+            ..case("")
+        };
         assert_eq!(PrefixMatch.score_group(&[bad]).unwrap()[0].value, 0.0);
     }
 
     #[test]
     fn braces_inside_the_answer_are_compared_as_written() {
         let cont = b"{x}+1";
-        let c = Case { completion: b"</think>\\boxed{{x}}", continuation: cont, boundaries: &[3, 5], ..Case::default() };
+        let c = Case {
+            completion: b"</think>\\boxed{{x}}",
+            continuation: cont,
+            boundaries: &[3, 5],
+            ..Case::default()
+        };
         assert_eq!(PrefixMatch.score_group(&[c]).unwrap()[0].value, 1.0);
     }
 
@@ -170,30 +236,57 @@ mod tests {
     fn format_failures_are_reported() {
         let r = &PrefixMatch.score_group(&[case("no think")]).unwrap()[0];
         assert_eq!(r.format, Some(FormatFailure::NoThinkEnd));
-        let r = &PrefixMatch.score_group(&[case("</think>\\boxed{ 4")]).unwrap()[0];
+        let r = &PrefixMatch
+            .score_group(&[case("</think>\\boxed{ 4")])
+            .unwrap()[0];
         assert_eq!(r.format, Some(FormatFailure::Unclosed));
     }
 
     #[test]
     fn first_token_compares_ids() {
-        let hit = Case { guess_first_token: Some(7), ..case("</think>\\boxed{ 4}") };
-        let miss = Case { guess_first_token: Some(8), ..case("</think>\\boxed{ 4}") };
+        let hit = Case {
+            guess_first_token: Some(7),
+            ..case("</think>\\boxed{ 4}")
+        };
+        let miss = Case {
+            guess_first_token: Some(8),
+            ..case("</think>\\boxed{ 4}")
+        };
         let r = FirstToken.score_group(&[hit, miss]).unwrap();
         assert_eq!((r[0].value, r[1].value), (1.0, 0.0));
         let missing = case("</think>\\boxed{ 4}");
         assert_eq!(
             FirstToken.score_group(&[missing]).unwrap_err(),
-            RewardError::Missing { variant: "first_token", field: "guess_first_token" }
+            RewardError::Missing {
+                variant: "first_token",
+                field: "guess_first_token"
+            }
         );
     }
 
     #[test]
     fn dense_gives_the_guess_probability_when_wrong() {
-        let hit = Case { guess_first_token: Some(7), guess_prob: Some(0.3), ..case("</think>\\boxed{ 4}") };
-        let miss = Case { guess_first_token: Some(9), guess_prob: Some(0.3), ..case("</think>\\boxed{ 5}") };
-        let none = Case { guess_prob: Some(0.3), ..case("no answer") };
-        let r = Dense.score_group(&[hit.clone(), miss.clone(), none.clone()]).unwrap();
-        assert_eq!(r.iter().map(|r| r.value).collect::<Vec<_>>(), vec![1.0, 0.3, 0.0]);
+        let hit = Case {
+            guess_first_token: Some(7),
+            guess_prob: Some(0.3),
+            ..case("</think>\\boxed{ 4}")
+        };
+        let miss = Case {
+            guess_first_token: Some(9),
+            guess_prob: Some(0.3),
+            ..case("</think>\\boxed{ 5}")
+        };
+        let none = Case {
+            guess_prob: Some(0.3),
+            ..case("no answer")
+        };
+        let r = Dense
+            .score_group(&[hit.clone(), miss.clone(), none.clone()])
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.value).collect::<Vec<_>>(),
+            vec![1.0, 0.3, 0.0]
+        );
         // conditional: kept when someone hits, zeroed otherwise.
         let r = ConditionalDense.score_group(&[hit, miss.clone()]).unwrap();
         assert_eq!((r[0].value, r[1].value), (1.0, 0.3));
@@ -203,7 +296,11 @@ mod tests {
 
     #[test]
     fn info_gain_is_the_log_prob_difference() {
-        let c = Case { logp_with_thought: Some(-1.0), logp_baseline: Some(-3.5), ..case("thinking") };
+        let c = Case {
+            logp_with_thought: Some(-1.0),
+            logp_baseline: Some(-3.5),
+            ..case("thinking")
+        };
         let r = InfoGain.score_group(&[c]).unwrap();
         assert!((r[0].value - 2.5).abs() < 1e-12);
         assert!(by_name("info_gain").unwrap().needs().info_gain);
