@@ -604,9 +604,9 @@ impl Config {
         let b = &self.bootstrap;
         if b.heads == 0
             || b.kv_heads == 0
-            || b.heads % b.kv_heads != 0
-            || b.hidden_size % b.heads != 0
-            || (b.hidden_size / b.heads) % 2 != 0
+            || !b.heads.is_multiple_of(b.kv_heads)
+            || !b.hidden_size.is_multiple_of(b.heads)
+            || !(b.hidden_size / b.heads).is_multiple_of(2)
         {
             return bad(
                 "bootstrap.heads",

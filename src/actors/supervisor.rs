@@ -248,7 +248,8 @@ impl SupState {
                 }
                 let cursor = ractor::call_t!(self.a.env, EnvMsg::Cursor, 60_000)?;
                 let last = step + 1 == self.end_step;
-                let checkpoint = last || (step + 1) % self.cfg().train.checkpoint_every == 0;
+                let checkpoint =
+                    last || (step + 1).is_multiple_of(self.cfg().train.checkpoint_every);
                 self.learner.cast(LearnerMsg::Update {
                     step,
                     batch,
