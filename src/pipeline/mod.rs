@@ -5,8 +5,6 @@ pub mod bootstrap;
 pub mod evaluate;
 pub mod prepare;
 
-use std::sync::Arc;
-
 use candle_core::Tensor;
 
 use crate::config::Config;
@@ -110,6 +108,3 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_prefix(what.to_string());
     bar
 }
-
-/// Shared, read-only handles a pipeline passes around.
-pub type SharedTokenizer = Arc<Tokenizer>;
