@@ -49,7 +49,9 @@ pub struct PolicySnapshot {
     pub model: Arc<Decoder>,
 }
 
-/// Samples `group_size` completions for each state in one batch.
+/// Samples `group_size` completions for each state in one batch. With `until_answer`, a completion
+/// ends at EOS or when its `\boxed{}` answer closes (training); without, every completion runs to
+/// `max_new_tokens` (benchmarks that must match a fixed-length workload).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_groups(
     snap: &PolicySnapshot,
@@ -60,6 +62,7 @@ pub fn sample_groups(
     params: &SampleParams,
     seed: u64,
     step: u64,
+    until_answer: bool,
 ) -> Result<Vec<Group>> {
     let think_end = tok.token_id("</think>");
     let mut prompts = Vec::with_capacity(states.len() * group_size);
@@ -71,9 +74,13 @@ pub fn sample_groups(
             seeds.push(Rng::derive(&[seed, step, *seq, i as u64]));
         }
     }
-    let eos: Vec<u32> = snap.model.config().eos_token_ids.clone();
+    let eos: Vec<u32> = if until_answer {
+        snap.model.config().eos_token_ids.clone()
+    } else {
+        vec![]
+    };
     let samples = generate(&snap.model, &prompts, params, &seeds, &eos, &|_, toks| {
-        answer_closed(&tok.decode_bytes(toks))
+        until_answer && answer_closed(&tok.decode_bytes(toks))
     })?;
     let mut it = samples.into_iter();
     Ok(states

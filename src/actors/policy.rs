@@ -75,6 +75,7 @@ impl Actor for PolicyActor {
                         &shared.sample_params,
                         cfg.seed,
                         step,
+                        true,
                     ) {
                         Ok(groups) => {
                             let _ = sup.cast(SupMsg::Sampled(Work {

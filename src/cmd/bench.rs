@@ -83,7 +83,7 @@ fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 /// peer's workload: random prompts of `--prompt` tokens, `--new` tokens per completion, T = 0.8, β = 0.
 fn grpo(a: &BenchArgs) -> Result<()> {
     use rpt::env::State;
-    use rpt::rollout::{PolicySnapshot, ScoredGroup, score_group};
+    use rpt::rollout::{PolicySnapshot, ScoredGroup, sample_groups, score_group};
     let dir = a
         .model
         .as_ref()
@@ -133,7 +133,17 @@ fn grpo(a: &BenchArgs) -> Result<()> {
             model: std::sync::Arc::new(rpt::model::Decoder::new(&ck.config, &learner.snapshot()?)?),
         };
         // Fixed-length completions, as the peer's (no EOS, no stop rule).
-        let groups = sample_groups_fixed(&snap, &prompt, &states, a.group, &params, step)?;
+        let groups = sample_groups(
+            &snap,
+            &ck.tokenizer,
+            &prompt,
+            &states,
+            a.group,
+            &params,
+            0,
+            step,
+            false,
+        )?;
         let scored: Vec<ScoredGroup> = groups
             .into_iter()
             .map(|g| {
@@ -154,44 +164,6 @@ fn grpo(a: &BenchArgs) -> Result<()> {
             "prompts_per_step": a.prompts_per_step, "s_per_step_median": median(times), "steps": a.repeat})
     );
     Ok(())
-}
-
-/// `sample_groups` without EOS or stop rule, so every completion has exactly `max_new_tokens`.
-fn sample_groups_fixed(
-    snap: &rpt::rollout::PolicySnapshot,
-    prompt: &rpt::prompt::Prompt,
-    states: &[(u64, rpt::env::State)],
-    g: usize,
-    params: &SampleParams,
-    step: u64,
-) -> Result<Vec<rpt::rollout::Group>> {
-    let prompts: Vec<Vec<u32>> = states
-        .iter()
-        .flat_map(|(_, s)| std::iter::repeat_n(prompt.build(&s.context), g))
-        .collect();
-    let seeds: Vec<u64> = (0..prompts.len() as u64)
-        .map(|i| Rng::derive(&[step, i]))
-        .collect();
-    let samples = generate(&snap.model, &prompts, params, &seeds, &[], &|_, _| false)?;
-    let mut it = samples.into_iter();
-    Ok(states
-        .iter()
-        .enumerate()
-        .map(|(k, (seq, st))| rpt::rollout::Group {
-            seq: *seq,
-            state: st.clone(),
-            prompt: prompts[k * g].clone(),
-            completions: (&mut it)
-                .take(g)
-                .map(|s| rpt::rollout::Completion {
-                    thought_len: s.tokens.len(),
-                    tokens: s.tokens,
-                    logprobs: s.logprobs,
-                })
-                .collect(),
-            version: snap.version,
-        })
-        .collect())
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
