@@ -103,6 +103,7 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         top_p: 1.0,
         max_new_tokens: a.new,
     };
+    // (whole step, sampling, learner update) seconds.
     let mut times = vec![];
     for step in 0..(a.repeat + 1) as u64 {
         let states: Vec<(u64, State)> = (0..a.prompts_per_step as u64)
@@ -153,15 +154,19 @@ fn grpo(a: &BenchArgs) -> Result<()> {
                 })
             })
             .collect::<Result<_>>()?;
+        let t1 = Instant::now();
         learner.update(&scored)?;
         if step > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+            let total = t0.elapsed().as_secs_f64();
+            times.push([total, total - t1.elapsed().as_secs_f64(), t1.elapsed().as_secs_f64()]);
         }
     }
+    let part = |i: usize| median(times.iter().map(|t| t[i]).collect());
     println!(
         "{}",
         serde_json::json!({"rpt": "grpo step", "model": dir, "group": a.group, "new": a.new,
-            "prompts_per_step": a.prompts_per_step, "s_per_step_median": median(times), "steps": a.repeat})
+            "prompts_per_step": a.prompts_per_step, "s_per_step_median": part(0),
+            "sample_and_score_s": part(1), "update_s": part(2), "steps": a.repeat})
     );
     Ok(())
 }

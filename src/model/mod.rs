@@ -4,6 +4,7 @@
 mod config;
 mod decoder;
 mod entropy;
+pub mod gemm;
 mod error;
 mod init;
 mod ops;
