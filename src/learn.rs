@@ -168,21 +168,24 @@ impl Learner {
         let mask = Tensor::from_vec(mask, (n, c), &device)?;
         let advs = Tensor::from_vec(advs, n, &device)?;
         let t = self.cfg.rollout.temperature;
-        let logp = token_logprobs(&model, input, pad, width - c, t, Mode::Train)?;
         let reference = match &self.reference {
             Some(r) => Some(token_logprobs(r, input, pad, width - c, t, Mode::Infer)?),
             None => None,
         };
-        let (loss, ls) = grpo_loss(
-            &logp,
-            &old,
-            reference.as_ref(),
-            &advs,
-            &mask,
-            &self.cfg.loss(),
-        )?;
-        let grads = loss.backward()?;
-        let norm = AdamW::grad_norm(&self.params, &grads)?;
+        let loss_cfg = self.cfg.loss();
+        let (ls, grads) = self
+            .params
+            .value_and_grad(input, pad, width - c, t, |logp| {
+                Ok::<_, crate::Error>(grpo_loss(
+                    logp,
+                    &old,
+                    reference.as_ref(),
+                    &advs,
+                    &mask,
+                    &loss_cfg,
+                )?)
+            })?;
+        let norm = AdamW::grad_norm(&grads)?;
         let clip = self.cfg.optim.max_grad_norm;
         let scale = if clip > 0.0 && norm > clip {
             clip / norm

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use rpt::model::{
-    AdamW, AdamWConfig, Family, Mode, ModelConfig, Rng, SampleParams, Tensor, Trainable, generate,
-    init_weights, token_logprobs,
+    AdamW, AdamWConfig, Family, GradPath, ModelConfig, Rng, SampleParams, Tensor, Trainable,
+    generate, init_weights,
 };
 
 #[derive(clap::Args, Debug)]
@@ -37,6 +37,18 @@ pub struct BenchArgs {
     /// Prompts per GRPO step.
     #[arg(long, default_value_t = 1)]
     pub prompts_per_step: usize,
+    /// Gradient path for `train`: `fused` (hand-written CPU pass, the default on the CPU) or
+    /// `autograd` (candle's).
+    #[arg(long, default_value = "fused")]
+    pub grad_path: String,
+}
+
+fn grad_path(name: &str) -> Result<GradPath> {
+    match name {
+        "fused" => Ok(GradPath::Fused),
+        "autograd" => Ok(GradPath::Autograd),
+        other => anyhow::bail!("--grad-path must be fused or autograd, got {other:?}"),
+    }
 }
 
 /// The peer's shapes: Qwen2, tied embeddings, f32.
@@ -158,7 +170,11 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         learner.update(&scored)?;
         if step > 0 {
             let total = t0.elapsed().as_secs_f64();
-            times.push([total, total - t1.elapsed().as_secs_f64(), t1.elapsed().as_secs_f64()]);
+            times.push([
+                total,
+                total - t1.elapsed().as_secs_f64(),
+                t1.elapsed().as_secs_f64(),
+            ]);
         }
     }
     let part = |i: usize| median(times.iter().map(|t| t[i]).collect());
@@ -214,7 +230,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             );
         }
         if a.work == "all" || a.work == "train" {
-            let params = Trainable::new(&cfg, &weights)?;
+            let mut params = Trainable::new(&cfg, &weights)?;
+            params.path = grad_path(&a.grad_path)?;
             let mut opt = AdamW::new(AdamWConfig {
                 lr: 1e-4,
                 ..Default::default()
@@ -225,16 +242,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 &device,
             )?;
             let pad = vec![0; a.batch];
-            // (forward, backward, optimizer) seconds of one step.
-            let mut step = || -> Result<[f64; 3]> {
+            // (forward and backward, optimizer) seconds of one step.
+            let mut step = || -> Result<[f64; 2]> {
                 let t0 = Instant::now();
-                let lp = token_logprobs(&params.decoder()?, &ids, &pad, 1, 1.0, Mode::Train)?;
-                let loss = lp.mean_all()?.neg()?;
+                let ((), grads) = params.value_and_grad(&ids, &pad, 1, 1.0, |lp| {
+                    Ok::<_, rpt::Error>((lp.mean_all()?.neg()?, ()))
+                })?;
                 let t1 = Instant::now();
-                let grads = loss.backward()?;
-                let t2 = Instant::now();
                 opt.step(&params, &grads, 1e-4, 1.0)?;
-                Ok([t1 - t0, t2 - t1, t2.elapsed()].map(|d| d.as_secs_f64()))
+                Ok([t1 - t0, t1.elapsed()].map(|d| d.as_secs_f64()))
             };
             for _ in 0..2 {
                 step()?;
@@ -248,8 +264,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"rpt": "train step", "shape": name, "batch": a.batch, "len": a.len,
-                    "ms_per_step": 1000.0 * median(times), "forward_ms": phase(0),
-                    "backward_ms": phase(1), "optimizer_ms": phase(2), "threads": threads, "samples": a.repeat})
+                    "ms_per_step": 1000.0 * median(times), "forward_backward_ms": phase(0),
+                    "optimizer_ms": phase(1), "grad_path": a.grad_path, "threads": threads, "samples": a.repeat})
             );
         }
     }

@@ -104,7 +104,20 @@ pub fn gemm(
     );
     let kernel = Kernel::detect();
     // SAFETY: the bounds were checked above and `c` is borrowed mutably for the whole call.
-    unsafe { gemm_raw(m, n, k, a, b, Out(c.as_mut_ptr()), ldc, accumulate, parallel, kernel) }
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Out(c.as_mut_ptr()),
+            ldc,
+            accumulate,
+            parallel,
+            kernel,
+        )
+    }
 }
 
 /// As `gemm`, writing through a raw pointer so that parallel callers can fill disjoint parts of one
@@ -303,7 +316,11 @@ unsafe fn micro(
             // SAFETY: (r, j) is inside the caller's tile.
             unsafe {
                 let dst = c.add(r * ldc + j);
-                *dst = if acc { *dst + tmp[r * NR + j] } else { tmp[r * NR + j] };
+                *dst = if acc {
+                    *dst + tmp[r * NR + j]
+                } else {
+                    tmp[r * NR + j]
+                };
             }
         }
     }
@@ -412,7 +429,13 @@ mod tests {
     #[test]
     fn matches_naive_for_every_layout_and_edge() {
         // Sizes straddle MR, NR, KC, MC and NC boundaries.
-        for &(m, n, k) in &[(1, 1, 1), (7, 33, 5), (9, 31, 300), (70, 530, 257), (130, 64, 512)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 33, 5),
+            (9, 31, 300),
+            (70, 530, 257),
+            (130, 64, 512),
+        ] {
             let a_rm = data(m * k, 1);
             let b_rm = data(k * n, 2);
             // A as itself or as the transpose of a (k, m) matrix; same for B.
@@ -437,7 +460,10 @@ mod tests {
                     };
                     run(&mut c, false);
                     for (x, y) in c.iter().zip(&want) {
-                        assert!((x - y).abs() < 1e-3 * (1.0 + y.abs()), "{kernel:?}: {x} vs {y}");
+                        assert!(
+                            (x - y).abs() < 1e-3 * (1.0 + y.abs()),
+                            "{kernel:?}: {x} vs {y}"
+                        );
                     }
                     run(&mut c, true);
                     for (x, y) in c.iter().zip(&want) {
@@ -453,7 +479,17 @@ mod tests {
         let (m, n, k, ldc) = (10, 20, 16, 50);
         let (a, b) = (data(m * k, 3), data(k * n, 4));
         let mut c = vec![7f32; m * ldc];
-        gemm(m, n, k, MatRef::rows(&a, k), MatRef::rows(&b, n), &mut c, ldc, false, true);
+        gemm(
+            m,
+            n,
+            k,
+            MatRef::rows(&a, k),
+            MatRef::rows(&b, n),
+            &mut c,
+            ldc,
+            false,
+            true,
+        );
         let want = naive(m, n, k, MatRef::rows(&a, k), MatRef::rows(&b, n));
         for i in 0..m {
             for j in 0..ldc {

@@ -4,8 +4,9 @@
 mod config;
 mod decoder;
 mod entropy;
-pub mod gemm;
 mod error;
+mod fused;
+pub mod gemm;
 mod init;
 mod ops;
 mod sample;
@@ -25,7 +26,7 @@ pub use init::init_weights;
 pub use ops::target_log_softmax;
 pub use sample::{Finish, Rng, Sample, SampleParams, generate, pick, token_logprobs};
 pub use tokenizer::Tokenizer;
-pub use train::{AdamW, AdamWConfig, Trainable};
+pub use train::{AdamW, AdamWConfig, GradPath, Grads, Trainable};
 pub use weights::{TensorMap, load_weights, save_weights, write_atomic};
 
 /// A checkpoint directory loaded: config, tokenizer and the decoder over its weights.

@@ -19,13 +19,13 @@ use crate::config::Config;
 use crate::env::{TokenizedDoc, make_state};
 use crate::error::Result;
 use crate::model::{
-    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Family, Mode, ModelConfig, Rng, SampleParams,
-    Tokenizer, Trainable, init_weights,
+    AdamW, AdamWConfig, Checkpoint, Decoder, Device, Family, ModelConfig, Rng, SampleParams,
+    Tensor, Tokenizer, Trainable, init_weights,
 };
 use crate::prompt::Prompt;
 
 use super::evaluate::{EvalItem, evaluate};
-use super::{cosine_lr, load_texts, masked_nll, progress, tokenize_splits};
+use super::{NllBatch, cosine_lr, load_texts, masked_nll, progress, tokenize_splits};
 
 /// What `rpt bootstrap` measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -166,7 +166,7 @@ fn lm_loss(
     let rows: Vec<Vec<u32>> = (0..n)
         .map(|_| lm_window(docs, cfg.bootstrap.seq_len, &mut rng))
         .collect();
-    let (loss, _) = masked_nll(model, &rows, &vec![1; rows.len()], Mode::Infer)?;
+    let (loss, _) = masked_nll(model, &rows, &vec![1; rows.len()])?;
     Ok(loss.to_scalar::<f32>()? as f64)
 }
 
@@ -205,9 +205,8 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         let rows: Vec<Vec<u32>> = (0..b.batch)
             .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
             .collect();
-        let (loss, _) = masked_nll(&params.decoder()?, &rows, &vec![1; rows.len()], Mode::Train)?;
-        let grads = loss.backward()?;
-        let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
+        let (loss, grads) = nll_grads(&params, &rows, &vec![1; rows.len()])?;
+        let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
             &grads,
@@ -233,9 +232,8 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         } else {
             sft_batch(&splits.train, b.batch, &tok, &prompt, cfg, &mut rng)
         };
-        let (loss, _) = masked_nll(&params.decoder()?, &rows, &from, Mode::Train)?;
-        let grads = loss.backward()?;
-        let scale = (1.0 / AdamW::grad_norm(&params, &grads)?.max(1.0)).min(1.0);
+        let (loss, grads) = nll_grads(&params, &rows, &from)?;
+        let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
             &grads,
@@ -310,4 +308,19 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let json = serde_json::to_vec_pretty(&r).expect("report serialises");
     crate::model::write_atomic(&out.join("bootstrap.json"), &json)?;
     Ok(r)
+}
+
+/// The masked next-token loss of `rows` (see `masked_nll`) and its gradients.
+fn nll_grads(
+    params: &Trainable,
+    rows: &[Vec<u32>],
+    loss_from: &[usize],
+) -> Result<(Tensor, crate::model::Grads)> {
+    let device = params.vars().next().map(|(_, v)| v.device().clone());
+    let device = device.unwrap_or(Device::Cpu);
+    let (batch, nll) = NllBatch::new(rows, loss_from, &device)?;
+    params.value_and_grad(&batch.ids, &batch.pad, 1, 1.0, |lp| {
+        let loss = nll.loss(lp)?;
+        Ok((loss.clone(), loss))
+    })
 }

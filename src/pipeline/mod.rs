@@ -60,27 +60,46 @@ pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Resul
 }
 
 /// Mean negative log-likelihood of the tokens of `rows` from index `loss_from[r]` on (left-padded).
-/// Returns the scalar loss (with gradient in `Mode::Train`) and the number of tokens it averages.
+/// Returns the scalar loss and the number of tokens it averages.
 pub fn masked_nll(
     model: &Decoder,
     rows: &[Vec<u32>],
     loss_from: &[usize],
-    mode: Mode,
 ) -> Result<(Tensor, usize)> {
-    let device = model.device();
-    let batch = left_pad(rows, device)?;
-    let (width, pad) = (batch.width, &batch.pad);
-    let mut mask = Vec::with_capacity(rows.len() * (width - 1));
-    for (&p, &from) in pad.iter().zip(loss_from) {
-        // Column j scores token j + 1 of the padded row, i.e. token j + 1 − p of the row.
-        mask.extend((0..width - 1).map(|j| ((j + 1 >= p + from.max(1)) as u8) as f32));
+    let (batch, nll) = NllBatch::new(rows, loss_from, model.device())?;
+    let lp = token_logprobs(model, &batch.ids, &batch.pad, 1, 1.0, Mode::Infer)?;
+    Ok((nll.loss(&lp)?, nll.count))
+}
+
+/// One training step's worth of `masked_nll`: the left-padded rows and the mask over their
+/// log-probs (taken from column 1 on).
+pub struct NllBatch {
+    mask: Tensor,
+    pub count: usize,
+}
+
+impl NllBatch {
+    pub fn new(
+        rows: &[Vec<u32>],
+        loss_from: &[usize],
+        device: &crate::model::Device,
+    ) -> Result<(crate::model::Padded, Self)> {
+        let batch = left_pad(rows, device)?;
+        let (width, pad) = (batch.width, &batch.pad);
+        let mut mask = Vec::with_capacity(rows.len() * (width - 1));
+        for (&p, &from) in pad.iter().zip(loss_from) {
+            // Column j scores token j + 1 of the padded row, i.e. token j + 1 − p of the row.
+            mask.extend((0..width - 1).map(|j| ((j + 1 >= p + from.max(1)) as u8) as f32));
+        }
+        let count = mask.iter().filter(|&&m| m > 0.0).count();
+        let mask = Tensor::from_vec(mask, (rows.len(), width - 1), device)?;
+        Ok((batch, NllBatch { mask, count }))
     }
-    let n = rows.len();
-    let lp = token_logprobs(model, &batch.ids, pad, 1, 1.0, mode)?;
-    let count = mask.iter().filter(|&&m| m > 0.0).count();
-    let mask = Tensor::from_vec(mask, (n, width - 1), device)?;
-    let loss = ((lp * mask)?.sum_all()? / -(count.max(1) as f64))?;
-    Ok((loss, count))
+
+    /// The mean negative log-likelihood of the masked log-probs `lp` (rows, width − 1).
+    pub fn loss(&self, lp: &Tensor) -> Result<Tensor> {
+        Ok(((lp * &self.mask)?.sum_all()? / -(self.count.max(1) as f64))?)
+    }
 }
 
 /// Linear warm-up then cosine decay to 10% of `lr` at `total` steps.

@@ -1,0 +1,844 @@
+//! The decoder's training pass written by hand for the CPU: a forward pass that keeps the activations
+//! the backward pass needs, and a backward pass that turns the gradient of the per-token log-probs into
+//! the gradient of every parameter.
+//!
+//! The composed-op path (`Decoder::forward` in `Mode::Train` with candle's autograd) computes the same
+//! numbers and stays the reference and the path for other devices; here there is no graph, no
+//! gradient accumulation into freshly zeroed tensors, and every matrix product goes through the strided
+//! `gemm`, which reads transposes and attention heads in place. The results agree with the autograd
+//! path to float rounding (tested).
+//!
+//! Padding: a left-padded row's padding positions attend to nothing and get no gradient; real
+//! positions never see them, as on the autograd path.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::gemm::{MatRef, gemm, gemm_into};
+
+/// Parameters as flat row-major f32 buffers, by published name.
+pub type FlatParams = BTreeMap<String, Vec<f32>>;
+
+fn get<'a>(p: &'a FlatParams, name: &str) -> Result<&'a [f32]> {
+    p.get(name)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
+}
+
+/// Raw pointer into a buffer that parallel tasks fill in disjoint parts.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every user writes a disjoint region (one attention head or key/value group of one row).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Activations of one layer kept for the backward pass.
+struct LayerTape {
+    x: Vec<f32>,
+    rstd1: Vec<f32>,
+    h1: Vec<f32>,
+    /// Pre-norm q and k and their per-head inverse RMS (models with q/k norms only).
+    q_raw: Vec<f32>,
+    k_raw: Vec<f32>,
+    rstd_q: Vec<f32>,
+    rstd_k: Vec<f32>,
+    /// Post-rotary q and k, and v.
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention probabilities per (row, head): (real × real), causal.
+    probs: Vec<Vec<f32>>,
+    att: Vec<f32>,
+    x_mid: Vec<f32>,
+    rstd2: Vec<f32>,
+    h2: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    a: Vec<f32>,
+}
+
+/// Everything the backward pass needs from one forward pass.
+pub struct Tape {
+    b: usize,
+    s: usize,
+    pad: Vec<usize>,
+    ids: Vec<u32>,
+    scale: f32,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    layers: Vec<LayerTape>,
+    /// Token index of each scored position, its target, and the final residual there.
+    sel: Vec<usize>,
+    targets: Vec<u32>,
+    xf: Vec<f32>,
+    rstd_f: Vec<f32>,
+    hs: Vec<f32>,
+    logits: Vec<f32>,
+    /// (max, log-sum-exp) of each scored row of `scale · logits`.
+    norms: Vec<(f32, f32)>,
+}
+
+struct Dims {
+    h: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    inter: usize,
+    vocab: usize,
+    eps: f32,
+}
+
+impl Dims {
+    fn of(cfg: &ModelConfig) -> Self {
+        Dims {
+            h: cfg.hidden_size,
+            nh: cfg.num_attention_heads,
+            nkv: cfg.num_key_value_heads,
+            hd: cfg.head_dim,
+            inter: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+            eps: cfg.rms_norm_eps as f32,
+        }
+    }
+}
+
+/// Rows of `len` above which elementwise work is spread over the rayon pool.
+const PAR_MIN: usize = 1 << 15;
+
+fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(r, o)| f(r, o));
+    } else {
+        out.chunks_mut(len).enumerate().for_each(|(r, o)| f(r, o));
+    }
+}
+
+/// `y = x · wᵀ (+ bias)`, x: (rows, in), w: (out, in).
+fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> Vec<f32> {
+    let inp = w.len() / out;
+    let mut y = vec![0f32; rows * out];
+    gemm(
+        rows,
+        out,
+        inp,
+        MatRef::rows(x, inp),
+        MatRef::rows_t(w, inp),
+        &mut y,
+        out,
+        false,
+        true,
+    );
+    if let Some(b) = bias {
+        for_rows(&mut y, out, |_, r| {
+            r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        });
+    }
+    y
+}
+
+/// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.
+#[allow(clippy::too_many_arguments)]
+fn linear_back(
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    out: usize,
+    dx: &mut [f32],
+    dx_accumulate: bool,
+    bias: bool,
+    grads: &mut FlatParams,
+    name: &str,
+) {
+    let inp = w.len() / out;
+    gemm(
+        rows,
+        inp,
+        out,
+        MatRef::rows(dy, out),
+        MatRef::rows(w, inp),
+        dx,
+        inp,
+        dx_accumulate,
+        true,
+    );
+    let mut dw = vec![0f32; out * inp];
+    gemm(
+        out,
+        inp,
+        rows,
+        MatRef::rows_t(dy, out),
+        MatRef::rows(x, inp),
+        &mut dw,
+        inp,
+        false,
+        true,
+    );
+    grads.insert(format!("{name}.weight"), dw);
+    if bias {
+        let mut db = vec![0f32; out];
+        for r in dy.chunks(out) {
+            db.iter_mut().zip(r).for_each(|(d, g)| *d += g);
+        }
+        grads.insert(format!("{name}.bias"), db);
+    }
+}
+
+/// RMSNorm over rows of `w.len()`: returns the output and each row's inverse RMS.
+fn rms(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = w.len();
+    let rows = x.len() / n;
+    let mut rstd = vec![0f32; rows];
+    for (r, xr) in rstd.iter_mut().zip(x.chunks(n)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        *r = 1.0 / (ms + eps).sqrt();
+    }
+    let mut y = vec![0f32; x.len()];
+    for_rows(&mut y, n, |i, yr| {
+        let xr = &x[i * n..(i + 1) * n];
+        for ((y, &x), &w) in yr.iter_mut().zip(xr).zip(w) {
+            *y = x * rstd[i] * w;
+        }
+    });
+    (y, rstd)
+}
+
+/// Backward of `rms`: `dx += ∂/∂x`, and `dw` (the weight gradient) returned.
+fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
+    let n = w.len();
+    let mut dw = vec![0f32; n];
+    for ((xr, dyr), &r) in x.chunks(n).zip(dy.chunks(n)).zip(rstd) {
+        for ((d, &x), &g) in dw.iter_mut().zip(xr).zip(dyr) {
+            *d += g * x * r;
+        }
+    }
+    for_rows(dx, n, |i, dxr| {
+        let (xr, dyr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
+        let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((x, g), w)| x * g * w).sum();
+        let c = r * r * r * dot / n as f32;
+        for (((d, &x), &g), &w) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+            *d += r * g * w - c * x;
+        }
+    });
+    dw
+}
+
+/// Rotates every head of every token by its position (`sign` −1 undoes it: the backward pass).
+fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: f32) {
+    let half = hd / 2;
+    for_rows(x, heads * hd, |t, row| {
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in row.chunks_mut(hd) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b, si) = (x1[i], x2[i], sign * s[i]);
+                x1[i] = a * c[i] - b * si;
+                x2[i] = b * c[i] + a * si;
+            }
+        }
+    });
+}
+
+/// Teacher-forced log-probs of tokens `from..s` of each row of a left-padded (b, s) batch under
+/// `softmax(scale · logits)`, as (b · (s − from)) values in row order, with the tape for `backward`.
+pub fn forward(
+    cfg: &ModelConfig,
+    p: &FlatParams,
+    ids: &[u32],
+    b: usize,
+    pad: &[usize],
+    from: usize,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let d = Dims::of(cfg);
+    let s = ids.len() / b.max(1);
+    if from == 0 || from >= s || pad.len() != b || ids.len() != b * s {
+        return Err(ModelError::Invalid(format!(
+            "fused forward: {b} rows of {s} tokens, {} pads, from {from}",
+            pad.len()
+        )));
+    }
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= d.vocab) {
+        return Err(ModelError::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            d.vocab
+        )));
+    }
+    let t_all = b * s;
+    let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
+    let half = hd / 2;
+    // Rotary tables per token (position counted from the row's first real token), as the
+    // composed-op path computes them.
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let mut cos = vec![0f32; t_all * half];
+    let mut sin = vec![0f32; t_all * half];
+    for r in 0..b {
+        for t in 0..s {
+            let pos = t.saturating_sub(pad[r]) as f32;
+            for i in 0..half {
+                let f = pos * inv[i];
+                cos[(r * s + t) * half + i] = f.cos();
+                sin[(r * s + t) * half + i] = f.sin();
+            }
+        }
+    }
+    let embed = get(p, "model.embed_tokens.weight")?;
+    let mut x = vec![0f32; t_all * h];
+    for (row, &id) in x.chunks_mut(h).zip(ids) {
+        row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+    }
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for l in 0..cfg.num_hidden_layers {
+        let name = |n: &str| format!("model.layers.{l}.{n}");
+        let w = |n: &str| get(p, &name(n));
+        let bias = |n: &str, on: bool| -> Result<Option<&[f32]>> {
+            if on { Ok(Some(w(n)?)) } else { Ok(None) }
+        };
+        let (h1, rstd1) = rms(&x, w("input_layernorm.weight")?, d.eps);
+        let mut q = linear(
+            &h1,
+            t_all,
+            w("self_attn.q_proj.weight")?,
+            bias("self_attn.q_proj.bias", cfg.qkv_bias)?,
+            nh * hd,
+        );
+        let mut k = linear(
+            &h1,
+            t_all,
+            w("self_attn.k_proj.weight")?,
+            bias("self_attn.k_proj.bias", cfg.qkv_bias)?,
+            nkv * hd,
+        );
+        let v = linear(
+            &h1,
+            t_all,
+            w("self_attn.v_proj.weight")?,
+            bias("self_attn.v_proj.bias", cfg.qkv_bias)?,
+            nkv * hd,
+        );
+        let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
+        if cfg.qk_norm {
+            let (qn, rq) = rms(&q, w("self_attn.q_norm.weight")?, d.eps);
+            let (kn, rk) = rms(&k, w("self_attn.k_norm.weight")?, d.eps);
+            q_raw = std::mem::replace(&mut q, qn);
+            k_raw = std::mem::replace(&mut k, kn);
+            (rstd_q, rstd_k) = (rq, rk);
+        }
+        rope(&mut q, nh, hd, &cos, &sin, 1.0);
+        rope(&mut k, nkv, hd, &cos, &sin, 1.0);
+        let (probs, att) = attention(&d, &q, &k, &v, b, s, pad);
+        let mut x_mid = linear(
+            &att,
+            t_all,
+            w("self_attn.o_proj.weight")?,
+            bias("self_attn.o_proj.bias", cfg.o_bias)?,
+            h,
+        );
+        x_mid.iter_mut().zip(&x).for_each(|(m, x)| *m += x);
+        let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
+        let g = linear(
+            &h2,
+            t_all,
+            w("mlp.gate_proj.weight")?,
+            bias("mlp.gate_proj.bias", cfg.mlp_bias)?,
+            d.inter,
+        );
+        let u = linear(
+            &h2,
+            t_all,
+            w("mlp.up_proj.weight")?,
+            bias("mlp.up_proj.bias", cfg.mlp_bias)?,
+            d.inter,
+        );
+        let mut a = vec![0f32; g.len()];
+        for_rows(&mut a, d.inter, |r, ar| {
+            let (gr, ur) = (&g[r * d.inter..], &u[r * d.inter..]);
+            for (i, o) in ar.iter_mut().enumerate() {
+                let gv = gr[i];
+                *o = gv / (1.0 + (-gv).exp()) * ur[i];
+            }
+        });
+        let mut x_out = linear(
+            &a,
+            t_all,
+            w("mlp.down_proj.weight")?,
+            bias("mlp.down_proj.bias", cfg.mlp_bias)?,
+            h,
+        );
+        x_out.iter_mut().zip(&x_mid).for_each(|(o, m)| *o += m);
+        let x_in = std::mem::replace(&mut x, x_out);
+        layers.push(LayerTape {
+            x: x_in,
+            rstd1,
+            h1,
+            q_raw,
+            k_raw,
+            rstd_q,
+            rstd_k,
+            q,
+            k,
+            v,
+            probs,
+            att,
+            x_mid,
+            rstd2,
+            h2,
+            g,
+            u,
+            a,
+        });
+    }
+    // Only the scored positions go through the final norm and the head.
+    let n = s - from;
+    let mut sel = Vec::with_capacity(b * n);
+    let mut targets = Vec::with_capacity(b * n);
+    for r in 0..b {
+        for t in from - 1..s - 1 {
+            sel.push(r * s + t);
+            targets.push(ids[r * s + t + 1]);
+        }
+    }
+    let mut xf = vec![0f32; sel.len() * h];
+    for (row, &t) in xf.chunks_mut(h).zip(&sel) {
+        row.copy_from_slice(&x[t * h..(t + 1) * h]);
+    }
+    let (hs, rstd_f) = rms(&xf, get(p, "model.norm.weight")?, d.eps);
+    let head = lm_head(cfg, p)?;
+    let logits = linear(&hs, sel.len(), head, None, d.vocab);
+    let rows: Vec<(f32, f32, f32)> = logits
+        .par_chunks(d.vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            let sum: f32 = row.iter().map(|&v| (v * scale - max).exp()).sum();
+            let lse = sum.ln();
+            (row[t as usize] * scale - max - lse, max, lse)
+        })
+        .collect();
+    let lp = rows.iter().map(|r| r.0).collect();
+    let norms = rows.iter().map(|r| (r.1, r.2)).collect();
+    Ok((
+        lp,
+        Tape {
+            b,
+            s,
+            pad: pad.to_vec(),
+            ids: ids.to_vec(),
+            scale,
+            cos,
+            sin,
+            layers,
+            sel,
+            targets,
+            xf,
+            rstd_f,
+            hs,
+            logits,
+            norms,
+        },
+    ))
+}
+
+fn lm_head<'a>(cfg: &ModelConfig, p: &'a FlatParams) -> Result<&'a [f32]> {
+    if cfg.tie_word_embeddings {
+        get(p, "model.embed_tokens.weight")
+    } else {
+        get(p, "lm_head.weight")
+    }
+}
+
+/// Causal attention with grouped-query heads over the real tokens of each row. Returns the
+/// probabilities per (row, head) and the output (tokens, heads · head_dim), zero at padding.
+fn attention(
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    s: usize,
+    pad: &[usize],
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let n_rep = nh / nkv;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let mut att = vec![0f32; b * s * qw];
+    let out = Shared(att.as_mut_ptr());
+    let probs = (0..b * nh)
+        .into_par_iter()
+        .map(|job| {
+            let (r, head) = (job / nh, job % nh);
+            let g = head / n_rep;
+            let p = pad[r];
+            let n = s - p;
+            let qv = MatRef::rows(&q[(r * s + p) * qw + head * hd..], qw);
+            let kv = &k[(r * s + p) * kw + g * hd..];
+            let vv = MatRef::rows(&v[(r * s + p) * kw + g * hd..], kw);
+            let mut sc = vec![0f32; n * n];
+            gemm(
+                n,
+                n,
+                hd,
+                qv,
+                MatRef {
+                    data: kv,
+                    rs: 1,
+                    cs: kw,
+                },
+                &mut sc,
+                n,
+                false,
+                false,
+            );
+            for (i, row) in sc.chunks_mut(n).enumerate() {
+                let max = row[..=i]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
+                let mut sum = 0f32;
+                for x in &mut row[..=i] {
+                    *x = (*x * inv_sqrt - max).exp();
+                    sum += *x;
+                }
+                row[..=i].iter_mut().for_each(|x| *x /= sum);
+                row[i + 1..].fill(0.0);
+            }
+            // SAFETY: this job alone writes head `head` of row r's real tokens.
+            unsafe {
+                gemm_into(
+                    n,
+                    hd,
+                    n,
+                    MatRef::rows(&sc, n),
+                    vv,
+                    out.at((r * s + p) * qw + head * hd),
+                    qw,
+                    false,
+                    false,
+                )
+            };
+            sc
+        })
+        .collect();
+    (probs, att)
+}
+
+/// Gradients of every parameter, by published name, from the gradient of the log-probs `forward`
+/// returned (same order and length).
+pub fn backward(cfg: &ModelConfig, p: &FlatParams, tape: &Tape, dlp: &[f32]) -> Result<FlatParams> {
+    let d = Dims::of(cfg);
+    if dlp.len() != tape.sel.len() {
+        return Err(ModelError::Invalid(format!(
+            "fused backward: {} gradients for {} log-probs",
+            dlp.len(),
+            tape.sel.len()
+        )));
+    }
+    let (b, s) = (tape.b, tape.s);
+    let t_all = b * s;
+    let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
+    let mut grads = FlatParams::new();
+    // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
+    let scale = tape.scale;
+    let mut dlogits = vec![0f32; tape.logits.len()];
+    dlogits.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+        let g = dlp[i];
+        if g == 0.0 {
+            return;
+        }
+        let (max, lse) = tape.norms[i];
+        let row = &tape.logits[i * v..(i + 1) * v];
+        let c = -g * scale;
+        for (o, &x) in o.iter_mut().zip(row) {
+            *o = c * (x * scale - max - lse).exp();
+        }
+        o[tape.targets[i] as usize] += g * scale;
+    });
+    let nsel = tape.sel.len();
+    let head = lm_head(cfg, p)?;
+    let mut dhs = vec![0f32; nsel * h];
+    let mut head_grads = FlatParams::new();
+    linear_back(
+        &dlogits,
+        &tape.hs,
+        nsel,
+        head,
+        v,
+        &mut dhs,
+        false,
+        false,
+        &mut head_grads,
+        "head",
+    );
+    drop(dlogits);
+    let d_head = head_grads.remove("head.weight").expect("weight gradient");
+    let mut dxf = vec![0f32; nsel * h];
+    let norm_w = get(p, "model.norm.weight")?;
+    grads.insert(
+        "model.norm.weight".into(),
+        rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
+    );
+    let mut dx = vec![0f32; t_all * h];
+    for (row, &t) in dxf.chunks(h).zip(&tape.sel) {
+        dx[t * h..(t + 1) * h].copy_from_slice(row);
+    }
+    for l in (0..cfg.num_hidden_layers).rev() {
+        let lt = &tape.layers[l];
+        let prefix = format!("model.layers.{l}");
+        let w = |n: &str| get(p, &format!("{prefix}.{n}"));
+        // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
+        let mut da = vec![0f32; t_all * d.inter];
+        linear_back(
+            &dx,
+            &lt.a,
+            t_all,
+            w("mlp.down_proj.weight")?,
+            h,
+            &mut da,
+            false,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.down_proj"),
+        );
+        let mut dg = vec![0f32; da.len()];
+        let mut du = da;
+        let inter = d.inter;
+        for_rows(&mut dg, inter, |r, dgr| {
+            let (gr, ur) = (&lt.g[r * inter..], &lt.u[r * inter..]);
+            // `du` still holds `da` here; it is turned into the up-projection's gradient below.
+            let dar = &du[r * inter..(r + 1) * inter];
+            for i in 0..inter {
+                let sg = 1.0 / (1.0 + (-gr[i]).exp());
+                dgr[i] = dar[i] * ur[i] * sg * (1.0 + gr[i] * (1.0 - sg));
+            }
+        });
+        for_rows(&mut du, inter, |r, dur| {
+            let gr = &lt.g[r * inter..];
+            for (i, o) in dur.iter_mut().enumerate() {
+                let sg = 1.0 / (1.0 + (-gr[i]).exp());
+                *o *= gr[i] * sg;
+            }
+        });
+        let mut dh2 = vec![0f32; t_all * h];
+        linear_back(
+            &dg,
+            &lt.h2,
+            t_all,
+            w("mlp.gate_proj.weight")?,
+            inter,
+            &mut dh2,
+            false,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.gate_proj"),
+        );
+        linear_back(
+            &du,
+            &lt.h2,
+            t_all,
+            w("mlp.up_proj.weight")?,
+            inter,
+            &mut dh2,
+            true,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.up_proj"),
+        );
+        drop((dg, du));
+        let ln2 = w("post_attention_layernorm.weight")?;
+        grads.insert(
+            format!("{prefix}.post_attention_layernorm.weight"),
+            rms_back(&lt.x_mid, ln2, &lt.rstd2, &dh2, &mut dx),
+        );
+        // Attention: x_mid = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+        let mut datt = vec![0f32; t_all * nh * hd];
+        linear_back(
+            &dx,
+            &lt.att,
+            t_all,
+            w("self_attn.o_proj.weight")?,
+            h,
+            &mut datt,
+            false,
+            cfg.o_bias,
+            &mut grads,
+            &format!("{prefix}.self_attn.o_proj"),
+        );
+        let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, b, s, &tape.pad);
+        rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
+        rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
+        if cfg.qk_norm {
+            let (qn, kn) = (w("self_attn.q_norm.weight")?, w("self_attn.k_norm.weight")?);
+            let mut dq_raw = vec![0f32; dq.len()];
+            let mut dk_raw = vec![0f32; dk.len()];
+            grads.insert(
+                format!("{prefix}.self_attn.q_norm.weight"),
+                rms_back(&lt.q_raw, qn, &lt.rstd_q, &dq, &mut dq_raw),
+            );
+            grads.insert(
+                format!("{prefix}.self_attn.k_norm.weight"),
+                rms_back(&lt.k_raw, kn, &lt.rstd_k, &dk, &mut dk_raw),
+            );
+            (dq, dk) = (dq_raw, dk_raw);
+        }
+        let mut dh1 = vec![0f32; t_all * h];
+        for (i, (dy, proj, out)) in [
+            (&dq, "q_proj", nh * hd),
+            (&dk, "k_proj", nkv * hd),
+            (&dv, "v_proj", nkv * hd),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            linear_back(
+                dy,
+                &lt.h1,
+                t_all,
+                w(&format!("self_attn.{proj}.weight"))?,
+                out,
+                &mut dh1,
+                i > 0,
+                cfg.qkv_bias,
+                &mut grads,
+                &format!("{prefix}.self_attn.{proj}"),
+            );
+        }
+        let ln1 = w("input_layernorm.weight")?;
+        grads.insert(
+            format!("{prefix}.input_layernorm.weight"),
+            rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
+        );
+    }
+    let mut d_embed = vec![0f32; v * h];
+    for (row, &id) in dx.chunks(h).zip(&tape.ids) {
+        let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
+        dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    }
+    if cfg.tie_word_embeddings {
+        d_embed.iter_mut().zip(&d_head).for_each(|(d, g)| *d += g);
+    } else {
+        grads.insert("lm_head.weight".into(), d_head);
+    }
+    grads.insert("model.embed_tokens.weight".into(), d_embed);
+    Ok(grads)
+}
+
+/// Backward of `attention`: gradients of the post-rotary q and k and of v.
+fn attention_back(
+    d: &Dims,
+    lt: &LayerTape,
+    datt: &[f32],
+    b: usize,
+    s: usize,
+    pad: &[usize],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let n_rep = nh / nkv;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let t_all = b * s;
+    let mut dq = vec![0f32; t_all * qw];
+    let mut dk = vec![0f32; t_all * kw];
+    let mut dv = vec![0f32; t_all * kw];
+    let (pq, pk, pv) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
+    (0..b * nkv).into_par_iter().for_each(|job| {
+        let (r, g) = (job / nkv, job % nkv);
+        let p = pad[r];
+        let n = s - p;
+        let kv_off = (r * s + p) * kw + g * hd;
+        let k_view = MatRef::rows(&lt.k[kv_off..], kw);
+        let mut dp = vec![0f32; n * n];
+        for head in g * n_rep..(g + 1) * n_rep {
+            let q_off = (r * s + p) * qw + head * hd;
+            let dout = MatRef::rows(&datt[q_off..], qw);
+            let probs = &lt.probs[r * nh + head];
+            // dP = dO · Vᵀ
+            gemm(
+                n,
+                n,
+                hd,
+                dout,
+                MatRef {
+                    data: &lt.v[kv_off..],
+                    rs: 1,
+                    cs: kw,
+                },
+                &mut dp,
+                n,
+                false,
+                false,
+            );
+            // SAFETY (all three): this job alone owns key/value group g of row r and the query
+            // heads of that group.
+            unsafe {
+                // dV += Pᵀ · dO
+                gemm_into(
+                    n,
+                    hd,
+                    n,
+                    MatRef::rows_t(probs, n),
+                    dout,
+                    pv.at(kv_off),
+                    kw,
+                    true,
+                    false,
+                );
+            }
+            // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
+            for (i, (dr, pr)) in dp.chunks_mut(n).zip(probs.chunks(n)).enumerate() {
+                let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                for (x, &pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                    *x = pv * (*x - dot) * inv_sqrt;
+                }
+                dr[i + 1..].fill(0.0);
+            }
+            unsafe {
+                // dQ = dS · K
+                gemm_into(
+                    n,
+                    hd,
+                    n,
+                    MatRef::rows(&dp, n),
+                    k_view,
+                    pq.at(q_off),
+                    qw,
+                    false,
+                    false,
+                );
+                // dK += dSᵀ · Q
+                gemm_into(
+                    n,
+                    hd,
+                    n,
+                    MatRef::rows_t(&dp, n),
+                    MatRef::rows(&lt.q[q_off..], qw),
+                    pk.at(kv_off),
+                    kw,
+                    true,
+                    false,
+                );
+            }
+        }
+    });
+    (dq, dk, dv)
+}
