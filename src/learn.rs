@@ -204,7 +204,7 @@ impl Learner {
 
     /// Writes optimizer moments and the EMA teacher into `dir` (weights are saved by the caller).
     pub fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut state = self.opt.state();
+        let mut state = self.opt.state()?;
         if let Some(phi) = &self.ema {
             for (k, t) in phi {
                 state.insert(format!("ema.{k}"), t.clone());
@@ -224,7 +224,7 @@ impl Learner {
         let state = candle_core::safetensors::load(&path, &device)?;
         let (ema, opt): (TensorMap, TensorMap) =
             state.into_iter().partition(|(k, _)| k.starts_with("ema."));
-        self.opt.restore(&opt, opt_step);
+        self.opt.restore(&opt, opt_step)?;
         if let Some(phi) = &mut self.ema {
             for (k, t) in ema {
                 phi.insert(k.trim_start_matches("ema.").to_string(), t);

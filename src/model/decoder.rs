@@ -37,10 +37,14 @@ impl Linear {
 }
 
 /// `x · wᵀ`; x: (n, in), w: (out, in). Few-row inference on the CPU takes the kernel that does not
-/// pack `w` (decoding); everything else, and all training, the general matmul.
+/// pack `w` (decoding); more rows take the crate's `gemm`; training and other devices candle's matmul.
 fn matmul_t(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
-    if mode == Mode::Infer && x.device().is_cpu() && x.dim(0)? <= super::ops::SMALL_M {
-        return Ok(super::ops::small_matmul_t(&x.contiguous()?, w)?);
+    if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
+        let x = x.contiguous()?;
+        if x.dim(0)? <= super::ops::SMALL_M {
+            return Ok(super::ops::small_matmul_t(&x, w)?);
+        }
+        return Ok(super::ops::matmul_t(&x, w)?);
     }
     Ok(x.matmul(&w.t()?)?)
 }

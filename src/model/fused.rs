@@ -19,12 +19,15 @@ use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::gemm::{MatRef, gemm, gemm_into};
 
-/// Parameters as flat row-major f32 buffers, by published name.
-pub type FlatParams = BTreeMap<String, Vec<f32>>;
+/// Parameters as flat row-major f32 buffers (borrowed), by published name.
+pub type Params<'a> = BTreeMap<&'a str, &'a [f32]>;
 
-fn get<'a>(p: &'a FlatParams, name: &str) -> Result<&'a [f32]> {
+/// Gradients as flat row-major f32 buffers, by published name.
+pub type FlatGrads = BTreeMap<String, Vec<f32>>;
+
+fn get<'a>(p: &Params<'a>, name: &str) -> Result<&'a [f32]> {
     p.get(name)
-        .map(Vec::as_slice)
+        .copied()
         .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
 }
 
@@ -64,6 +67,8 @@ struct LayerTape {
     h2: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
+    /// sigmoid(g)
+    sg: Vec<f32>,
     a: Vec<f32>,
 }
 
@@ -83,9 +88,9 @@ pub struct Tape {
     xf: Vec<f32>,
     rstd_f: Vec<f32>,
     hs: Vec<f32>,
-    logits: Vec<f32>,
-    /// (max, log-sum-exp) of each scored row of `scale · logits`.
-    norms: Vec<(f32, f32)>,
+    /// exp(scale · logit − max) of each scored row, and 1 / its sum (softmax = product of both).
+    exps: Vec<f32>,
+    inv_sums: Vec<f32>,
 }
 
 struct Dims {
@@ -110,6 +115,49 @@ impl Dims {
             eps: cfg.rms_norm_eps as f32,
         }
     }
+}
+
+/// e^x of every element, in place: the Cephes polynomial on a range reduction to [−ln2/2, ln2/2],
+/// about 2 ulp from `f32::exp`, inputs clamped to [−87, 88]. Written so that it vectorizes.
+pub fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for.
+        unsafe { exp_avx512(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = exp_one(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_avx512(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = exp_one(*v));
+}
+
+#[inline(always)]
+fn exp_one(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round x·log2(e) to the nearest integer n by the 1.5·2^23 trick.
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let z = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * z
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// 1 / (1 + e^−x) of every element of `x`, into `out`.
+fn sigmoid(x: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = -v);
+    exp_in_place(out);
+    out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + *o));
 }
 
 /// Rows of `len` above which elementwise work is spread over the rayon pool.
@@ -159,32 +207,39 @@ fn linear_back(
     dx: &mut [f32],
     dx_accumulate: bool,
     bias: bool,
-    grads: &mut FlatParams,
+    grads: &mut FlatGrads,
     name: &str,
 ) {
     let inp = w.len() / out;
-    gemm(
-        rows,
-        inp,
-        out,
-        MatRef::rows(dy, out),
-        MatRef::rows(w, inp),
-        dx,
-        inp,
-        dx_accumulate,
-        true,
-    );
+    // The two products are independent and equally large: run them side by side.
     let mut dw = vec![0f32; out * inp];
-    gemm(
-        out,
-        inp,
-        rows,
-        MatRef::rows_t(dy, out),
-        MatRef::rows(x, inp),
-        &mut dw,
-        inp,
-        false,
-        true,
+    rayon::join(
+        || {
+            gemm(
+                rows,
+                inp,
+                out,
+                MatRef::rows(dy, out),
+                MatRef::rows(w, inp),
+                dx,
+                inp,
+                dx_accumulate,
+                true,
+            )
+        },
+        || {
+            gemm(
+                out,
+                inp,
+                rows,
+                MatRef::rows_t(dy, out),
+                MatRef::rows(x, inp),
+                &mut dw,
+                inp,
+                false,
+                true,
+            )
+        },
     );
     grads.insert(format!("{name}.weight"), dw);
     if bias {
@@ -258,7 +313,7 @@ fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: 
 /// `softmax(scale · logits)`, as (b · (s − from)) values in row order, with the tape for `backward`.
 pub fn forward(
     cfg: &ModelConfig,
-    p: &FlatParams,
+    p: &Params,
     ids: &[u32],
     b: usize,
     pad: &[usize],
@@ -367,14 +422,16 @@ pub fn forward(
             bias("mlp.up_proj.bias", cfg.mlp_bias)?,
             d.inter,
         );
-        let mut a = vec![0f32; g.len()];
-        for_rows(&mut a, d.inter, |r, ar| {
-            let (gr, ur) = (&g[r * d.inter..], &u[r * d.inter..]);
-            for (i, o) in ar.iter_mut().enumerate() {
-                let gv = gr[i];
-                *o = gv / (1.0 + (-gv).exp()) * ur[i];
-            }
+        let mut sg = vec![0f32; g.len()];
+        for_rows(&mut sg, d.inter, |r, o| {
+            sigmoid(&g[r * d.inter..(r + 1) * d.inter], o)
         });
+        let a: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .zip(&sg)
+            .map(|((g, u), s)| g * s * u)
+            .collect();
         let mut x_out = linear(
             &a,
             t_all,
@@ -402,6 +459,7 @@ pub fn forward(
             h2,
             g,
             u,
+            sg,
             a,
         });
     }
@@ -421,19 +479,22 @@ pub fn forward(
     }
     let (hs, rstd_f) = rms(&xf, get(p, "model.norm.weight")?, d.eps);
     let head = lm_head(cfg, p)?;
-    let logits = linear(&hs, sel.len(), head, None, d.vocab);
-    let rows: Vec<(f32, f32, f32)> = logits
-        .par_chunks(d.vocab)
+    // The logits are overwritten by exp(scale · logit − max), which the backward pass reuses.
+    let mut exps = linear(&hs, sel.len(), head, None, d.vocab);
+    let rows: Vec<(f32, f32)> = exps
+        .par_chunks_mut(d.vocab)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-            let sum: f32 = row.iter().map(|&v| (v * scale - max).exp()).sum();
-            let lse = sum.ln();
-            (row[t as usize] * scale - max - lse, max, lse)
+            let target = row[t as usize] * scale - max;
+            row.iter_mut().for_each(|v| *v = *v * scale - max);
+            exp_in_place(row);
+            let sum: f32 = row.iter().sum();
+            (target - sum.ln(), 1.0 / sum)
         })
         .collect();
     let lp = rows.iter().map(|r| r.0).collect();
-    let norms = rows.iter().map(|r| (r.1, r.2)).collect();
+    let inv_sums = rows.iter().map(|r| r.1).collect();
     Ok((
         lp,
         Tape {
@@ -450,13 +511,13 @@ pub fn forward(
             xf,
             rstd_f,
             hs,
-            logits,
-            norms,
+            exps,
+            inv_sums,
         },
     ))
 }
 
-fn lm_head<'a>(cfg: &ModelConfig, p: &'a FlatParams) -> Result<&'a [f32]> {
+fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]> {
     if cfg.tie_word_embeddings {
         get(p, "model.embed_tokens.weight")
     } else {
@@ -511,12 +572,10 @@ fn attention(
                 let max = row[..=i]
                     .iter()
                     .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
-                let mut sum = 0f32;
-                for x in &mut row[..=i] {
-                    *x = (*x * inv_sqrt - max).exp();
-                    sum += *x;
-                }
-                row[..=i].iter_mut().for_each(|x| *x /= sum);
+                row[..=i].iter_mut().for_each(|x| *x = *x * inv_sqrt - max);
+                exp_in_place(&mut row[..=i]);
+                let inv: f32 = 1.0 / row[..=i].iter().sum::<f32>();
+                row[..=i].iter_mut().for_each(|x| *x *= inv);
                 row[i + 1..].fill(0.0);
             }
             // SAFETY: this job alone writes head `head` of row r's real tokens.
@@ -541,7 +600,8 @@ fn attention(
 
 /// Gradients of every parameter, by published name, from the gradient of the log-probs `forward`
 /// returned (same order and length).
-pub fn backward(cfg: &ModelConfig, p: &FlatParams, tape: &Tape, dlp: &[f32]) -> Result<FlatParams> {
+/// The tape is consumed: its buffers are reused for the gradients.
+pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> Result<FlatGrads> {
     let d = Dims::of(cfg);
     if dlp.len() != tape.sel.len() {
         return Err(ModelError::Invalid(format!(
@@ -553,27 +613,21 @@ pub fn backward(cfg: &ModelConfig, p: &FlatParams, tape: &Tape, dlp: &[f32]) -> 
     let (b, s) = (tape.b, tape.s);
     let t_all = b * s;
     let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
-    let mut grads = FlatParams::new();
+    let mut grads = FlatGrads::new();
     // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
     let scale = tape.scale;
-    let mut dlogits = vec![0f32; tape.logits.len()];
+    // Computed in place of the stored exponentials.
+    let mut dlogits = std::mem::take(&mut tape.exps);
     dlogits.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
         let g = dlp[i];
-        if g == 0.0 {
-            return;
-        }
-        let (max, lse) = tape.norms[i];
-        let row = &tape.logits[i * v..(i + 1) * v];
-        let c = -g * scale;
-        for (o, &x) in o.iter_mut().zip(row) {
-            *o = c * (x * scale - max - lse).exp();
-        }
+        let c = -g * scale * tape.inv_sums[i];
+        o.iter_mut().for_each(|x| *x *= c);
         o[tape.targets[i] as usize] += g * scale;
     });
     let nsel = tape.sel.len();
     let head = lm_head(cfg, p)?;
     let mut dhs = vec![0f32; nsel * h];
-    let mut head_grads = FlatParams::new();
+    let mut head_grads = FlatGrads::new();
     linear_back(
         &dlogits,
         &tape.hs,
@@ -616,25 +670,31 @@ pub fn backward(cfg: &ModelConfig, p: &FlatParams, tape: &Tape, dlp: &[f32]) -> 
             &mut grads,
             &format!("{prefix}.mlp.down_proj"),
         );
+        // a = g · σ(g) · u: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g · σ(g) (in place of da).
+        let inter = d.inter;
         let mut dg = vec![0f32; da.len()];
         let mut du = da;
-        let inter = d.inter;
-        for_rows(&mut dg, inter, |r, dgr| {
-            let (gr, ur) = (&lt.g[r * inter..], &lt.u[r * inter..]);
-            // `du` still holds `da` here; it is turned into the up-projection's gradient below.
-            let dar = &du[r * inter..(r + 1) * inter];
+        let rows_of = |r: usize| r * inter..(r + 1) * inter;
+        let grad = |r: usize, dgr: &mut [f32], dur: &mut [f32]| {
+            let range = rows_of(r);
+            let (gr, ur, sr) = (&lt.g[range.clone()], &lt.u[range.clone()], &lt.sg[range]);
             for i in 0..inter {
-                let sg = 1.0 / (1.0 + (-gr[i]).exp());
-                dgr[i] = dar[i] * ur[i] * sg * (1.0 + gr[i] * (1.0 - sg));
+                let da = dur[i];
+                dgr[i] = da * ur[i] * sr[i] * (1.0 + gr[i] * (1.0 - sr[i]));
+                dur[i] = da * gr[i] * sr[i];
             }
-        });
-        for_rows(&mut du, inter, |r, dur| {
-            let gr = &lt.g[r * inter..];
-            for (i, o) in dur.iter_mut().enumerate() {
-                let sg = 1.0 / (1.0 + (-gr[i]).exp());
-                *o *= gr[i] * sg;
-            }
-        });
+        };
+        if dg.len() >= PAR_MIN {
+            dg.par_chunks_mut(inter)
+                .zip(du.par_chunks_mut(inter))
+                .enumerate()
+                .for_each(|(r, (a, b))| grad(r, a, b));
+        } else {
+            dg.chunks_mut(inter)
+                .zip(du.chunks_mut(inter))
+                .enumerate()
+                .for_each(|(r, (a, b))| grad(r, a, b));
+        }
         let mut dh2 = vec![0f32; t_all * h];
         linear_back(
             &dg,
@@ -841,4 +901,24 @@ fn attention_back(
         }
     });
     (dq, dk, dv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_agrees_with_the_standard_library() {
+        let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.043).collect();
+        xs.extend([0.0, -0.0, 1e-8, -1e-8, 88.0, -87.0, -200.0]);
+        let mut got = xs.clone();
+        exp_in_place(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let want = x.clamp(-87.0, 88.0).exp();
+            assert!(
+                (g - want).abs() <= 4.0 * f32::EPSILON * want,
+                "exp({x}) = {g}, want {want}"
+            );
+        }
+    }
 }

@@ -206,7 +206,30 @@ unsafe fn gemm_raw(
             let (tm, tn) = (t % tiles_m, t / tiles_m);
             let (i0, j0) = (tm * MC, tn * NC);
             let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
-            // A is read in place; only a last partial panel of rows is copied (zero-padded).
+            // Rows of A that are contiguous (cs = 1) are read in place, and only a last partial
+            // panel is copied (zero-padded); otherwise the tile's rows are packed into MR-row
+            // panels once, for all its columns.
+            let packed: Vec<f32> = if a.cs != 1 {
+                let mut buf = vec![0f32; (i1 - i0).div_ceil(MR) * MR * kc];
+                for (pi, panel) in buf.chunks_mut(MR * kc).enumerate() {
+                    let r0 = i0 + pi * MR;
+                    let rows = MR.min(i1 - r0);
+                    for kk in 0..kc {
+                        let dst = &mut panel[kk * MR..kk * MR + rows];
+                        if a.rs == 1 {
+                            let at = (k0 + kk) * a.cs + r0;
+                            dst.copy_from_slice(&a.data[at..at + rows]);
+                        } else {
+                            for (r, d) in dst.iter_mut().enumerate() {
+                                *d = a.at(r0 + r, k0 + kk);
+                            }
+                        }
+                    }
+                }
+                buf
+            } else {
+                vec![]
+            };
             let mut edge = [0f32; MR * KC];
             let mut jr = j0;
             while jr < j1 {
@@ -215,7 +238,13 @@ unsafe fn gemm_raw(
                 let mut ir = i0;
                 while ir < i1 {
                     let mr = MR.min(i1 - ir);
-                    let ap = if mr == MR {
+                    let ap = if a.cs != 1 {
+                        Panel {
+                            ptr: packed[(ir - i0) / MR * MR * kc..].as_ptr(),
+                            rs: 1,
+                            cs: MR,
+                        }
+                    } else if mr == MR {
                         Panel {
                             ptr: a.data[ir * a.rs + k0 * a.cs..].as_ptr(),
                             rs: a.rs,

@@ -316,3 +316,45 @@ mod small_tests {
         }
     }
 }
+
+/// `x · wᵀ` for inference through the crate's `gemm`: x: (m, k), w: (n, k), contiguous f32 on the
+/// CPU; returns (m, n) without gradient.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &GemmT)
+}
+
+struct GemmT;
+
+impl candle_core::CustomOp2 for GemmT {
+    fn name(&self) -> &'static str {
+        "gemm-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
+        }
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let mut out = vec![0f32; m * n];
+        super::gemm::gemm(
+            m,
+            n,
+            k,
+            super::gemm::MatRef::rows(x, k),
+            super::gemm::MatRef::rows_t(w, k),
+            &mut out,
+            n,
+            false,
+            true,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}

@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, Var, backprop::GradStore};
+use rayon::prelude::*;
 
-use super::fused::{self, FlatParams};
+use super::fused;
 
 use super::config::ModelConfig;
 use super::decoder::Decoder;
@@ -92,7 +93,29 @@ impl Trainable {
             }
             GradPath::Fused => {
                 let (b, s) = ids.dims2()?;
-                let flat = self.flat()?;
+                // The parameters are read in place: the guards keep them locked for reading until
+                // the gradients are computed.
+                let guards: Vec<_> = self
+                    .vars
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_tensor().storage_and_layout()))
+                    .collect();
+                let mut flat = fused::Params::new();
+                for (name, (storage, layout)) in &guards {
+                    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &**storage
+                    else {
+                        return Err(ModelError::Invalid(format!(
+                            "the fused gradient path needs f32 CPU tensors; `{name}` is not"
+                        ))
+                        .into());
+                    };
+                    let Some((a, b)) = layout.contiguous_offsets() else {
+                        return Err(
+                            ModelError::Invalid(format!("`{name}` is not contiguous")).into()
+                        );
+                    };
+                    flat.insert(name, &data[a..b]);
+                }
                 let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
                 let (lp, tape) =
                     fused::forward(&self.config, &flat, &id_vec, b, pad, from, scale as f32)?;
@@ -104,7 +127,9 @@ impl Trainable {
                     Some(g) => g.flatten_all()?.to_vec1()?,
                     None => vec![0.0; b * (s - from)],
                 };
-                let flat_grads = fused::backward(&self.config, &flat, &tape, &dlp)?;
+                let flat_grads = fused::backward(&self.config, &flat, tape, &dlp)?;
+                drop(flat);
+                drop(guards);
                 let mut grads = Grads::new();
                 for (name, g) in flat_grads {
                     let var = self.vars.get(&name).ok_or_else(|| {
@@ -122,13 +147,6 @@ impl Trainable {
         self.vars
             .iter()
             .filter_map(|(k, v)| store.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
-            .collect()
-    }
-
-    fn flat(&self) -> Result<FlatParams> {
-        self.vars
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
             .collect()
     }
 
@@ -188,25 +206,40 @@ impl Default for AdamWConfig {
     }
 }
 
+/// First and second moments of one parameter: plain memory for f32 CPU parameters (updated in one
+/// parallel pass), tensors on other devices (updated with tensor ops).
+enum Moments {
+    Host {
+        m: Vec<f32>,
+        v: Vec<f32>,
+        shape: candle_core::Shape,
+    },
+    Device {
+        m: Tensor,
+        v: Tensor,
+    },
+}
+
 /// AdamW (decoupled weight decay) whose moments can be saved and restored, for exact resume.
 pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
+    moments: BTreeMap<String, Moments>,
 }
+
+/// Elements per parallel task of the host update.
+const CHUNK: usize = 1 << 14;
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
         AdamW {
             config,
             step: 0,
-            m: BTreeMap::new(),
-            v: BTreeMap::new(),
+            moments: BTreeMap::new(),
         }
     }
 
-    /// The global L2 norm of the gradients of `params`.
+    /// The global L2 norm of the gradients.
     pub fn grad_norm(grads: &Grads) -> Result<f64> {
         let mut sq = 0f64;
         for g in grads.values() {
@@ -229,106 +262,115 @@ impl AdamW {
             let Some(g) = grads.get(name) else {
                 continue;
             };
-            if self.step_cpu(name, var, g, lr, scale, bc1, bc2)? {
-                continue;
+            let w = var.as_tensor();
+            let host = w.device().is_cpu() && w.dtype() == DType::F32 && g.dtype() == DType::F32;
+            if host {
+                let n = w.elem_count();
+                let entry = self
+                    .moments
+                    .entry(name.clone())
+                    .or_insert_with(|| Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                        shape: w.shape().clone(),
+                    });
+                if let Moments::Host { m, v, .. } = entry {
+                    let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+                    let decay = (1.0 - lr * c.weight_decay) as f32;
+                    let (lr, scale) = (lr as f32, scale as f32);
+                    let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
+                    let mut out = vec![0f32; n];
+                    let done = cpu_f32(w, |wd| {
+                        cpu_f32(g, |gd| {
+                            out.par_chunks_mut(CHUNK)
+                                .zip(m.par_chunks_mut(CHUNK))
+                                .zip(v.par_chunks_mut(CHUNK))
+                                .zip(wd.par_chunks(CHUNK).zip(gd.par_chunks(CHUNK)))
+                                .for_each(|(((o, m), v), (w, g))| {
+                                    for i in 0..o.len() {
+                                        let gi = g[i] * scale;
+                                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                                        let update = (m[i] * ibc1) / ((v[i] * ibc2).sqrt() + eps);
+                                        o[i] = w[i] * decay - lr * update;
+                                    }
+                                });
+                        })
+                    });
+                    if done.flatten().is_none() {
+                        return Err(ModelError::Invalid(format!(
+                            "AdamW: `{name}` or its gradient is not a contiguous f32 tensor"
+                        )));
+                    }
+                    var.set(&Tensor::from_vec(out, w.shape().clone(), w.device())?)?;
+                    continue;
+                }
             }
             let g = (g * scale)?;
-            let m = match self.m.get(name) {
-                Some(m) => ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,
-                None => (&g * (1.0 - c.beta1))?,
-            };
-            let v = match self.v.get(name) {
-                Some(v) => ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
-                None => (g.sqr()? * (1.0 - c.beta2))?,
+            let (m, v) = match self.moments.get(name) {
+                Some(Moments::Device { m, v }) => (
+                    ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,
+                    ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?,
+                ),
+                _ => ((&g * (1.0 - c.beta1))?, (g.sqr()? * (1.0 - c.beta2))?),
             };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let w = var.as_tensor();
             let next = ((w * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             var.set(&next.detach())?;
-            self.m.insert(name.clone(), m.detach());
-            self.v.insert(name.clone(), v.detach());
+            self.moments.insert(
+                name.clone(),
+                Moments::Device {
+                    m: m.detach(),
+                    v: v.detach(),
+                },
+            );
         }
         Ok(())
     }
 
-    /// The update of one f32 CPU tensor as one pass over raw memory; false (nothing done) elsewhere.
-    #[allow(clippy::too_many_arguments)]
-    fn step_cpu(
-        &mut self,
-        name: &str,
-        var: &Var,
-        g: &Tensor,
-        lr: f64,
-        scale: f64,
-        bc1: f64,
-        bc2: f64,
-    ) -> Result<bool> {
-        let c = &self.config;
-        let w = var.as_tensor();
-        if !w.device().is_cpu() || w.dtype() != DType::F32 || g.dtype() != DType::F32 {
-            return Ok(false);
-        }
-        let n = w.elem_count();
-        let zeros = || vec![0f32; n];
-        let mut m = match self.m.get(name) {
-            Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-            None => zeros(),
-        };
-        let mut v = match self.v.get(name) {
-            Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-            None => zeros(),
-        };
-        let mut out = w.flatten_all()?.to_vec1::<f32>()?;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let (scale, decay, lr) = (scale as f32, (1.0 - lr * c.weight_decay) as f32, lr as f32);
-        let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
-        let done = cpu_f32(g, |g| {
-            for i in 0..n {
-                let gi = g[i] * scale;
-                m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                let update = (m[i] * ibc1) / ((v[i] * ibc2).sqrt() + eps);
-                out[i] = out[i] * decay - lr * update;
-            }
-        });
-        if done.is_none() {
-            return Ok(false);
-        }
-        let (shape, device) = (w.shape().clone(), w.device().clone());
-        var.set(&Tensor::from_vec(out, shape.clone(), &device)?)?;
-        self.m.insert(
-            name.to_string(),
-            Tensor::from_vec(m, shape.clone(), &device)?,
-        );
-        self.v
-            .insert(name.to_string(), Tensor::from_vec(v, shape, &device)?);
-        Ok(true)
-    }
-
     /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint.
-    pub fn state(&self) -> TensorMap {
+    pub fn state(&self) -> Result<TensorMap> {
         let mut out = TensorMap::new();
-        for (k, t) in &self.m {
-            out.insert(format!("m.{k}"), t.clone());
+        for (k, mo) in &self.moments {
+            let (m, v) = match mo {
+                Moments::Host { m, v, shape } => (
+                    Tensor::from_slice(m, shape.clone(), &candle_core::Device::Cpu)?,
+                    Tensor::from_slice(v, shape.clone(), &candle_core::Device::Cpu)?,
+                ),
+                Moments::Device { m, v } => (m.clone(), v.clone()),
+            };
+            out.insert(format!("m.{k}"), m);
+            out.insert(format!("v.{k}"), v);
         }
-        for (k, t) in &self.v {
-            out.insert(format!("v.{k}"), t.clone());
-        }
-        out
+        Ok(out)
     }
 
     /// Restores moments saved by `state`, at optimizer step `step`.
-    pub fn restore(&mut self, state: &TensorMap, step: u64) {
+    pub fn restore(&mut self, state: &TensorMap, step: u64) -> Result<()> {
         self.step = step;
-        self.m.clear();
-        self.v.clear();
-        for (k, t) in state {
-            if let Some(n) = k.strip_prefix("m.") {
-                self.m.insert(n.to_string(), t.clone());
-            } else if let Some(n) = k.strip_prefix("v.") {
-                self.v.insert(n.to_string(), t.clone());
-            }
+        self.moments.clear();
+        for (k, m) in state {
+            let Some(name) = k.strip_prefix("m.") else {
+                continue;
+            };
+            let v = state.get(&format!("v.{name}")).ok_or_else(|| {
+                ModelError::Invalid(format!("optimizer state has `m.{name}` but no `v.{name}`"))
+            })?;
+            let mo = if m.device().is_cpu() && m.dtype() == DType::F32 {
+                Moments::Host {
+                    m: m.flatten_all()?.to_vec1()?,
+                    v: v.flatten_all()?.to_vec1()?,
+                    shape: m.shape().clone(),
+                }
+            } else {
+                Moments::Device {
+                    m: m.clone(),
+                    v: v.clone(),
+                }
+            };
+            self.moments.insert(name.to_string(), mo);
         }
+        Ok(())
     }
 }
 
