@@ -107,6 +107,8 @@ pub struct Decoder {
     lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
+    /// Every weight by published name, for the hand-written CPU paths.
+    named: Vec<(String, Tensor)>,
 }
 
 impl Decoder {
@@ -161,7 +163,13 @@ impl Decoder {
         };
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
+        let named = cfg
+            .tensor_shapes()
+            .into_iter()
+            .map(|(name, _)| Ok((name.clone(), get(&name)?)))
+            .collect::<Result<_>>()?;
         Ok(Decoder {
+            named,
             cfg: cfg.clone(),
             embed,
             layers,
@@ -174,6 +182,18 @@ impl Decoder {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Whether the hand-written CPU paths can run this model (f32 weights on the CPU).
+    pub fn on_host(&self) -> bool {
+        self.named
+            .iter()
+            .all(|(_, t)| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    }
+
+    /// The weights by published name.
+    pub fn named_tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.named.iter().map(|(n, t)| (n.as_str(), t))
     }
 
     pub fn device(&self) -> &Device {

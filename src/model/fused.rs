@@ -25,7 +25,7 @@ pub type Params<'a> = BTreeMap<&'a str, &'a [f32]>;
 /// Gradients as flat row-major f32 buffers, by published name.
 pub type FlatGrads = BTreeMap<String, Vec<f32>>;
 
-fn get<'a>(p: &Params<'a>, name: &str) -> Result<&'a [f32]> {
+pub(super) fn get<'a>(p: &Params<'a>, name: &str) -> Result<&'a [f32]> {
     p.get(name)
         .copied()
         .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
@@ -154,16 +154,16 @@ fn exp_one(x: f32) -> f32 {
 }
 
 /// 1 / (1 + e^−x) of every element of `x`, into `out`.
-fn sigmoid(x: &[f32], out: &mut [f32]) {
+pub(super) fn sigmoid(x: &[f32], out: &mut [f32]) {
     out.iter_mut().zip(x).for_each(|(o, &v)| *o = -v);
     exp_in_place(out);
     out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + *o));
 }
 
 /// Rows of `len` above which elementwise work is spread over the rayon pool.
-const PAR_MIN: usize = 1 << 15;
+pub(super) const PAR_MIN: usize = 1 << 15;
 
-fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(super) fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(len)
             .enumerate()
@@ -174,7 +174,13 @@ fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + 
 }
 
 /// `y = x · wᵀ (+ bias)`, x: (rows, in), w: (out, in).
-fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> Vec<f32> {
+pub(super) fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
     let inp = w.len() / out;
     let mut y = vec![0f32; rows * out];
     gemm(
@@ -252,7 +258,7 @@ fn linear_back(
 }
 
 /// RMSNorm over rows of `w.len()`: returns the output and each row's inverse RMS.
-fn rms(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn rms(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let n = w.len();
     let rows = x.len() / n;
     let mut rstd = vec![0f32; rows];
@@ -291,7 +297,7 @@ fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) -> V
 }
 
 /// Rotates every head of every token by its position (`sign` −1 undoes it: the backward pass).
-fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: f32) {
+pub(super) fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: f32) {
     let half = hd / 2;
     for_rows(x, heads * hd, |t, row| {
         let (c, s) = (
@@ -307,6 +313,54 @@ fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: 
             }
         }
     });
+}
+
+/// cos and sin of each position's rotary angles, one row of head_dim / 2 per position, computed as the
+/// composed-op path computes them.
+pub(super) fn rope_tables(
+    cfg: &ModelConfig,
+    positions: impl Iterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let hd = cfg.head_dim;
+    let half = hd / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let (mut cos, mut sin) = (vec![], vec![]);
+    for pos in positions {
+        for &f in &inv {
+            let a = pos as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
+}
+
+/// Runs `f` with the elements of `tensors` borrowed in place, by name (read-locked for the call).
+/// Fails when one is not a contiguous f32 CPU tensor.
+pub fn with_params<'t, R, E: From<ModelError>>(
+    tensors: impl IntoIterator<Item = (&'t str, &'t candle_core::Tensor)>,
+    f: impl FnOnce(&Params) -> std::result::Result<R, E>,
+) -> std::result::Result<R, E> {
+    let guards: Vec<_> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.storage_and_layout()))
+        .collect();
+    let mut params = Params::new();
+    for (name, (storage, layout)) in &guards {
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &**storage else {
+            return Err(ModelError::Invalid(format!(
+                "the CPU kernels need f32 CPU tensors; `{name}` is not"
+            ))
+            .into());
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(ModelError::Invalid(format!("`{name}` is not contiguous")).into());
+        };
+        params.insert(name, &data[a..b]);
+    }
+    f(&params)
 }
 
 /// Teacher-forced log-probs of tokens `from..s` of each row of a left-padded (b, s) batch under
@@ -336,24 +390,11 @@ pub fn forward(
     }
     let t_all = b * s;
     let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
-    let half = hd / 2;
-    // Rotary tables per token (position counted from the row's first real token), as the
-    // composed-op path computes them.
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
-        .collect();
-    let mut cos = vec![0f32; t_all * half];
-    let mut sin = vec![0f32; t_all * half];
-    for r in 0..b {
-        for t in 0..s {
-            let pos = t.saturating_sub(pad[r]) as f32;
-            for i in 0..half {
-                let f = pos * inv[i];
-                cos[(r * s + t) * half + i] = f.cos();
-                sin[(r * s + t) * half + i] = f.sin();
-            }
-        }
-    }
+    // Positions are counted from each row's first real token.
+    let (cos, sin) = rope_tables(
+        cfg,
+        (0..b).flat_map(|r| (0..s).map(move |t| t.saturating_sub(pad[r]))),
+    );
     let embed = get(p, "model.embed_tokens.weight")?;
     let mut x = vec![0f32; t_all * h];
     for (row, &id) in x.chunks_mut(h).zip(ids) {
@@ -517,7 +558,7 @@ pub fn forward(
     ))
 }
 
-fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]> {
+pub(super) fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]> {
     if cfg.tie_word_embeddings {
         get(p, "model.embed_tokens.weight")
     } else {

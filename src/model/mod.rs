@@ -7,6 +7,7 @@ mod entropy;
 mod error;
 mod fused;
 pub mod gemm;
+mod host;
 mod init;
 mod ops;
 mod sample;
@@ -24,7 +25,9 @@ pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
 pub use ops::target_log_softmax;
-pub use sample::{Finish, Rng, Sample, SampleParams, generate, pick, token_logprobs};
+pub use sample::{
+    Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,
+};
 pub use tokenizer::Tokenizer;
 pub use train::{AdamW, AdamWConfig, GradPath, Grads, Trainable};
 pub use weights::{TensorMap, load_weights, save_weights, write_atomic};

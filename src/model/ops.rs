@@ -181,6 +181,31 @@ pub const SMALL_M: usize = 16;
 
 struct SmallMatmulT;
 
+/// `small_matmul_t` on row-major slices: x (m, k), w (n, k); returns (m, n).
+pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    // Output laid out (n, m) while computing, so that each task writes a contiguous block.
+    let block = 64;
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(block * m)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (j, o) in chunk.chunks_mut(m).enumerate() {
+                let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = dot(&x[i * k..(i + 1) * k], row);
+                }
+            }
+        });
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
+        }
+    }
+    out
+}
+
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("small_matmul_t expects f32")
@@ -245,7 +270,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -272,26 +297,7 @@ impl candle_core::CustomOp2 for SmallMatmulT {
             candle_core::bail!("small_matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
         }
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        // Output laid out (n, m) while computing, so that each task writes a contiguous block.
-        let block = 64;
-        let mut out_t = vec![0f32; n * m];
-        out_t
-            .par_chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (j, o) in chunk.chunks_mut(m).enumerate() {
-                    let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = dot(&x[i * k..(i + 1) * k], row);
-                    }
-                }
-            });
-        let mut out = vec![0f32; m * n];
-        for j in 0..n {
-            for i in 0..m {
-                out[i * n + j] = out_t[j * m + i];
-            }
-        }
+        let out = small_matmul_t_slices(x, m, k, w, n);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::decoder::{Cache, Decoder, Mode, Padded, attention_mask, left_pad, positions};
+use super::decoder::{Cache, Decoder, Mode, attention_mask, positions};
 use super::error::{ModelError, Result};
 
 /// How to pick each next token.
@@ -155,6 +155,15 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Which implementation runs the model while sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferPath {
+    /// The hand-written CPU path (`host.rs`) for f32 CPU models, candle's ops otherwise.
+    Auto,
+    /// candle's ops (`Decoder::forward` in `Mode::Infer`) on any device.
+    Candle,
+}
+
 /// Samples a completion for each prompt.
 ///
 /// `seeds[r]` drives row r; `eos` ends a row (the EOS id is kept); `stop(r, generated)` is asked after
@@ -166,6 +175,65 @@ pub fn generate(
     seeds: &[u64],
     eos: &[u32],
     stop: &dyn Fn(usize, &[u32]) -> bool,
+) -> Result<Vec<Sample>> {
+    generate_on(InferPath::Auto, model, prompts, params, seeds, eos, stop)
+}
+
+/// `generate` on a chosen implementation.
+pub fn generate_on(
+    path: InferPath,
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    params: &SampleParams,
+    seeds: &[u64],
+    eos: &[u32],
+    stop: &dyn Fn(usize, &[u32]) -> bool,
+) -> Result<Vec<Sample>> {
+    if path == InferPath::Auto && model.on_host() {
+        return super::fused::with_params(model.named_tensors(), |p| {
+            let mut cache: Option<super::host::HostCache> = None;
+            let mut pads = vec![];
+            sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
+                let cache = cache.get_or_insert_with(|| {
+                    let cap = s + params.max_new_tokens;
+                    super::host::HostCache::new(model.config(), pad.len(), cap)
+                });
+                pads = pad.to_vec();
+                let logits = super::host::step(model.config(), p, cache, ids, &pads)?;
+                Ok(logits
+                    .chunks(model.config().vocab_size)
+                    .map(<[f32]>::to_vec)
+                    .collect())
+            })
+        });
+    }
+    let device = model.device().clone();
+    let mut cache = Cache::new(
+        model.config().num_hidden_layers,
+        prompts.iter().map(Vec::len).max().unwrap_or(0) + params.max_new_tokens,
+    );
+    let mut past = 0;
+    sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
+        let input = Tensor::from_slice(ids, (pad.len(), s), &device)?;
+        let mask = attention_mask(pad, past, s, &device)?;
+        let pos = positions(pad, past, s, &device)?;
+        let hidden = model.forward(&input, &pos, &mask, Some(&mut cache), Mode::Infer)?;
+        past += s;
+        let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+        Ok(model.logits(&last, Mode::Infer)?.to_vec2()?)
+    })
+}
+
+/// The sampling loop over a model step: `step(ids, pad, s)` runs `s` new tokens per row (row-major)
+/// through the model with its cache and returns the logits at each row's last one.
+fn sample_loop(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    params: &SampleParams,
+    seeds: &[u64],
+    eos: &[u32],
+    stop: &dyn Fn(usize, &[u32]) -> bool,
+    mut step: impl FnMut(&[u32], &[usize], usize) -> Result<Vec<Vec<f32>>>,
 ) -> Result<Vec<Sample>> {
     if prompts.len() != seeds.len() {
         return Err(ModelError::Invalid(format!(
@@ -183,7 +251,6 @@ pub fn generate(
     if b == 0 {
         return Ok(vec![]);
     }
-    let device = model.device();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let total = width + params.max_new_tokens;
     if total > model.config().max_position_embeddings {
@@ -193,12 +260,13 @@ pub fn generate(
             model.config().max_position_embeddings
         )));
     }
-    let Padded {
-        ids: mut input,
-        pad,
-        ..
-    } = left_pad(prompts, device)?;
-    let mut cache = Cache::new(model.config().num_hidden_layers, total);
+    let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut input: Vec<u32> = Vec::with_capacity(b * width);
+    for (p, &n) in prompts.iter().zip(&pad) {
+        input.extend(std::iter::repeat_n(0u32, n));
+        input.extend_from_slice(p);
+    }
+    let mut s = width;
     let mut rngs: Vec<Rng> = seeds.iter().map(|&s| Rng::new(s)).collect();
     let mut out: Vec<Sample> = (0..b)
         .map(|_| Sample {
@@ -208,15 +276,8 @@ pub fn generate(
         })
         .collect();
     let mut done = vec![false; b];
-    let mut past = 0;
     for _ in 0..params.max_new_tokens {
-        let s = input.dim(1)?;
-        let mask = attention_mask(&pad, past, s, device)?;
-        let pos = positions(&pad, past, s, device)?;
-        let hidden = model.forward(&input, &pos, &mask, Some(&mut cache), Mode::Infer)?;
-        let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
-        let logits: Vec<Vec<f32>> = model.logits(&last, Mode::Infer)?.to_vec2()?;
-        past += s;
+        let logits = step(&input, &pad, s)?;
         let mut next = Vec::with_capacity(b);
         for r in 0..b {
             if done[r] {
@@ -238,7 +299,8 @@ pub fn generate(
         if done.iter().all(|&d| d) {
             break;
         }
-        input = Tensor::from_vec(next, (b, 1), device)?;
+        input = next;
+        s = 1;
     }
     Ok(out)
 }

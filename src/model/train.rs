@@ -93,51 +93,30 @@ impl Trainable {
             }
             GradPath::Fused => {
                 let (b, s) = ids.dims2()?;
-                // The parameters are read in place: the guards keep them locked for reading until
-                // the gradients are computed.
-                let guards: Vec<_> = self
-                    .vars
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_tensor().storage_and_layout()))
-                    .collect();
-                let mut flat = fused::Params::new();
-                for (name, (storage, layout)) in &guards {
-                    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &**storage
-                    else {
-                        return Err(ModelError::Invalid(format!(
-                            "the fused gradient path needs f32 CPU tensors; `{name}` is not"
-                        ))
-                        .into());
+                // The parameters are read in place, read-locked until the gradients are computed.
+                let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
+                fused::with_params(named, |flat| {
+                    let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                    let (lp, tape) =
+                        fused::forward(&self.config, flat, &id_vec, b, pad, from, scale as f32)?;
+                    let device = ids.device();
+                    let lp = Var::from_tensor(&Tensor::from_vec(lp, (b, s - from), device)?)?;
+                    let (l, x) = loss(lp.as_tensor())?;
+                    let store = l.backward()?;
+                    let dlp: Vec<f32> = match store.get(lp.as_tensor()) {
+                        Some(g) => g.flatten_all()?.to_vec1()?,
+                        None => vec![0.0; b * (s - from)],
                     };
-                    let Some((a, b)) = layout.contiguous_offsets() else {
-                        return Err(
-                            ModelError::Invalid(format!("`{name}` is not contiguous")).into()
-                        );
-                    };
-                    flat.insert(name, &data[a..b]);
-                }
-                let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-                let (lp, tape) =
-                    fused::forward(&self.config, &flat, &id_vec, b, pad, from, scale as f32)?;
-                let device = ids.device();
-                let lp = Var::from_tensor(&Tensor::from_vec(lp, (b, s - from), device)?)?;
-                let (l, x) = loss(lp.as_tensor())?;
-                let store = l.backward()?;
-                let dlp: Vec<f32> = match store.get(lp.as_tensor()) {
-                    Some(g) => g.flatten_all()?.to_vec1()?,
-                    None => vec![0.0; b * (s - from)],
-                };
-                let flat_grads = fused::backward(&self.config, &flat, tape, &dlp)?;
-                drop(flat);
-                drop(guards);
-                let mut grads = Grads::new();
-                for (name, g) in flat_grads {
-                    let var = self.vars.get(&name).ok_or_else(|| {
-                        ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
-                    })?;
-                    grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
-                }
-                Ok((x, grads))
+                    let flat_grads = fused::backward(&self.config, flat, tape, &dlp)?;
+                    let mut grads = Grads::new();
+                    for (name, g) in flat_grads {
+                        let var = self.vars.get(&name).ok_or_else(|| {
+                            ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
+                        })?;
+                        grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
+                    }
+                    Ok((x, grads))
+                })
             }
         }
     }

@@ -1,0 +1,324 @@
+//! KV-cached inference on the CPU, written by hand over the weights' memory: no tensor graph, no
+//! per-op allocations of the framework, a cache preallocated for the whole generation.
+//!
+//! Sampling is a loop of small steps (one token per row), where the per-op overhead of a tensor
+//! framework outweighs the arithmetic; this path does the same computation as `Decoder::forward` in
+//! `Mode::Infer` (tested: the parity fixtures' greedy tokens, and equal samples on both paths).
+
+use rayon::prelude::*;
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::fused::{Params, get, linear, lm_head, rms, rope, rope_tables, sigmoid};
+use super::gemm::{MatRef, gemm, gemm_into};
+use super::ops::{SMALL_M, dot, small_matmul_t_slices};
+
+/// Keys and values of every layer for a batch of `b` rows of up to `cap` tokens:
+/// (b, cap, kv_heads · head_dim) per layer.
+pub struct HostCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    b: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl HostCache {
+    pub fn new(cfg: &ModelConfig, b: usize, cap: usize) -> Self {
+        let per = b * cap * cfg.num_key_value_heads * cfg.head_dim;
+        HostCache {
+            k: (0..cfg.num_hidden_layers)
+                .map(|_| vec![0f32; per])
+                .collect(),
+            v: (0..cfg.num_hidden_layers)
+                .map(|_| vec![0f32; per])
+                .collect(),
+            b,
+            cap,
+            len: 0,
+        }
+    }
+}
+
+/// Raw pointer for parallel writes of disjoint attention heads.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: each task writes one (row, head) block of the output.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// `x · wᵀ (+ bias)`: the unpacked few-row kernel for decoding, `gemm` otherwise.
+fn lin(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> Vec<f32> {
+    if rows > SMALL_M {
+        return linear(x, rows, w, bias, out);
+    }
+    let mut y = small_matmul_t_slices(x, rows, w.len() / out, w, out);
+    if let Some(b) = bias {
+        for r in y.chunks_mut(out) {
+            r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+    y
+}
+
+/// Runs `ids` — `s` new tokens for each of the cache's rows, row-major — through the model and appends
+/// them to `cache`. `pad[r]` is the number of padding tokens at the left of row r over the whole
+/// sequence (prompt and generated tokens). Returns the logits at each row's last new token
+/// (rows × vocab).
+pub fn step(
+    cfg: &ModelConfig,
+    p: &Params,
+    cache: &mut HostCache,
+    ids: &[u32],
+    pad: &[usize],
+) -> Result<Vec<f32>> {
+    let b = cache.b;
+    let s = ids.len() / b.max(1);
+    let past = cache.len;
+    if ids.len() != b * s || s == 0 || pad.len() != b {
+        return Err(ModelError::Invalid(format!(
+            "host step: {} ids for {b} rows, {} pads",
+            ids.len(),
+            pad.len()
+        )));
+    }
+    if past + s > cache.cap {
+        return Err(ModelError::Invalid(format!(
+            "host step: {} tokens exceed the cache's {}",
+            past + s,
+            cache.cap
+        )));
+    }
+    let vocab = cfg.vocab_size;
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ModelError::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let (h, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let (qw, kw, inter) = (nh * hd, nkv * hd, cfg.intermediate_size);
+    let eps = cfg.rms_norm_eps as f32;
+    let rows = b * s;
+    let (cos, sin) = rope_tables(
+        cfg,
+        (0..b).flat_map(|r| (0..s).map(move |i| (past + i).saturating_sub(pad[r]))),
+    );
+    let embed = get(p, "model.embed_tokens.weight")?;
+    let mut x = vec![0f32; rows * h];
+    for (row, &id) in x.chunks_mut(h).zip(ids) {
+        row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let w = |n: &str| get(p, &format!("model.layers.{l}.{n}"));
+        let bias = |n: &str, on: bool| -> Result<Option<&[f32]>> {
+            if on { Ok(Some(w(n)?)) } else { Ok(None) }
+        };
+        let (h1, _) = rms(&x, w("input_layernorm.weight")?, eps);
+        let qkv_bias = cfg.qkv_bias;
+        let mut q = lin(
+            &h1,
+            rows,
+            w("self_attn.q_proj.weight")?,
+            bias("self_attn.q_proj.bias", qkv_bias)?,
+            qw,
+        );
+        let mut k = lin(
+            &h1,
+            rows,
+            w("self_attn.k_proj.weight")?,
+            bias("self_attn.k_proj.bias", qkv_bias)?,
+            kw,
+        );
+        let v = lin(
+            &h1,
+            rows,
+            w("self_attn.v_proj.weight")?,
+            bias("self_attn.v_proj.bias", qkv_bias)?,
+            kw,
+        );
+        if cfg.qk_norm {
+            q = rms(&q, w("self_attn.q_norm.weight")?, eps).0;
+            k = rms(&k, w("self_attn.k_norm.weight")?, eps).0;
+        }
+        rope(&mut q, nh, hd, &cos, &sin, 1.0);
+        rope(&mut k, nkv, hd, &cos, &sin, 1.0);
+        let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+        for r in 0..b {
+            for i in 0..s {
+                let dst = (r * cache.cap + past + i) * kw;
+                kc[dst..dst + kw].copy_from_slice(&k[(r * s + i) * kw..(r * s + i + 1) * kw]);
+                vc[dst..dst + kw].copy_from_slice(&v[(r * s + i) * kw..(r * s + i + 1) * kw]);
+            }
+        }
+        let att = attend(cfg, &q, kc, vc, cache.cap, b, s, past, pad);
+        let o = lin(
+            &att,
+            rows,
+            w("self_attn.o_proj.weight")?,
+            bias("self_attn.o_proj.bias", cfg.o_bias)?,
+            h,
+        );
+        x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+        let (h2, _) = rms(&x, w("post_attention_layernorm.weight")?, eps);
+        let mlp_bias = cfg.mlp_bias;
+        let g = lin(
+            &h2,
+            rows,
+            w("mlp.gate_proj.weight")?,
+            bias("mlp.gate_proj.bias", mlp_bias)?,
+            inter,
+        );
+        let mut a = lin(
+            &h2,
+            rows,
+            w("mlp.up_proj.weight")?,
+            bias("mlp.up_proj.bias", mlp_bias)?,
+            inter,
+        );
+        let mut sg = vec![0f32; g.len()];
+        sigmoid(&g, &mut sg);
+        a.iter_mut()
+            .zip(g.iter().zip(&sg))
+            .for_each(|(u, (g, s))| *u *= g * s);
+        let down = lin(
+            &a,
+            rows,
+            w("mlp.down_proj.weight")?,
+            bias("mlp.down_proj.bias", mlp_bias)?,
+            h,
+        );
+        x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
+    }
+    cache.len += s;
+    let mut last = vec![0f32; b * h];
+    for (r, row) in last.chunks_mut(h).enumerate() {
+        row.copy_from_slice(&x[(r * s + s - 1) * h..(r * s + s) * h]);
+    }
+    let (hs, _) = rms(&last, get(p, "model.norm.weight")?, eps);
+    Ok(lin(&hs, b, lm_head(cfg, p)?, None, vocab))
+}
+
+/// Causal attention of the new queries over each row's cached real tokens; padding queries get 0.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    cfg: &ModelConfig,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    cap: usize,
+    b: usize,
+    s: usize,
+    past: usize,
+    pad: &[usize],
+) -> Vec<f32> {
+    let (nh, nkv, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let n_rep = nh / nkv;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let total = past + s;
+    let mut att = vec![0f32; b * s * qw];
+    let out = Shared(att.as_mut_ptr());
+    (0..b * nh).into_par_iter().for_each(|job| {
+        let (r, head) = (job / nh, job % nh);
+        let g = head / n_rep;
+        let p0 = pad[r].min(total);
+        // New queries at absolute positions past + i; those before p0 are padding.
+        let i0 = p0.saturating_sub(past);
+        if i0 >= s {
+            return;
+        }
+        let (nq, nk) = (s - i0, total - p0);
+        let kv_off = (r * cap + p0) * kw + g * hd;
+        if nq <= 2 {
+            // Decoding: dot products straight off the cache, no packing.
+            let mut sc = vec![0f32; nk];
+            for qi in 0..nq {
+                let at = (r * s + i0 + qi) * qw + head * hd;
+                let qv = &q[at..at + hd];
+                let seen = past + i0 + qi - p0 + 1;
+                for (j, x) in sc[..seen].iter_mut().enumerate() {
+                    let k0 = kv_off + j * kw;
+                    *x = dot(qv, &kc[k0..k0 + hd]) * inv_sqrt;
+                }
+                let max = sc[..seen].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                sc[..seen].iter_mut().for_each(|x| *x -= max);
+                super::fused::exp_in_place(&mut sc[..seen]);
+                let inv = 1.0 / sc[..seen].iter().sum::<f32>();
+                let mut o = vec![0f32; hd];
+                for (j, &pj) in sc[..seen].iter().enumerate() {
+                    let v0 = kv_off + j * kw;
+                    let w = pj * inv;
+                    o.iter_mut()
+                        .zip(&vc[v0..v0 + hd])
+                        .for_each(|(o, v)| *o += w * v);
+                }
+                // SAFETY: this job alone writes head `head` of row r's new tokens.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(o.as_ptr(), out.at(at), hd);
+                }
+            }
+            return;
+        }
+        let mut sc = vec![0f32; nq * nk];
+        gemm(
+            nq,
+            nk,
+            hd,
+            MatRef::rows(&q[(r * s + i0) * qw + head * hd..], qw),
+            MatRef {
+                data: &kc[kv_off..],
+                rs: 1,
+                cs: kw,
+            },
+            &mut sc,
+            nk,
+            false,
+            false,
+        );
+        for (qi, row) in sc.chunks_mut(nk).enumerate() {
+            // Query at absolute position past + i0 + qi sees keys p0 ..= that position.
+            let seen = past + i0 + qi - p0 + 1;
+            let max = row[..seen]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
+            row[..seen]
+                .iter_mut()
+                .for_each(|x| *x = *x * inv_sqrt - max);
+            super::fused::exp_in_place(&mut row[..seen]);
+            let inv = 1.0 / row[..seen].iter().sum::<f32>();
+            row[..seen].iter_mut().for_each(|x| *x *= inv);
+            row[seen..].fill(0.0);
+        }
+        // SAFETY: this job alone writes head `head` of row r's real new tokens.
+        unsafe {
+            gemm_into(
+                nq,
+                hd,
+                nk,
+                MatRef::rows(&sc, nk),
+                MatRef::rows(&vc[kv_off..], kw),
+                out.at((r * s + i0) * qw + head * hd),
+                qw,
+                false,
+                false,
+            )
+        };
+    });
+    att
+}
