@@ -186,6 +186,20 @@ pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize)
     // Output laid out (n, m) while computing, so that each task writes a contiguous block.
     let block = 64;
     let mut out_t = vec![0f32; n * m];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let zeros = vec![0f32; k];
+        out_t
+            .par_chunks_mut(block * m)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let rows = chunk.len() / m;
+                let w = &w[c * block * k..(c * block + rows) * k];
+                // SAFETY: the CPU has AVX-512F; x is (m, k), w (rows, k), chunk (rows, m).
+                unsafe { small_block_avx512(x, m, k, w, rows, chunk, &zeros) };
+            });
+        return transpose(&out_t, n, m);
+    }
     out_t
         .par_chunks_mut(block * m)
         .enumerate()
@@ -197,13 +211,82 @@ pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize)
                 }
             }
         });
+    transpose(&out_t, n, m)
+}
+
+/// (n, m) row-major → (m, n) row-major.
+fn transpose(a: &[f32], n: usize, m: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     for j in 0..n {
         for i in 0..m {
-            out[i * n + j] = out_t[j * m + i];
+            out[i * n + j] = a[j * m + i];
         }
     }
     out
+}
+
+/// `out_t[j, i] = w[j] · x[i]` for `rows` rows of w, four rows of w against four rows of x at a time,
+/// so each loaded vector feeds four multiply-adds. Rows past the end read `zeros`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_block_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    out_t: &mut [f32],
+    zeros: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let mut j = 0;
+    while j < rows {
+        let wp: [*const f32; 4] = std::array::from_fn(|b| {
+            if j + b < rows {
+                w[(j + b) * k..].as_ptr()
+            } else {
+                zeros.as_ptr()
+            }
+        });
+        let mut i = 0;
+        while i < m {
+            let xp: [*const f32; 4] = std::array::from_fn(|a| {
+                if i + a < m {
+                    x[(i + a) * k..].as_ptr()
+                } else {
+                    zeros.as_ptr()
+                }
+            });
+            // SAFETY: every pointer addresses k floats; the masked loads stop at k.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                let mut p = 0;
+                while p < k {
+                    let mask: __mmask16 = if k - p >= 16 {
+                        0xFFFF
+                    } else {
+                        (1u16 << (k - p)) - 1
+                    };
+                    let xv: [__m512; 4] =
+                        std::array::from_fn(|a| _mm512_maskz_loadu_ps(mask, xp[a].add(p)));
+                    for b in 0..4 {
+                        let wv = _mm512_maskz_loadu_ps(mask, wp[b].add(p));
+                        for a in 0..4 {
+                            acc[b][a] = _mm512_fmadd_ps(xv[a], wv, acc[b][a]);
+                        }
+                    }
+                    p += 16;
+                }
+                for b in 0..4.min(rows - j) {
+                    for a in 0..4.min(m - i) {
+                        out_t[(j + b) * m + i + a] = _mm512_reduce_add_ps(acc[b][a]);
+                    }
+                }
+            }
+            i += 4;
+        }
+        j += 4;
+    }
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
