@@ -33,13 +33,13 @@ pub(super) fn get<'a>(p: &Params<'a>, name: &str) -> Result<&'a [f32]> {
 
 /// Raw pointer into a buffer that parallel tasks fill in disjoint parts.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub(super) *mut f32);
 // SAFETY: every user writes a disjoint region (one attention head or key/value group of one row).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: callers stay inside the buffer the pointer came from.
         unsafe { self.0.add(offset) }
     }
@@ -171,6 +171,15 @@ pub(super) fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]
     } else {
         out.chunks_mut(len).enumerate().for_each(|(r, o)| f(r, o));
     }
+}
+
+/// `y += x`, rows of `len` in parallel when large.
+fn add_into(y: &mut [f32], x: &[f32], len: usize) {
+    for_rows(y, len, |r, yr| {
+        yr.iter_mut()
+            .zip(&x[r * len..(r + 1) * len])
+            .for_each(|(y, x)| *y += x);
+    });
 }
 
 /// `y = x · wᵀ (+ bias)`, x: (rows, in), w: (out, in).
@@ -447,7 +456,7 @@ pub fn forward(
             bias("self_attn.o_proj.bias", cfg.o_bias)?,
             h,
         );
-        x_mid.iter_mut().zip(&x).for_each(|(m, x)| *m += x);
+        add_into(&mut x_mid, &x, h);
         let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
         let g = linear(
             &h2,
@@ -467,12 +476,14 @@ pub fn forward(
         for_rows(&mut sg, d.inter, |r, o| {
             sigmoid(&g[r * d.inter..(r + 1) * d.inter], o)
         });
-        let a: Vec<f32> = g
-            .iter()
-            .zip(&u)
-            .zip(&sg)
-            .map(|((g, u), s)| g * s * u)
-            .collect();
+        let mut a = vec![0f32; g.len()];
+        for_rows(&mut a, d.inter, |r, ar| {
+            let range = r * d.inter..(r + 1) * d.inter;
+            let (gr, ur, sr) = (&g[range.clone()], &u[range.clone()], &sg[range]);
+            for (i, o) in ar.iter_mut().enumerate() {
+                *o = gr[i] * sr[i] * ur[i];
+            }
+        });
         let mut x_out = linear(
             &a,
             t_all,
@@ -480,7 +491,7 @@ pub fn forward(
             bias("mlp.down_proj.bias", cfg.mlp_bias)?,
             h,
         );
-        x_out.iter_mut().zip(&x_mid).for_each(|(o, m)| *o += m);
+        add_into(&mut x_out, &x_mid, h);
         let x_in = std::mem::replace(&mut x, x_out);
         layers.push(LayerTape {
             x: x_in,

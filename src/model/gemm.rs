@@ -275,7 +275,7 @@ unsafe fn gemm_raw(
         };
         let tiles = tiles_m * tiles_n;
         if parallel && tiles > 1 {
-            (0..tiles).into_par_iter().for_each(|t| tile(t));
+            (0..tiles).into_par_iter().for_each(tile);
         } else {
             (0..tiles).for_each(tile);
         }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::fused::{Params, get, linear, lm_head, rms, rope, rope_tables, sigmoid};
+use super::fused::{Params, Shared, get, linear, lm_head, rms, rope, rope_tables, sigmoid};
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::ops::{SMALL_M, dot, small_matmul_t_slices};
 
@@ -37,20 +37,6 @@ impl HostCache {
             cap,
             len: 0,
         }
-    }
-}
-
-/// Raw pointer for parallel writes of disjoint attention heads.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: each task writes one (row, head) block of the output.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(offset) }
     }
 }
 

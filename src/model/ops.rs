@@ -374,12 +374,7 @@ impl candle_core::CustomOp2 for SmallMatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("small_matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
-        }
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, m, k, w, n) = operands_xw("small_matmul_t", s1, l1, s2, l2)?;
         let out = small_matmul_t_slices(x, m, k, w, n);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
@@ -406,6 +401,25 @@ mod small_tests {
     }
 }
 
+/// x (m, k), m, k, w (n, k), n.
+type OperandsXw<'a> = (&'a [f32], usize, usize, &'a [f32], usize);
+
+/// The operands of `x · wᵀ`: x (m, k) and w (n, k) as contiguous f32 slices, with m, k and n.
+fn operands_xw<'a>(
+    op: &str,
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<OperandsXw<'a>> {
+    let (m, k) = l1.shape().dims2()?;
+    let (n, k2) = l2.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("{op}: x is ({m}, {k}) but w is ({n}, {k2})");
+    }
+    Ok((contiguous_f32(s1, l1)?, m, k, contiguous_f32(s2, l2)?, n))
+}
+
 /// `x · wᵀ` for inference through the crate's `gemm`: x: (m, k), w: (n, k), contiguous f32 on the
 /// CPU; returns (m, n) without gradient.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -426,12 +440,7 @@ impl candle_core::CustomOp2 for GemmT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
-        }
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, m, k, w, n) = operands_xw("matmul_t", s1, l1, s2, l2)?;
         let mut out = vec![0f32; m * n];
         super::gemm::gemm(
             m,
