@@ -188,6 +188,13 @@ fn grpo(a: &BenchArgs) -> Result<()> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    let path = grad_path(&a.grad_path)?;
+    if !["generate", "train", "all", "grpo"].contains(&a.work.as_str()) {
+        anyhow::bail!(
+            "--work must be generate, train, all or grpo, got {:?}",
+            a.work
+        );
+    }
     if a.work == "grpo" {
         return grpo(a);
     }
@@ -231,7 +238,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         if a.work == "all" || a.work == "train" {
             let mut params = Trainable::new(&cfg, &weights)?;
-            params.path = grad_path(&a.grad_path)?;
+            params.path = path;
             let mut opt = AdamW::new(AdamWConfig {
                 lr: 1e-4,
                 ..Default::default()
