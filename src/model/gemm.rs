@@ -1,9 +1,10 @@
-//! Single-precision matrix multiply on the CPU for the hand-written training path (`fused.rs`).
+//! Single-precision matrix multiply on the CPU for the hand-written paths (`fused.rs`, `host.rs`).
 //!
 //! `C (+)= A · B` with A and B given by strides, so transposed operands (`x · Wᵀ`, `dyᵀ · x`) and
-//! per-head views of a `(tokens, heads · head_dim)` activation are read in place, without copies. The
-//! blocking is the usual one: a block of B is packed into `NR`-column panels, a block of A into
-//! `MR`-row panels, and a register-tiled micro-kernel multiplies one A panel by one B panel. With
+//! per-head views of a `(tokens, heads · head_dim)` activation are read in place, without copies. A
+//! block of B is packed into `NR`-column panels; rows of A are read in place when contiguous and packed
+//! into `MR`-row panels per tile otherwise; a register-tiled micro-kernel multiplies MR rows of A by one
+//! B panel. With
 //! AVX-512 the micro-kernel is written with intrinsics (the `gemm` crate's AVX-512 kernels need a
 //! nightly compiler); elsewhere the `gemm` crate does the work.
 
