@@ -36,15 +36,11 @@ impl Linear {
     }
 }
 
-/// `x · wᵀ`; x: (n, in), w: (out, in). Few-row inference on the CPU takes the kernel that does not
-/// pack `w` (decoding); more rows take the crate's `gemm`; training and other devices candle's matmul.
+/// `x · wᵀ`; x: (n, in), w: (out, in). Inference on the CPU takes the crate's kernels (`ops::matmul_t`);
+/// training and other devices candle's matmul.
 fn matmul_t(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
-        let x = x.contiguous()?;
-        if x.dim(0)? <= super::ops::SMALL_M {
-            return Ok(super::ops::small_matmul_t(&x, w)?);
-        }
-        return Ok(super::ops::matmul_t(&x, w)?);
+        return Ok(super::ops::matmul_t(&x.contiguous()?, w)?);
     }
     Ok(x.matmul(&w.t()?)?)
 }
@@ -295,17 +291,12 @@ impl Decoder {
 
 /// cos/sin of every position: (max_positions, head_dim / 2).
 fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)) as f32)
-        .collect();
-    let n = cfg.max_position_embeddings;
-    let inv = Tensor::from_vec(inv, (1, half), device)?;
-    let pos = Tensor::arange(0u32, n as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((n, 1))?;
-    let freqs = pos.broadcast_mul(&inv)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    let (n, half) = (cfg.max_position_embeddings, cfg.head_dim / 2);
+    let (cos, sin) = super::fused::rope_tables(cfg, 0..n);
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
 }
 
 /// Rotary embedding for one forward call, with per-row positions.

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::gemm::{MatRef, gemm, gemm_into};
+use super::ops::{SMALL_M, small_matmul_t_slices};
 
 /// Parameters as flat row-major f32 buffers (borrowed), by published name.
 pub type Params<'a> = BTreeMap<&'a str, &'a [f32]>;
@@ -204,11 +205,34 @@ pub(super) fn linear(
         true,
     );
     if let Some(b) = bias {
-        for_rows(&mut y, out, |_, r| {
-            r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        });
+        add_bias(&mut y, b);
     }
     y
+}
+
+/// `linear` for inference: rows up to `SMALL_M` (decoding) take the kernel that does not pack `w`.
+pub(super) fn infer_linear(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    if rows > SMALL_M {
+        return linear(x, rows, w, bias, out);
+    }
+    let mut y = small_matmul_t_slices(x, rows, w.len() / out, w, out);
+    if let Some(b) = bias {
+        add_bias(&mut y, b);
+    }
+    y
+}
+
+/// Adds `b` to every row of `y`.
+fn add_bias(y: &mut [f32], b: &[f32]) {
+    for_rows(y, b.len(), |_, r| {
+        r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    });
 }
 
 /// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.

@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::fused::{Params, Shared, get, linear, lm_head, rms, rope, rope_tables, sigmoid};
+use super::fused::{Params, Shared, get, infer_linear, lm_head, rms, rope, rope_tables, sigmoid};
 use super::gemm::{MatRef, gemm, gemm_into};
-use super::ops::{SMALL_M, dot, small_matmul_t_slices};
+use super::ops::dot;
 
 /// Keys and values of every layer for a batch of `b` rows of up to `cap` tokens:
 /// (b, cap, kv_heads · head_dim) per layer.
@@ -38,20 +38,6 @@ impl HostCache {
             len: 0,
         }
     }
-}
-
-/// `x · wᵀ (+ bias)`: the unpacked few-row kernel for decoding, `gemm` otherwise.
-fn lin(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: usize) -> Vec<f32> {
-    if rows > SMALL_M {
-        return linear(x, rows, w, bias, out);
-    }
-    let mut y = small_matmul_t_slices(x, rows, w.len() / out, w, out);
-    if let Some(b) = bias {
-        for r in y.chunks_mut(out) {
-            r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
-    }
-    y
 }
 
 /// Runs `ids` — `s` new tokens for each of the cache's rows, row-major — through the model and appends
@@ -113,21 +99,21 @@ pub fn step(
         };
         let (h1, _) = rms(&x, w("input_layernorm.weight")?, eps);
         let qkv_bias = cfg.qkv_bias;
-        let mut q = lin(
+        let mut q = infer_linear(
             &h1,
             rows,
             w("self_attn.q_proj.weight")?,
             bias("self_attn.q_proj.bias", qkv_bias)?,
             qw,
         );
-        let mut k = lin(
+        let mut k = infer_linear(
             &h1,
             rows,
             w("self_attn.k_proj.weight")?,
             bias("self_attn.k_proj.bias", qkv_bias)?,
             kw,
         );
-        let v = lin(
+        let v = infer_linear(
             &h1,
             rows,
             w("self_attn.v_proj.weight")?,
@@ -149,7 +135,7 @@ pub fn step(
             }
         }
         let att = attend(cfg, &q, kc, vc, cache.cap, b, s, past, pad);
-        let o = lin(
+        let o = infer_linear(
             &att,
             rows,
             w("self_attn.o_proj.weight")?,
@@ -159,14 +145,14 @@ pub fn step(
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         let (h2, _) = rms(&x, w("post_attention_layernorm.weight")?, eps);
         let mlp_bias = cfg.mlp_bias;
-        let g = lin(
+        let g = infer_linear(
             &h2,
             rows,
             w("mlp.gate_proj.weight")?,
             bias("mlp.gate_proj.bias", mlp_bias)?,
             inter,
         );
-        let mut a = lin(
+        let mut a = infer_linear(
             &h2,
             rows,
             w("mlp.up_proj.weight")?,
@@ -178,7 +164,7 @@ pub fn step(
         a.iter_mut()
             .zip(g.iter().zip(&sg))
             .for_each(|(u, (g, s))| *u *= g * s);
-        let down = lin(
+        let down = infer_linear(
             &a,
             rows,
             w("mlp.down_proj.weight")?,
@@ -193,7 +179,7 @@ pub fn step(
         row.copy_from_slice(&x[(r * s + s - 1) * h..(r * s + s) * h]);
     }
     let (hs, _) = rms(&last, get(p, "model.norm.weight")?, eps);
-    Ok(lin(&hs, b, lm_head(cfg, p)?, None, vocab))
+    Ok(infer_linear(&hs, b, lm_head(cfg, p)?, None, vocab))
 }
 
 /// Causal attention of the new queries over each row's cached real tokens; padding queries get 0.

@@ -167,21 +167,13 @@ mod tests {
     }
 }
 
-/// `x · wᵀ` for inference when x has few rows (decoding: one row per sequence of the batch).
-///
-/// x: (m, k), w: (n, k), both contiguous f32 on the CPU; returns (m, n), without gradient. General
-/// matrix-multiply kernels pack `w` on every call, which dominates when m is small; here each output is
-/// a dot product of two contiguous rows, computed in parallel over chunks of `w`'s rows.
-pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &SmallMatmulT)
-}
-
-/// The largest row count `small_matmul_t` is used for.
+/// The largest row count the few-row kernel (`small_matmul_t_slices`) is used for.
 pub const SMALL_M: usize = 16;
 
-struct SmallMatmulT;
-
-/// `small_matmul_t` on row-major slices: x (m, k), w (n, k); returns (m, n).
+/// `x · wᵀ` when x has few rows (decoding: one row per sequence of the batch), on row-major slices:
+/// x (m, k), w (n, k); returns (m, n). General matrix-multiply kernels pack `w` on every call, which
+/// dominates when m is small; here each output is a dot product of two contiguous rows, computed in
+/// parallel over chunks of `w`'s rows.
 pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
     // Output laid out (n, m) while computing, so that each task writes a contiguous block.
     let block = 64;
@@ -291,10 +283,10 @@ unsafe fn small_block_avx512(
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
-        candle_core::bail!("small_matmul_t expects f32")
+        candle_core::bail!("matmul_t expects f32")
     };
     let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("small_matmul_t expects contiguous inputs")
+        candle_core::bail!("matmul_t expects contiguous inputs")
     };
     Ok(&data[a..b])
 }
@@ -362,24 +354,6 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
-impl candle_core::CustomOp2 for SmallMatmulT {
-    fn name(&self) -> &'static str {
-        "small-matmul-t"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, m, k, w, n) = operands_xw("small_matmul_t", s1, l1, s2, l2)?;
-        let out = small_matmul_t_slices(x, m, k, w, n);
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
-}
-
 #[cfg(test)]
 mod small_tests {
     use super::*;
@@ -390,7 +364,12 @@ mod small_tests {
         for (m, k, n) in [(1, 7, 3), (8, 128, 384), (5, 33, 130)] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let a: Vec<Vec<f32>> = small_matmul_t(&x, &w).unwrap().to_vec2().unwrap();
+            let (xs, ws): (Vec<f32>, Vec<f32>) = (
+                x.flatten_all().unwrap().to_vec1().unwrap(),
+                w.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            let flat = small_matmul_t_slices(&xs, m, k, &ws, n);
+            let a: Vec<&[f32]> = flat.chunks(n).collect();
             let b: Vec<Vec<f32>> = x.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
             for (r, s) in a.iter().zip(&b) {
                 for (p, q) in r.iter().zip(s) {
@@ -401,36 +380,17 @@ mod small_tests {
     }
 }
 
-/// x (m, k), m, k, w (n, k), n.
-type OperandsXw<'a> = (&'a [f32], usize, usize, &'a [f32], usize);
-
-/// The operands of `x · wᵀ`: x (m, k) and w (n, k) as contiguous f32 slices, with m, k and n.
-fn operands_xw<'a>(
-    op: &str,
-    s1: &'a CpuStorage,
-    l1: &Layout,
-    s2: &'a CpuStorage,
-    l2: &Layout,
-) -> Result<OperandsXw<'a>> {
-    let (m, k) = l1.shape().dims2()?;
-    let (n, k2) = l2.shape().dims2()?;
-    if k != k2 {
-        candle_core::bail!("{op}: x is ({m}, {k}) but w is ({n}, {k2})");
-    }
-    Ok((contiguous_f32(s1, l1)?, m, k, contiguous_f32(s2, l2)?, n))
-}
-
-/// `x · wᵀ` for inference through the crate's `gemm`: x: (m, k), w: (n, k), contiguous f32 on the
-/// CPU; returns (m, n) without gradient.
+/// `x · wᵀ` for inference: x: (m, k), w: (n, k), contiguous f32 on the CPU; returns (m, n) without
+/// gradient. Few rows take the kernel that does not pack `w`, more the crate's `gemm`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &GemmT)
+    x.apply_op2_no_bwd(w, &MatmulT)
 }
 
-struct GemmT;
+struct MatmulT;
 
-impl candle_core::CustomOp2 for GemmT {
+impl candle_core::CustomOp2 for MatmulT {
     fn name(&self) -> &'static str {
-        "gemm-t"
+        "matmul-t"
     }
 
     fn cpu_fwd(
@@ -440,19 +400,13 @@ impl candle_core::CustomOp2 for GemmT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, m, k, w, n) = operands_xw("matmul_t", s1, l1, s2, l2)?;
-        let mut out = vec![0f32; m * n];
-        super::gemm::gemm(
-            m,
-            n,
-            k,
-            super::gemm::MatRef::rows(x, k),
-            super::gemm::MatRef::rows_t(w, k),
-            &mut out,
-            n,
-            false,
-            true,
-        );
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
+        }
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let out = super::fused::infer_linear(x, m, w, None, n);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

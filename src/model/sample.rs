@@ -192,14 +192,12 @@ pub fn generate_on(
     if path == InferPath::Auto && model.on_host() {
         return super::fused::with_params(model.named_tensors(), |p| {
             let mut cache: Option<super::host::HostCache> = None;
-            let mut pads = vec![];
             sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
                 let cache = cache.get_or_insert_with(|| {
                     let cap = s + params.max_new_tokens;
                     super::host::HostCache::new(model.config(), pad.len(), cap)
                 });
-                pads = pad.to_vec();
-                let logits = super::host::step(model.config(), p, cache, ids, &pads)?;
+                let logits = super::host::step(model.config(), p, cache, ids, pad)?;
                 Ok(logits
                     .chunks(model.config().vocab_size)
                     .map(<[f32]>::to_vec)

@@ -205,7 +205,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         let rows: Vec<Vec<u32>> = (0..b.batch)
             .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
             .collect();
-        let (loss, grads) = nll_grads(&params, &rows, &vec![1; rows.len()])?;
+        let (loss, grads) = nll_grads(&params, &rows, &vec![1; rows.len()], device)?;
         let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
@@ -232,7 +232,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         } else {
             sft_batch(&splits.train, b.batch, &tok, &prompt, cfg, &mut rng)
         };
-        let (loss, grads) = nll_grads(&params, &rows, &from)?;
+        let (loss, grads) = nll_grads(&params, &rows, &from, device)?;
         let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
@@ -315,10 +315,9 @@ fn nll_grads(
     params: &Trainable,
     rows: &[Vec<u32>],
     loss_from: &[usize],
+    device: &Device,
 ) -> Result<(Tensor, crate::model::Grads)> {
-    let device = params.vars().next().map(|(_, v)| v.device().clone());
-    let device = device.unwrap_or(Device::Cpu);
-    let (batch, nll) = NllBatch::new(rows, loss_from, &device)?;
+    let (batch, nll) = NllBatch::new(rows, loss_from, device)?;
     params.value_and_grad(&batch.ids, &batch.pad, 1, 1.0, |lp| {
         let loss = nll.loss(lp)?;
         Ok((loss.clone(), loss))
