@@ -58,6 +58,37 @@ pub struct Config {
     pub eval: EvalSection,
     #[serde(default)]
     pub bootstrap: BootstrapSection,
+    /// Policy workers in other processes or machines (`rpt worker`); absent: everything runs here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// Scale-out over ractor_cluster: the run listens, `rpt worker --connect` processes join it and sample
+/// as extra policy actors. Local policies (`rollout.policies`) keep sampling too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `IP:PORT` the run listens on for workers, e.g. `"0.0.0.0:4870"`.
+    pub listen: String,
+    /// Shared secret a worker must present (`rpt worker --cookie`).
+    pub cookie: String,
+    /// Workers to wait for before the first step; more may join at any time.
+    #[serde(default)]
+    pub min_workers: usize,
+    /// Seconds to wait for `min_workers`.
+    #[serde(default = "default_cluster_wait")]
+    pub wait_s: f64,
+    /// A worker that leaves a request unanswered this long is dropped and its states re-issued.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: f64,
+}
+
+fn default_cluster_wait() -> f64 {
+    300.0
+}
+
+fn default_request_timeout() -> f64 {
+    600.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -545,6 +576,31 @@ impl Config {
         if self.optim.lr <= 0.0 || !self.optim.lr.is_finite() {
             return bad("optim.lr", format!("must be > 0, got {}", self.optim.lr));
         }
+        if let Some(c) = &self.cluster {
+            if c.listen.parse::<std::net::SocketAddr>().is_err() {
+                return bad(
+                    "cluster.listen",
+                    format!(
+                        "expected IP:PORT such as \"0.0.0.0:4870\", got {:?}",
+                        c.listen
+                    ),
+                );
+            }
+            if c.cookie.is_empty() {
+                return bad("cluster.cookie", "must not be empty".into());
+            }
+            for (key, v) in [
+                ("cluster.wait_s", c.wait_s),
+                ("cluster.request_timeout_s", c.request_timeout_s),
+            ] {
+                if !(v > 0.0 && v.is_finite()) {
+                    return bad(
+                        key,
+                        format!("must be a positive number of seconds, got {v}"),
+                    );
+                }
+            }
+        }
         if self.train.checkpoint_every == 0 {
             return bad("train.checkpoint_every", "must be >= 1, got 0".into());
         }
@@ -695,6 +751,29 @@ mod tests {
         assert!(e.contains("{context}"), "{e}");
         let e = err("seed = \"x\"\n");
         assert!(e.contains("seed"), "{e}");
+        let e = err("[cluster]\nlisten = \"myhost\"\ncookie = \"c\"\n");
+        assert!(
+            e.contains("cluster.listen") && e.contains("IP:PORT") && e.contains("myhost"),
+            "{e}"
+        );
+        let e = err("[cluster]\nlisten = \"0.0.0.0:4870\"\ncookie = \"\"\n");
+        assert!(e.contains("cluster.cookie"), "{e}");
+        let e = err("[cluster]\nlisten = \"0.0.0.0:4870\"\ncookie = \"c\"\nwait_s = -1\n");
+        assert!(e.contains("cluster.wait_s") && e.contains("-1"), "{e}");
+        let e = err("[cluster]\nlisten = \"0.0.0.0:4870\"\n");
+        assert!(e.contains("cookie"), "{e}");
+        let ok = Config::parse(
+            "[cluster]\nlisten = \"127.0.0.1:4870\"\ncookie = \"c\"\nmin_workers = 2\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let c = ok.cluster.as_ref().unwrap();
+        assert_eq!(
+            (c.min_workers, c.wait_s, c.request_timeout_s),
+            (2, 300.0, 600.0)
+        );
+        let text = toml::to_string(&ok).unwrap();
+        assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), ok);
     }
 
     #[test]

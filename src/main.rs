@@ -34,13 +34,15 @@ enum Command {
     Reward(cmd::reward::RewardArgs),
     /// Measure generation and training speed on the benchmark shapes.
     Bench(cmd::bench::BenchArgs),
+    /// Join a run as a policy worker (the run's config has a [cluster] section).
+    Worker(cmd::worker::WorkerArgs),
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RPT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,ractor_cluster=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -55,5 +57,6 @@ fn main() -> Result<()> {
         Command::Logprobs(a) => cmd::generate::run_logprobs(a),
         Command::Reward(a) => cmd::reward::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Worker(a) => cmd::worker::run(a),
     }
 }

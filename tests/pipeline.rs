@@ -2,60 +2,19 @@
 //! index (against entropies computed by hand, stale indexes refused), and training with the actor system
 //! (every reward variant, determinism, resume, a failing policy, bad configs).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Result;
 use candle_core::{D, Tensor};
-use rpt::actors::{RunSummary, TIMING_KEYS, TrainOptions, train};
+use common::{metrics, run, tiny_config, without_placement, without_timing};
+use rpt::actors::TrainOptions;
 use rpt::config::Config;
 use rpt::env::Split;
 use rpt::model::{Checkpoint, Device, Mode, attention_mask, positions};
 use rpt::pipeline::{bootstrap::bootstrap, load_texts, prepare, tokenize_splits};
-
-/// A config small enough that bootstrap and a few training steps take seconds.
-fn tiny_config(root: &Path, model: &Path) -> Config {
-    let text = format!(
-        r#"
-seed = 3
-run_dir = "{run}"
-[model]
-path = "{model}"
-bootstrap_if_missing = false
-[corpus]
-documents = 24
-heldout_fraction = 0.25
-[states]
-max_context_tokens = 24
-min_entropy = 0.0
-[rollout]
-group_size = 4
-states_per_step = 3
-max_new_tokens = 10
-[optim]
-lr = 1e-3
-[train]
-steps = 4
-checkpoint_every = 2
-[eval]
-positions = 12
-[bootstrap]
-vocab_size = 300
-hidden_size = 32
-layers = 1
-heads = 2
-kv_heads = 1
-intermediate_size = 64
-pretrain_steps = 12
-sft_steps = 6
-batch = 4
-seq_len = 32
-"#,
-        run = root.join("run").display(),
-        model = model.display()
-    );
-    toml::from_str(&text).unwrap()
-}
 
 /// The tiny model and its index, built once for this test binary.
 fn shared() -> &'static (PathBuf, Config) {
@@ -90,31 +49,6 @@ fn run_config(name: &str) -> Config {
         .unwrap();
     }
     cfg
-}
-
-fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    Ok(rt.block_on(train(cfg, &opts, &Device::Cpu))?)
-}
-
-fn metrics(cfg: &Config) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn without_timing(mut v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
-    for m in &mut v {
-        for k in TIMING_KEYS {
-            m.as_object_mut().unwrap().remove(*k);
-        }
-    }
-    v
 }
 
 #[test]
@@ -301,21 +235,15 @@ fn a_failed_policy_is_restarted_and_every_state_is_learned_once() -> Result<()> 
     clean.rollout.policies = 2;
     clean.rollout.verifiers = 2;
     run(&clean, TrainOptions::default())?;
-    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        without_timing(v)
-            .into_iter()
-            .map(|mut m| {
-                m.as_object_mut().unwrap().remove("states_reissued");
-                m
-            })
-            .collect()
-    };
     assert!(
         metrics(&clean)
             .iter()
             .all(|m| m["grad_norm"].as_f64().unwrap() > 0.0)
     );
-    assert_eq!(strip(metrics(&cfg)), strip(metrics(&clean)));
+    assert_eq!(
+        without_placement(metrics(&cfg)),
+        without_placement(metrics(&clean))
+    );
     Ok(())
 }
 

@@ -52,3 +52,5 @@ impl Actor for EnvironmentActor {
         Ok(())
     }
 }
+
+impl ractor::Message for EnvMsg {}

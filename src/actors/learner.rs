@@ -152,3 +152,5 @@ fn copy(map: &TensorMap) -> crate::Result<TensorMap> {
         .map(|(k, t)| Ok((k.clone(), t.copy()?)))
         .collect()
 }
+
+impl ractor::Message for LearnerMsg {}

@@ -81,3 +81,5 @@ impl Actor for MetricsActor {
         Ok(())
     }
 }
+
+impl ractor::Message for MetricsMsg {}

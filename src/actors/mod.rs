@@ -3,12 +3,17 @@
 //! supervisor that schedules, restarts failed policies and verifiers, and re-issues their work, and a
 //! metrics actor writing `metrics.jsonl`. Candle work runs on blocking threads, never inside a handler.
 
+mod cluster;
 mod environment;
 mod learner;
 mod metrics;
 mod policy;
 mod supervisor;
 mod verifier;
+pub mod wire;
+mod worker;
+
+pub use worker::{WorkerOptions, WorkerSummary, hostname, serve as serve_worker};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,6 +61,10 @@ pub struct RunSummary {
 /// Metrics keys that measure time; everything else is deterministic for a given seed.
 pub const TIMING_KEYS: &[&str] = &["rollout_s", "verify_s", "learn_s", "step_s", "tokens_per_s"];
 
+/// Metrics keys that say where work ran (which policy workers were connected); they do not change what
+/// is learned.
+pub const PLACEMENT_KEYS: &[&str] = &["remote_states"];
+
 /// Options of one `rpt train` invocation.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -75,6 +84,7 @@ fn step_metrics(
     version: u64,
     reissued: usize,
     dropped: usize,
+    remote_states: usize,
     rollout_s: f64,
     verify_s: f64,
     learn_s: f64,
@@ -127,6 +137,7 @@ fn step_metrics(
         "states": scored.keys().collect::<Vec<_>>(),
         "groups_dropped": dropped,
         "states_reissued": reissued,
+        "remote_states": remote_states,
         "weight_version_lag": step - version,
         "rollout_s": rollout_s,
         "verify_s": verify_s,
@@ -240,6 +251,10 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         },
     });
 
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(cluster::Cluster::start(c).await?),
+        None => None,
+    };
     let spawn_err = |e: ractor::SpawnErr| Error::Run(format!("starting the actors: {e}"));
     let (env_ref, env_h) = Actor::spawn(
         None,
@@ -290,6 +305,9 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         .await;
     let _ = env_h.await;
     let _ = metrics_h.await;
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
     match outcome {
         Ok(Ok(summary)) => Ok(summary),
         Ok(Err(e)) => Err(Error::Run(e)),

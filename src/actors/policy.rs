@@ -96,3 +96,5 @@ impl Actor for PolicyActor {
         Ok(())
     }
 }
+
+impl ractor::Message for PolicyMsg {}

@@ -17,11 +17,13 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
+use super::cluster::{Outbox, RemotePolicy, RemotePolicyArgs};
 use super::environment::EnvMsg;
 use super::learner::{LearnerMsg, Updated};
 use super::metrics::MetricsMsg;
 use super::policy::{PolicyActor, PolicyArgs, PolicyMsg};
 use super::verifier::{VerifierActor, VerifierArgs, VerifierMsg};
+use super::wire::WORKER_GROUP;
 use super::{RunShared, RunSummary, Work, step_metrics};
 use crate::env::State;
 use crate::grpo::zero_variance_groups;
@@ -85,6 +87,8 @@ struct StepWork {
     /// Data cursor after this step's states, and whether its update writes a checkpoint.
     cursor: u64,
     checkpointed: bool,
+    /// States whose groups came from policy workers in other processes.
+    remote_states: usize,
     rollout_s: f64,
     verify_s: f64,
     started: Option<Instant>,
@@ -94,7 +98,9 @@ pub struct SupState {
     a: SupArgs2,
     myself: ActorRef<SupMsg>,
     learner: ActorRef<LearnerMsg>,
-    policies: Vec<ActorRef<PolicyMsg>>,
+    policies: Vec<Slot>,
+    /// Set when the run has a `[cluster]`: what every worker is sent.
+    outbox: Option<Arc<Outbox>>,
     verifiers: Vec<ActorRef<VerifierMsg>>,
     by_id: HashMap<ActorId, Role>,
     /// Weight versions still needed: version → (policy, EMA teacher of that version). A group is scored
@@ -110,9 +116,19 @@ pub struct SupState {
     fault_pending: Option<u64>,
 }
 
+/// A policy actor: local, or the proxy of a worker in another process.
+struct Slot {
+    actor: ActorRef<PolicyMsg>,
+    /// The worker's actor, for a proxy.
+    remote: Option<ActorId>,
+    /// False once a worker is gone; a local policy is restarted instead.
+    live: bool,
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Policy(usize),
+    Remote(usize),
     Verifier(usize),
     Learner,
 }
@@ -194,18 +210,96 @@ impl SupState {
             version: w.version,
             model: self.versions[&w.version].0.clone(),
         };
-        let p = self.policies.len();
-        let per = states.len().div_ceil(p);
-        for (i, chunk) in states.chunks(per).enumerate() {
+        let live = self.live_policies();
+        let per = states.len().div_ceil(live.len());
+        for (chunk, &i) in states.chunks(per).zip(&live) {
             for (k, s) in chunk {
                 w.sampling.insert(*k, (s.clone(), i));
             }
-            self.policies[i].cast(PolicyMsg::Sample {
+            self.policies[i].actor.cast(PolicyMsg::Sample {
                 step,
                 snapshot: snapshot.clone(),
                 states: chunk.to_vec(),
             })?;
         }
+        Ok(())
+    }
+
+    fn live_policies(&self) -> Vec<usize> {
+        (0..self.policies.len())
+            .filter(|&i| self.policies[i].live)
+            .collect()
+    }
+
+    /// Hands the unfinished states of policy `from` to the policies `to` (split evenly, per step).
+    fn reissue(&mut self, from: usize, to: &[usize]) -> Result<(), ActorProcessingErr> {
+        let mut resend = vec![];
+        for (&step, w) in self.steps.iter_mut() {
+            let mine: Vec<(u64, State)> = w
+                .sampling
+                .iter()
+                .filter(|(_, (_, p))| *p == from)
+                .map(|(k, (s, _))| (*k, s.clone()))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            w.reissued += mine.len();
+            self.reissued_total += mine.len();
+            let per = mine.len().div_ceil(to.len());
+            for (chunk, &p) in mine.chunks(per).zip(to) {
+                for (k, _) in chunk {
+                    if let Some(e) = w.sampling.get_mut(k) {
+                        e.1 = p;
+                    }
+                }
+                resend.push((step, w.version, p, chunk.to_vec()));
+            }
+        }
+        for (step, version, p, states) in resend {
+            let snapshot = PolicySnapshot {
+                version,
+                model: self.versions[&version].0.clone(),
+            };
+            self.policies[p].actor.cast(PolicyMsg::Sample {
+                step,
+                snapshot,
+                states,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Adds a proxy for a policy worker that joined the cluster.
+    async fn add_worker(&mut self, cell: ActorCell) -> Result<(), ActorProcessingErr> {
+        let (Some(outbox), id) = (self.outbox.clone(), cell.get_id()) else {
+            return Ok(());
+        };
+        if id.is_local() || self.policies.iter().any(|p| p.remote == Some(id)) {
+            return Ok(());
+        }
+        let slot = self.policies.len();
+        let timeout = self
+            .cfg()
+            .cluster
+            .as_ref()
+            .map_or(600.0, |c| c.request_timeout_s);
+        let args = RemotePolicyArgs {
+            id: slot,
+            worker: ActorRef::from(cell),
+            outbox,
+            supervisor: self.myself.clone(),
+            timeout: std::time::Duration::from_secs_f64(timeout),
+        };
+        let (actor, _) =
+            Actor::spawn_linked(None, RemotePolicy, args, self.myself.get_cell()).await?;
+        tracing::info!(slot, worker = %id, "a policy worker joined");
+        self.by_id.insert(actor.get_id(), Role::Remote(slot));
+        self.policies.push(Slot {
+            actor,
+            remote: Some(id),
+            live: true,
+        });
         Ok(())
     }
 
@@ -318,9 +412,14 @@ impl Actor for Supervisor {
         };
         let mut versions = BTreeMap::new();
         versions.insert(a.start_step, (a.weights.clone(), a.ema.clone()));
+        let outbox = match &cfg.cluster {
+            Some(_) => Some(Arc::new(Outbox::new(&a.shared, &a.weights)?)),
+            None => None,
+        };
         let mut st = SupState {
             learner,
             policies: vec![],
+            outbox,
             verifiers: vec![],
             by_id: HashMap::new(),
             versions,
@@ -340,7 +439,18 @@ impl Actor for Supervisor {
             let fail = if i == 0 { st.fault_pending } else { None };
             let p = Supervisor::spawn_policy(&myself, &st, i, fail).await?;
             st.by_id.insert(p.get_id(), Role::Policy(i));
-            st.policies.push(p);
+            st.policies.push(Slot {
+                actor: p,
+                remote: None,
+                live: true,
+            });
+        }
+        if st.outbox.is_some() {
+            // Monitor first, then list: a worker joining in between is seen twice, and added once.
+            ractor::pg::monitor(WORKER_GROUP.into(), myself.get_cell());
+            for cell in super::cluster::workers() {
+                st.add_worker(cell).await?;
+            }
         }
         for i in 0..cfg.rollout.verifiers {
             let v = Supervisor::spawn_verifier(&myself, &st, i).await?;
@@ -374,12 +484,17 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 w.rollout_s += work.seconds;
+                let remote = st
+                    .policies
+                    .get(work.worker)
+                    .is_some_and(|p| p.remote.is_some());
                 let (ver, (policy, ema)) = (w.version, st.versions[&w.version].clone());
                 for g in work.items {
                     // A late answer from a policy that was restarted: its states were re-issued.
                     let Some(_) = w.sampling.remove(&g.seq) else {
                         continue;
                     };
+                    w.remote_states += remote as usize;
                     let v = (g.seq % st.verifiers.len() as u64) as usize;
                     w.scoring.insert(g.seq, (g.clone(), v));
                     debug_assert_eq!(g.version, ver);
@@ -416,6 +531,7 @@ impl Actor for Supervisor {
                     w.version,
                     w.reissued,
                     w.dropped,
+                    w.remote_states,
                     w.rollout_s,
                     w.verify_s,
                     u.seconds,
@@ -475,6 +591,25 @@ impl Actor for Supervisor {
         evt: SupervisionEvent,
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(change) = &evt {
+            match change {
+                ractor::pg::GroupChangeMessage::Join(_, group, cells) if group == WORKER_GROUP => {
+                    for c in cells {
+                        st.add_worker(c.clone()).await?;
+                    }
+                }
+                ractor::pg::GroupChangeMessage::Leave(_, group, cells) if group == WORKER_GROUP => {
+                    for c in cells {
+                        let id = c.get_id();
+                        if let Some(p) = st.policies.iter().find(|p| p.remote == Some(id)) {
+                            p.actor.stop(Some("the worker left the cluster".into()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         let (cell, why): (ActorCell, String) = match evt {
             SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
             SupervisionEvent::ActorTerminated(c, _, r) => {
@@ -491,32 +626,14 @@ impl Actor for Supervisor {
                 st.fault_pending = None;
                 let p = Supervisor::spawn_policy(&myself, st, i, None).await?;
                 st.by_id.insert(p.get_id(), Role::Policy(i));
-                st.policies[i] = p;
-                let mut resend = vec![];
-                for (&step, w) in st.steps.iter_mut() {
-                    let mine: Vec<(u64, State)> = w
-                        .sampling
-                        .iter()
-                        .filter(|(_, (_, p))| *p == i)
-                        .map(|(k, (s, _))| (*k, s.clone()))
-                        .collect();
-                    if !mine.is_empty() {
-                        w.reissued += mine.len();
-                        st.reissued_total += mine.len();
-                        resend.push((step, w.version, mine));
-                    }
-                }
-                for (step, version, states) in resend {
-                    let snapshot = PolicySnapshot {
-                        version,
-                        model: st.versions[&version].0.clone(),
-                    };
-                    st.policies[i].cast(PolicyMsg::Sample {
-                        step,
-                        snapshot,
-                        states,
-                    })?;
-                }
+                st.policies[i].actor = p;
+                st.reissue(i, &[i])?;
+            }
+            Role::Remote(i) => {
+                tracing::warn!(slot = i, reason = %why, "a policy worker is gone; its states go to the other policies");
+                st.policies[i].live = false;
+                let live = st.live_policies();
+                st.reissue(i, &live)?;
             }
             Role::Verifier(i) => {
                 tracing::warn!(verifier = i, reason = %why, "verifier failed; restarting it and re-issuing its groups");
@@ -550,4 +667,17 @@ impl Actor for Supervisor {
         }
         Ok(())
     }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SupMsg>,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.outbox.is_some() {
+            ractor::pg::demonitor(WORKER_GROUP.into(), myself.get_id());
+        }
+        Ok(())
+    }
 }
+
+impl ractor::Message for SupMsg {}

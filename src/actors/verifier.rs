@@ -84,3 +84,5 @@ impl Actor for VerifierActor {
         Ok(())
     }
 }
+
+impl ractor::Message for VerifierMsg {}

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod pipeline;
 pub mod reward;
 pub mod train;
+pub mod worker;
 
 use std::path::Path;
 

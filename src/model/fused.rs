@@ -210,7 +210,18 @@ pub(super) fn linear(
     y
 }
 
-/// `linear` for inference: rows up to `SMALL_M` (decoding) take the kernel that does not pack `w`.
+/// The matrix kernel of an inference `linear`. Each computes every row of its output with the same
+/// arithmetic whatever the number of rows, so a sequence's numbers do not depend on the batch it is
+/// sampled in, provided the kernel is chosen without looking at the row count (see `host::step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Streams the weights once for all rows, without packing them: one new token per sequence.
+    Few,
+    /// The blocked GEMM: prompts.
+    Many,
+}
+
+/// `linear` for inference, choosing the kernel by the row count (rows up to `SMALL_M` take `Few`).
 pub(super) fn infer_linear(
     x: &[f32],
     rows: usize,
@@ -218,7 +229,24 @@ pub(super) fn infer_linear(
     bias: Option<&[f32]>,
     out: usize,
 ) -> Vec<f32> {
-    if rows > SMALL_M {
+    let kernel = if rows > SMALL_M {
+        Kernel::Many
+    } else {
+        Kernel::Few
+    };
+    infer_linear_with(kernel, x, rows, w, bias, out)
+}
+
+/// `linear` for inference with the given kernel.
+pub(super) fn infer_linear_with(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    if kernel == Kernel::Many {
         return linear(x, rows, w, bias, out);
     }
     let mut y = small_matmul_t_slices(x, rows, w.len() / out, w, out);

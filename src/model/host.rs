@@ -9,7 +9,9 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::fused::{Params, Shared, get, infer_linear, lm_head, rms, rope, rope_tables, sigmoid};
+use super::fused::{
+    Kernel, Params, Shared, get, infer_linear_with, lm_head, rms, rope, rope_tables, sigmoid,
+};
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::ops::dot;
 
@@ -83,6 +85,10 @@ pub fn step(
     let (qw, kw, inter) = (nh * hd, nkv * hd, cfg.intermediate_size);
     let eps = cfg.rms_norm_eps as f32;
     let rows = b * s;
+    // Chosen by the kind of step, never by the number of rows: a row's numbers are then the same in
+    // any batch, which is what lets a state be sampled by any policy, here or on a worker, with the
+    // same result to the bit.
+    let kernel = if s == 1 { Kernel::Few } else { Kernel::Many };
     let (cos, sin) = rope_tables(
         cfg,
         (0..b).flat_map(|r| (0..s).map(move |i| (past + i).saturating_sub(pad[r]))),
@@ -99,21 +105,24 @@ pub fn step(
         };
         let (h1, _) = rms(&x, w("input_layernorm.weight")?, eps);
         let qkv_bias = cfg.qkv_bias;
-        let mut q = infer_linear(
+        let mut q = infer_linear_with(
+            kernel,
             &h1,
             rows,
             w("self_attn.q_proj.weight")?,
             bias("self_attn.q_proj.bias", qkv_bias)?,
             qw,
         );
-        let mut k = infer_linear(
+        let mut k = infer_linear_with(
+            kernel,
             &h1,
             rows,
             w("self_attn.k_proj.weight")?,
             bias("self_attn.k_proj.bias", qkv_bias)?,
             kw,
         );
-        let v = infer_linear(
+        let v = infer_linear_with(
+            kernel,
             &h1,
             rows,
             w("self_attn.v_proj.weight")?,
@@ -135,7 +144,8 @@ pub fn step(
             }
         }
         let att = attend(cfg, &q, kc, vc, cache.cap, b, s, past, pad);
-        let o = infer_linear(
+        let o = infer_linear_with(
+            kernel,
             &att,
             rows,
             w("self_attn.o_proj.weight")?,
@@ -145,14 +155,16 @@ pub fn step(
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         let (h2, _) = rms(&x, w("post_attention_layernorm.weight")?, eps);
         let mlp_bias = cfg.mlp_bias;
-        let g = infer_linear(
+        let g = infer_linear_with(
+            kernel,
             &h2,
             rows,
             w("mlp.gate_proj.weight")?,
             bias("mlp.gate_proj.bias", mlp_bias)?,
             inter,
         );
-        let mut a = infer_linear(
+        let mut a = infer_linear_with(
+            kernel,
             &h2,
             rows,
             w("mlp.up_proj.weight")?,
@@ -164,7 +176,8 @@ pub fn step(
         a.iter_mut()
             .zip(g.iter().zip(&sg))
             .for_each(|(u, (g, s))| *u *= g * s);
-        let down = infer_linear(
+        let down = infer_linear_with(
+            kernel,
             &a,
             rows,
             w("mlp.down_proj.weight")?,
@@ -179,7 +192,15 @@ pub fn step(
         row.copy_from_slice(&x[(r * s + s - 1) * h..(r * s + s) * h]);
     }
     let (hs, _) = rms(&last, get(p, "model.norm.weight")?, eps);
-    Ok(infer_linear(&hs, b, lm_head(cfg, p)?, None, vocab))
+    // One row per sequence, whatever the step.
+    Ok(infer_linear_with(
+        Kernel::Few,
+        &hs,
+        b,
+        lm_head(cfg, p)?,
+        None,
+        vocab,
+    ))
 }
 
 /// Causal attention of the new queries over each row's cached real tokens; padding queries get 0.

@@ -175,109 +175,108 @@ pub const SMALL_M: usize = 16;
 /// dominates when m is small; here each output is a dot product of two contiguous rows, computed in
 /// parallel over chunks of `w`'s rows.
 pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    // Output laid out (n, m) while computing, so that each task writes a contiguous block.
+    // Each task owns a block of `w`'s rows, that is a block of output columns in every row.
     let block = 64;
-    let mut out_t = vec![0f32; n * m];
+    let mut out = vec![0f32; m * n];
+    let dst = super::fused::Shared(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let zeros = vec![0f32; k];
-        out_t
-            .par_chunks_mut(block * m)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let rows = chunk.len() / m;
-                let w = &w[c * block * k..(c * block + rows) * k];
-                // SAFETY: the CPU has AVX-512F; x is (m, k), w (rows, k), chunk (rows, m).
-                unsafe { small_block_avx512(x, m, k, w, rows, chunk, &zeros) };
-            });
-        return transpose(&out_t, n, m);
-    }
-    out_t
-        .par_chunks_mut(block * m)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (j, o) in chunk.chunks_mut(m).enumerate() {
-                let row = &w[(c * block + j) * k..(c * block + j + 1) * k];
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = dot(&x[i * k..(i + 1) * k], row);
-                }
-            }
+        (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+            let (j0, rows) = (c * block, block.min(n - c * block));
+            let w = &w[j0 * k..(j0 + rows) * k];
+            // SAFETY: the CPU has AVX-512F; x is (m, k), w (rows, k); this task alone writes
+            // columns j0 .. j0 + rows of the (m, n) output.
+            unsafe { small_block_avx512(x, m, k, w, rows, dst.at(j0), n, &zeros) };
         });
-    transpose(&out_t, n, m)
-}
-
-/// (n, m) row-major → (m, n) row-major.
-fn transpose(a: &[f32], n: usize, m: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = a[j * m + i];
-        }
+        return out;
     }
+    (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+        let (j0, rows) = (c * block, block.min(n - c * block));
+        for j in 0..rows {
+            let row = &w[(j0 + j) * k..(j0 + j + 1) * k];
+            for i in 0..m {
+                // SAFETY: this task alone writes columns j0 .. j0 + rows.
+                unsafe { *dst.at(i * n + j0 + j) = dot(&x[i * k..(i + 1) * k], row) };
+            }
+        }
+    });
     out
 }
 
-/// `out_t[j, i] = w[j] · x[i]` for `rows` rows of w, four rows of w against four rows of x at a time,
-/// so each loaded vector feeds four multiply-adds. Rows past the end read `zeros`.
+/// `out[i, j] = x[i] · w[j]` (out has row stride `ldo`) for `rows` rows of w, four rows of w against
+/// four rows of x at a time, so each loaded vector feeds four multiply-adds; x is walked in tiles of
+/// 16 rows that stay in the L1 cache while every row of w passes. Every output is the same 16-lane
+/// sum over k whatever m is, so a row's result does not depend on the other rows. Rows past the end
+/// read `zeros`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn small_block_avx512(
     x: &[f32],
     m: usize,
     k: usize,
     w: &[f32],
     rows: usize,
-    out_t: &mut [f32],
+    out: *mut f32,
+    ldo: usize,
     zeros: &[f32],
 ) {
     use std::arch::x86_64::*;
-    let mut j = 0;
-    while j < rows {
-        let wp: [*const f32; 4] = std::array::from_fn(|b| {
-            if j + b < rows {
-                w[(j + b) * k..].as_ptr()
-            } else {
-                zeros.as_ptr()
-            }
-        });
-        let mut i = 0;
-        while i < m {
-            let xp: [*const f32; 4] = std::array::from_fn(|a| {
-                if i + a < m {
-                    x[(i + a) * k..].as_ptr()
+    const TILE: usize = 16;
+    let mut i0 = 0;
+    while i0 < m {
+        let i_end = (i0 + TILE).min(m);
+        let mut j = 0;
+        while j < rows {
+            let wp: [*const f32; 4] = std::array::from_fn(|b| {
+                if j + b < rows {
+                    w[(j + b) * k..].as_ptr()
                 } else {
                     zeros.as_ptr()
                 }
             });
-            // SAFETY: every pointer addresses k floats; the masked loads stop at k.
-            unsafe {
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-                let mut p = 0;
-                while p < k {
-                    let mask: __mmask16 = if k - p >= 16 {
-                        0xFFFF
+            let mut i = i0;
+            while i < i_end {
+                let xp: [*const f32; 4] = std::array::from_fn(|a| {
+                    if i + a < i_end {
+                        x[(i + a) * k..].as_ptr()
                     } else {
-                        (1u16 << (k - p)) - 1
-                    };
-                    let xv: [__m512; 4] =
-                        std::array::from_fn(|a| _mm512_maskz_loadu_ps(mask, xp[a].add(p)));
-                    for b in 0..4 {
-                        let wv = _mm512_maskz_loadu_ps(mask, wp[b].add(p));
-                        for a in 0..4 {
-                            acc[b][a] = _mm512_fmadd_ps(xv[a], wv, acc[b][a]);
+                        zeros.as_ptr()
+                    }
+                });
+                // SAFETY: every pointer addresses k floats; the masked loads stop at k; the
+                // writes stay inside rows i .. i + 4 < m and columns j .. j + 4 < rows of out.
+                unsafe {
+                    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                    let mut p = 0;
+                    while p < k {
+                        let mask: __mmask16 = if k - p >= 16 {
+                            0xFFFF
+                        } else {
+                            (1u16 << (k - p)) - 1
+                        };
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|a| _mm512_maskz_loadu_ps(mask, xp[a].add(p)));
+                        for b in 0..4 {
+                            let wv = _mm512_maskz_loadu_ps(mask, wp[b].add(p));
+                            for a in 0..4 {
+                                acc[b][a] = _mm512_fmadd_ps(xv[a], wv, acc[b][a]);
+                            }
+                        }
+                        p += 16;
+                    }
+                    for b in 0..4.min(rows - j) {
+                        for a in 0..4.min(i_end - i) {
+                            *out.add((i + a) * ldo + j + b) = _mm512_reduce_add_ps(acc[b][a]);
                         }
                     }
-                    p += 16;
                 }
-                for b in 0..4.min(rows - j) {
-                    for a in 0..4.min(m - i) {
-                        out_t[(j + b) * m + i + a] = _mm512_reduce_add_ps(acc[b][a]);
-                    }
-                }
+                i += 4;
             }
-            i += 4;
+            j += 4;
         }
-        j += 4;
+        i0 = i_end;
     }
 }
 

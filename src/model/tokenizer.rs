@@ -45,6 +45,17 @@ impl Tokenizer {
         Self::from_inner(inner, path)
     }
 
+    /// Reads a `tokenizer.json` held in memory; `path` names its source in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let inner: tokenizers::Tokenizer =
+            text.parse()
+                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+        Self::from_inner(inner, path)
+    }
+
     pub(crate) fn from_inner(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
         let vocab = inner.get_vocab_size(true);
         let table = byte_level_decoder();

@@ -45,32 +45,51 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
         // SAFETY: the map is only read while this function runs; a checkpoint being rewritten
         // underneath is the usual mmap caveat, and checkpoints are written by rename.
         let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| ModelError::io(file, e))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
-        for (name, view) in st.tensors() {
-            let dtype = match view.dtype() {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::BF16 => DType::BF16,
-                safetensors::Dtype::F16 => DType::F16,
-                other => {
-                    return Err(ModelError::DType {
-                        path: file.clone(),
-                        name,
-                        dtype: format!("{other:?}"),
-                    });
-                }
-            };
-            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .to_device(device)?;
-            found.insert(name, (t, file.clone()));
-        }
+        read_tensors(&mmap, file, device, &mut found)?;
     }
 
-    let first = files[0].clone();
+    select(found, cfg, &files[0])
+}
+
+/// Reads every tensor of one safetensors buffer into `found`, as f32 on `device`.
+fn read_tensors(
+    bytes: &[u8],
+    file: &Path,
+    device: &Device,
+    found: &mut HashMap<String, (Tensor, std::path::PathBuf)>,
+) -> Result<()> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
+        path: file.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F16 => DType::F16,
+            other => {
+                return Err(ModelError::DType {
+                    path: file.to_path_buf(),
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_device(device)?;
+        found.insert(name, (t, file.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// The tensors `cfg` names, each checked for its shape; `first` names the checkpoint in errors.
+fn select(
+    mut found: HashMap<String, (Tensor, std::path::PathBuf)>,
+    cfg: &ModelConfig,
+    first: &Path,
+) -> Result<TensorMap> {
+    let first = first.to_path_buf();
     let mut out = TensorMap::new();
     for (name, shape) in cfg.tensor_shapes() {
         let (t, file) = found
@@ -91,6 +110,40 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// One weight version as safetensors bytes (f32, exact), for sending to another process.
+pub fn weights_to_bytes<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<Vec<u8>> {
+    let mut host = Vec::new();
+    for (name, t) in tensors {
+        host.push((
+            name.to_string(),
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F32)?
+                .contiguous()?,
+        ));
+    }
+    safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), None).map_err(|e| {
+        ModelError::Safetensors {
+            path: "<weights>".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Reads [`weights_to_bytes`] output back, checked against `cfg` as a checkpoint is; `label` names the
+/// source in errors.
+pub fn weights_from_bytes(
+    bytes: &[u8],
+    cfg: &ModelConfig,
+    device: &Device,
+    label: &Path,
+) -> Result<TensorMap> {
+    let mut found = HashMap::new();
+    read_tensors(bytes, label, device, &mut found)?;
+    select(found, cfg, label)
 }
 
 /// Writes `model.safetensors` (f32, names as published, a tied head not duplicated) atomically.

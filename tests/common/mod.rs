@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests that train: a tiny config and running it.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use anyhow::Result;
+use rpt::actors::{PLACEMENT_KEYS, RunSummary, TIMING_KEYS, TrainOptions, train};
+use rpt::config::Config;
+use rpt::model::Device;
+
+/// A config small enough that bootstrap and a few training steps take seconds.
+pub fn tiny_config(root: &Path, model: &Path) -> Config {
+    let text = format!(
+        r#"
+seed = 3
+run_dir = "{run}"
+[model]
+path = "{model}"
+bootstrap_if_missing = false
+[corpus]
+documents = 24
+heldout_fraction = 0.25
+[states]
+max_context_tokens = 24
+min_entropy = 0.0
+[rollout]
+group_size = 4
+states_per_step = 3
+max_new_tokens = 10
+[optim]
+lr = 1e-3
+[train]
+steps = 4
+checkpoint_every = 2
+[eval]
+positions = 12
+[bootstrap]
+vocab_size = 300
+hidden_size = 32
+layers = 1
+heads = 2
+kv_heads = 1
+intermediate_size = 64
+pretrain_steps = 12
+sft_steps = 6
+batch = 4
+seq_len = 32
+"#,
+        run = root.join("run").display(),
+        model = model.display()
+    );
+    toml::from_str(&text).unwrap()
+}
+
+pub fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(train(cfg, &opts, &Device::Cpu))?)
+}
+
+pub fn metrics(cfg: &Config) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn without_timing(mut v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for m in &mut v {
+        for k in TIMING_KEYS {
+            m.as_object_mut().unwrap().remove(*k);
+        }
+    }
+    v
+}
+
+/// The metrics with the keys that say where work ran (remote workers, re-issued states) removed too.
+pub fn without_placement(v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    without_timing(v)
+        .into_iter()
+        .map(|mut m| {
+            let o = m.as_object_mut().unwrap();
+            for k in PLACEMENT_KEYS {
+                o.remove(*k);
+            }
+            o.remove("states_reissued");
+            m
+        })
+        .collect()
+}
