@@ -78,8 +78,20 @@ fn cluster_config(name: &str, min_workers: usize, wait_s: f64) -> (Config, u16) 
     (cfg, port)
 }
 
-fn worker(port: u16, cookie: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_rpt"))
+/// A worker process, killed if a test fails before it has finished.
+struct Worker(Option<Child>);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn worker(port: u16, cookie: &str, extra: &[&str]) -> Worker {
+    let child = Command::new(env!("CARGO_BIN_EXE_rpt"))
         .args(["worker", "--connect", &format!("127.0.0.1:{port}")])
         .args(["--cookie", cookie, "--wait", "60"])
         .args(extra)
@@ -88,11 +100,12 @@ fn worker(port: u16, cookie: &str, extra: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starting `rpt worker`")
+        .expect("starting `rpt worker`");
+    Worker(Some(child))
 }
 
-fn finish(child: Child) -> (i32, String, String) {
-    let out = child.wait_with_output().unwrap();
+fn finish(mut w: Worker) -> (i32, String, String) {
+    let out = w.0.take().unwrap().wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
