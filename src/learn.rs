@@ -141,15 +141,8 @@ impl Learner {
             return Ok((0.0, LossStats::default(), 0.0, 0.0));
         }
         let n = rows.len();
-        let model = self.params.decoder()?;
-        let device = model.device().clone();
-        let full: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat())
-            .collect();
-        let batch = left_pad(&full, &device)?;
-        let (input, pad, width) = (&batch.ids, &batch.pad, batch.width);
-        // Completions are right-aligned by the left padding: the last `c` columns hold all of them.
+        let device = self.params.device()?;
+        // Completions right-aligned in `c` columns, as the model's log-probs come back.
         let (mut old, mut mask, mut advs) = (vec![], vec![], vec![]);
         for (_, comp, a) in &rows {
             let lead = c - comp.tokens.len();
@@ -169,22 +162,42 @@ impl Learner {
         let advs = Tensor::from_vec(advs, n, &device)?;
         let t = self.cfg.rollout.temperature;
         let reference = match &self.reference {
-            Some(r) => Some(token_logprobs(r, input, pad, width - c, t, Mode::Infer)?),
+            Some(r) => {
+                let full: Vec<Vec<u32>> = rows
+                    .iter()
+                    .map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat())
+                    .collect();
+                let batch = left_pad(&full, &device)?;
+                Some(token_logprobs(
+                    r,
+                    &batch.ids,
+                    &batch.pad,
+                    batch.width - c,
+                    t,
+                    Mode::Infer,
+                )?)
+            }
             None => None,
         };
+        // Each group's prompt once, with its completions (the update attends to one shared copy).
+        let groups: Vec<(&[u32], Vec<&[u32]>)> = mb
+            .iter()
+            .map(|g| {
+                let comps = g.group.completions.iter().map(|c| c.tokens.as_slice());
+                (g.group.prompt.as_slice(), comps.collect())
+            })
+            .collect();
         let loss_cfg = self.cfg.loss();
-        let (ls, grads) = self
-            .params
-            .value_and_grad(input, pad, width - c, t, |logp| {
-                Ok::<_, crate::Error>(grpo_loss(
-                    logp,
-                    &old,
-                    reference.as_ref(),
-                    &advs,
-                    &mask,
-                    &loss_cfg,
-                )?)
-            })?;
+        let (ls, grads) = self.params.value_and_grad_groups(&groups, c, t, |logp| {
+            Ok::<_, crate::Error>(grpo_loss(
+                logp,
+                &old,
+                reference.as_ref(),
+                &advs,
+                &mask,
+                &loss_cfg,
+            )?)
+        })?;
         let norm = AdamW::grad_norm(&grads)?;
         let clip = self.cfg.optim.max_grad_norm;
         let scale = if clip > 0.0 && norm > clip {

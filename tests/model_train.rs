@@ -156,6 +156,92 @@ fn fused_and_autograd_gradients_agree() -> Result<()> {
     Ok(())
 }
 
+/// GRPO groups with each prompt computed once and shared by its completions give the log-probs and
+/// gradients of the left-padded batch of prompt ++ completion rows, on every family; candle's autograd
+/// path (which pads) gives them too.
+#[test]
+fn shared_prompts_match_the_padded_batch() -> Result<()> {
+    let p1 = vec![496u32, 315, 286, 90, 303];
+    let p2 = vec![511u32, 223];
+    let comps = [
+        vec![40u32, 81, 81],
+        vec![28u32],
+        vec![201u32, 261, 320, 7],
+        vec![5u32, 6],
+    ];
+    let groups: Vec<(&[u32], Vec<&[u32]>)> = vec![
+        (&p1, vec![&comps[0], &comps[1], &comps[2]]),
+        (&p2, vec![&comps[3], &comps[0]]),
+    ];
+    let c = 4;
+    let lens: Vec<usize> = groups
+        .iter()
+        .flat_map(|g| g.1.iter().map(|x| x.len()))
+        .collect();
+    let n = lens.len();
+    // Uneven weights on the completions' columns, 0 on the columns before each completion.
+    let w: Vec<f32> = (0..n * c)
+        .map(|i| {
+            if i % c < c - lens[i / c] {
+                0.0
+            } else {
+                ((i * 5) % 7) as f32 - 2.5
+            }
+        })
+        .collect();
+    let weights = Tensor::from_vec(w.clone(), (n, c), &Device::Cpu)?;
+    let loss = |lp: &Tensor| -> Result<(Tensor, Vec<f32>)> {
+        Ok(((lp * &weights)?.sum_all()?, lp.flatten_all()?.to_vec1()?))
+    };
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let mut params = Trainable::new(&ck.config, &ck.weights)?;
+        let (lp_s, g_s) = params.value_and_grad_groups(&groups, c, 0.7, loss)?;
+        let full: Vec<Vec<u32>> = groups
+            .iter()
+            .flat_map(|(p, cs)| cs.iter().map(move |x| [*p, *x].concat()))
+            .collect();
+        let batch = rpt::model::left_pad(&full, &Device::Cpu)?;
+        let (lp_d, g_d) =
+            params.value_and_grad(&batch.ids, &batch.pad, batch.width - c, 0.7, loss)?;
+        params.path = GradPath::Autograd;
+        let (lp_a, g_a) = params.value_and_grad_groups(&groups, c, 0.7, loss)?;
+        for (i, &wi) in w.iter().enumerate() {
+            if wi == 0.0 {
+                assert_eq!(lp_s[i], 0.0, "{family}: column before a completion");
+                continue;
+            }
+            for (other, name) in [(&lp_d, "padded"), (&lp_a, "autograd")] {
+                assert!(
+                    (lp_s[i] - other[i]).abs() < 1e-5,
+                    "{family}: log-prob {i}: shared {} vs {name} {}",
+                    lp_s[i],
+                    other[i]
+                );
+            }
+        }
+        for (g_other, what) in [(&g_d, "padded"), (&g_a, "autograd")] {
+            assert_eq!(
+                g_s.keys().collect::<Vec<_>>(),
+                g_other.keys().collect::<Vec<_>>()
+            );
+            for (name, a) in &g_s {
+                let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+                let b: Vec<f32> = g_other[name].flatten_all()?.to_vec1()?;
+                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(scale > 0.0, "{family}: `{name}` got no gradient");
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() <= 1e-3 * scale,
+                        "{family}: `{name}` gradient {x} (shared) vs {y} ({what}), max |g| {scale}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn save_then_load_gives_identical_logits() -> Result<()> {
     for family in ["qwen2", "llama"] {

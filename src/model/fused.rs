@@ -75,9 +75,13 @@ struct LayerTape {
 
 /// Everything the backward pass needs from one forward pass.
 pub struct Tape {
-    b: usize,
-    s: usize,
-    pad: Vec<usize>,
+    /// Tokens in the buffer, and its attention problems grouped by the tokens they own.
+    t_all: usize,
+    jobs: Vec<AttnJob>,
+    units: Vec<std::ops::Range<usize>>,
+    /// Where each scored position's log-prob goes in the caller's output, and that output's length;
+    /// `None`: the output is the scored positions in order.
+    slots: Option<(Vec<usize>, usize)>,
     ids: Vec<u32>,
     scale: f32,
     cos: Vec<f32>,
@@ -92,6 +96,22 @@ pub struct Tape {
     /// exp(scale · logit − max) of each scored row, and 1 / its sum (softmax = product of both).
     exps: Vec<f32>,
     inv_sums: Vec<f32>,
+}
+
+/// One attention problem: the `n` query tokens from token `q0` see, causally, themselves, and all `np`
+/// tokens from `p0` before them (a prompt shared by several completions; `np = 0` for none).
+#[derive(Debug, Clone, Copy)]
+struct AttnJob {
+    q0: usize,
+    n: usize,
+    p0: usize,
+    np: usize,
+}
+
+/// A prompt and the completions sampled from it, for [`forward_shared`].
+pub struct SharedGroup<'a> {
+    pub prompt: &'a [u32],
+    pub completions: Vec<&'a [u32]>,
 }
 
 struct Dims {
@@ -435,27 +455,139 @@ pub fn forward(
     from: usize,
     scale: f32,
 ) -> Result<(Vec<f32>, Tape)> {
-    let d = Dims::of(cfg);
     let s = ids.len() / b.max(1);
-    if from == 0 || from >= s || pad.len() != b || ids.len() != b * s {
+    if from == 0 || from >= s || pad.len() != b || ids.len() != b * s || pad.iter().any(|&p| p > s)
+    {
         return Err(ModelError::Invalid(format!(
             "fused forward: {b} rows of {s} tokens, {} pads, from {from}",
             pad.len()
         )));
     }
+    // Positions are counted from each row's first real token.
+    let positions: Vec<usize> = (0..b)
+        .flat_map(|r| (0..s).map(move |t| t.saturating_sub(pad[r])))
+        .collect();
+    let jobs: Vec<AttnJob> = (0..b)
+        .filter(|&r| pad[r] < s)
+        .map(|r| AttnJob {
+            q0: r * s + pad[r],
+            n: s - pad[r],
+            p0: 0,
+            np: 0,
+        })
+        .collect();
+    let units = (0..jobs.len()).map(|j| j..j + 1).collect();
+    let n = s - from;
+    let mut sel = Vec::with_capacity(b * n);
+    let mut targets = Vec::with_capacity(b * n);
+    for r in 0..b {
+        for t in from - 1..s - 1 {
+            sel.push(r * s + t);
+            targets.push(ids[r * s + t + 1]);
+        }
+    }
+    forward_core(
+        cfg, p, ids, &positions, jobs, units, sel, targets, None, scale,
+    )
+}
+
+/// Like [`forward`] for GRPO groups, with each prompt computed once and attended to by all of its
+/// completions (instead of once per completion in a padded batch): the same numbers with far fewer
+/// tokens when prompts are long. The log-probs come back as (completions × `c`), each completion's
+/// right-aligned in its row (columns before it are 0), in the groups' order: the layout `forward`
+/// gives for the left-padded rows prompt ++ completion with `from = width − c`.
+pub fn forward_shared(
+    cfg: &ModelConfig,
+    p: &Params,
+    groups: &[SharedGroup],
+    c: usize,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let mut ids = vec![];
+    let mut positions = vec![];
+    let (mut jobs, mut units) = (vec![], vec![]);
+    let (mut sel, mut targets, mut slots) = (vec![], vec![], vec![]);
+    let mut row = 0;
+    for g in groups {
+        let np = g.prompt.len();
+        if np == 0 {
+            return Err(ModelError::Invalid("fused forward: an empty prompt".into()));
+        }
+        let p0 = ids.len();
+        let first_job = jobs.len();
+        ids.extend_from_slice(g.prompt);
+        positions.extend(0..np);
+        jobs.push(AttnJob {
+            q0: p0,
+            n: np,
+            p0: 0,
+            np: 0,
+        });
+        for comp in &g.completions {
+            let n = comp.len();
+            if n > c {
+                return Err(ModelError::Invalid(format!(
+                    "fused forward: a completion of {n} tokens in {c} columns"
+                )));
+            }
+            let q0 = ids.len();
+            ids.extend_from_slice(comp);
+            positions.extend(np..np + n);
+            if n > 0 {
+                jobs.push(AttnJob { q0, n, p0, np });
+            }
+            for (i, &t) in comp.iter().enumerate() {
+                // Token i is predicted at the prompt's last token (i = 0) or at token i − 1.
+                sel.push(if i == 0 { p0 + np - 1 } else { q0 + i - 1 });
+                targets.push(t);
+                slots.push(row * c + c - n + i);
+            }
+            row += 1;
+        }
+        units.push(first_job..jobs.len());
+    }
+    if sel.is_empty() {
+        return Err(ModelError::Invalid(
+            "fused forward: no completion tokens to score".into(),
+        ));
+    }
+    forward_core(
+        cfg,
+        p,
+        &ids,
+        &positions,
+        jobs,
+        units,
+        sel,
+        targets,
+        Some((slots, row * c)),
+        scale,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_core(
+    cfg: &ModelConfig,
+    p: &Params,
+    ids: &[u32],
+    positions: &[usize],
+    jobs: Vec<AttnJob>,
+    units: Vec<std::ops::Range<usize>>,
+    sel: Vec<usize>,
+    targets: Vec<u32>,
+    slots: Option<(Vec<usize>, usize)>,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let d = Dims::of(cfg);
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= d.vocab) {
         return Err(ModelError::Invalid(format!(
             "token id {bad} is outside the vocabulary of {}",
             d.vocab
         )));
     }
-    let t_all = b * s;
+    let t_all = ids.len();
     let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
-    // Positions are counted from each row's first real token.
-    let (cos, sin) = rope_tables(
-        cfg,
-        (0..b).flat_map(|r| (0..s).map(move |t| t.saturating_sub(pad[r]))),
-    );
+    let (cos, sin) = rope_tables(cfg, positions.iter().copied());
     let embed = get(p, "model.embed_tokens.weight")?;
     let mut x = vec![0f32; t_all * h];
     for (row, &id) in x.chunks_mut(h).zip(ids) {
@@ -500,7 +632,7 @@ pub fn forward(
         }
         rope(&mut q, nh, hd, &cos, &sin, 1.0);
         rope(&mut k, nkv, hd, &cos, &sin, 1.0);
-        let (probs, att) = attention(&d, &q, &k, &v, b, s, pad);
+        let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs);
         let mut x_mid = linear(
             &att,
             t_all,
@@ -568,15 +700,6 @@ pub fn forward(
         });
     }
     // Only the scored positions go through the final norm and the head.
-    let n = s - from;
-    let mut sel = Vec::with_capacity(b * n);
-    let mut targets = Vec::with_capacity(b * n);
-    for r in 0..b {
-        for t in from - 1..s - 1 {
-            sel.push(r * s + t);
-            targets.push(ids[r * s + t + 1]);
-        }
-    }
     let mut xf = vec![0f32; sel.len() * h];
     for (row, &t) in xf.chunks_mut(h).zip(&sel) {
         row.copy_from_slice(&x[t * h..(t + 1) * h]);
@@ -597,14 +720,24 @@ pub fn forward(
             (target - sum.ln(), 1.0 / sum)
         })
         .collect();
-    let lp = rows.iter().map(|r| r.0).collect();
+    let lp = match &slots {
+        None => rows.iter().map(|r| r.0).collect(),
+        Some((at, len)) => {
+            let mut out = vec![0f32; *len];
+            for (&i, r) in at.iter().zip(&rows) {
+                out[i] = r.0;
+            }
+            out
+        }
+    };
     let inv_sums = rows.iter().map(|r| r.1).collect();
     Ok((
         lp,
         Tape {
-            b,
-            s,
-            pad: pad.to_vec(),
+            t_all,
+            jobs,
+            units,
+            slots,
             ids: ids.to_vec(),
             scale,
             cos,
@@ -629,70 +762,80 @@ pub(super) fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]
     }
 }
 
-/// Causal attention with grouped-query heads over the real tokens of each row. Returns the
-/// probabilities per (row, head) and the output (tokens, heads · head_dim), zero at padding.
+/// Attention with grouped-query heads for each job: its queries see the job's prompt (if any) and,
+/// causally, themselves. Returns the probabilities per (job, head), (n × (np + n)), and the output
+/// (tokens, heads · head_dim), zero at tokens no job queries from (padding).
 fn attention(
     d: &Dims,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    b: usize,
-    s: usize,
-    pad: &[usize],
+    t_all: usize,
+    jobs: &[AttnJob],
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
     let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
     let (qw, kw) = (nh * hd, nkv * hd);
     let n_rep = nh / nkv;
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    let mut att = vec![0f32; b * s * qw];
+    let mut att = vec![0f32; t_all * qw];
     let out = Shared(att.as_mut_ptr());
-    let probs = (0..b * nh)
+    let probs = (0..jobs.len() * nh)
         .into_par_iter()
-        .map(|job| {
-            let (r, head) = (job / nh, job % nh);
+        .map(|jh| {
+            let (job, head) = (jobs[jh / nh], jh % nh);
             let g = head / n_rep;
-            let p = pad[r];
-            let n = s - p;
-            let qv = MatRef::rows(&q[(r * s + p) * qw + head * hd..], qw);
-            let kv = &k[(r * s + p) * kw + g * hd..];
-            let vv = MatRef::rows(&v[(r * s + p) * kw + g * hd..], kw);
-            let mut sc = vec![0f32; n * n];
-            gemm(
-                n,
-                n,
-                hd,
-                qv,
-                MatRef {
-                    data: kv,
-                    rs: 1,
-                    cs: kw,
-                },
-                &mut sc,
-                n,
-                false,
-                false,
-            );
-            for (i, row) in sc.chunks_mut(n).enumerate() {
-                let max = row[..=i]
+            let (n, np) = (job.n, job.np);
+            let w = np + n;
+            let qv = MatRef::rows(&q[job.q0 * qw + head * hd..], qw);
+            let keys = |t0: usize| MatRef {
+                data: &k[t0 * kw + g * hd..],
+                rs: 1,
+                cs: kw,
+            };
+            let mut sc = vec![0f32; n * w];
+            if np > 0 {
+                gemm(n, np, hd, qv, keys(job.p0), &mut sc, w, false, false);
+            }
+            gemm(n, n, hd, qv, keys(job.q0), &mut sc[np..], w, false, false);
+            for (i, row) in sc.chunks_mut(w).enumerate() {
+                let seen = np + i + 1;
+                let max = row[..seen]
                     .iter()
                     .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
-                row[..=i].iter_mut().for_each(|x| *x = *x * inv_sqrt - max);
-                exp_in_place(&mut row[..=i]);
-                let inv: f32 = 1.0 / row[..=i].iter().sum::<f32>();
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
-                row[i + 1..].fill(0.0);
+                row[..seen]
+                    .iter_mut()
+                    .for_each(|x| *x = *x * inv_sqrt - max);
+                exp_in_place(&mut row[..seen]);
+                let inv: f32 = 1.0 / row[..seen].iter().sum::<f32>();
+                row[..seen].iter_mut().for_each(|x| *x *= inv);
+                row[seen..].fill(0.0);
             }
-            // SAFETY: this job alone writes head `head` of row r's real tokens.
+            let values = |t0: usize| MatRef::rows(&v[t0 * kw + g * hd..], kw);
+            let dst = out.at(job.q0 * qw + head * hd);
+            // SAFETY: this job alone writes head `head` of its query tokens.
             unsafe {
+                if np > 0 {
+                    gemm_into(
+                        n,
+                        hd,
+                        np,
+                        MatRef::rows(&sc, w),
+                        values(job.p0),
+                        dst,
+                        qw,
+                        false,
+                        false,
+                    );
+                }
                 gemm_into(
                     n,
                     hd,
                     n,
-                    MatRef::rows(&sc, n),
-                    vv,
-                    out.at((r * s + p) * qw + head * hd),
+                    MatRef::rows(&sc[np..], w),
+                    values(job.q0),
+                    dst,
                     qw,
-                    false,
+                    np > 0,
                     false,
                 )
             };
@@ -707,15 +850,22 @@ fn attention(
 /// The tape is consumed: its buffers are reused for the gradients.
 pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> Result<FlatGrads> {
     let d = Dims::of(cfg);
-    if dlp.len() != tape.sel.len() {
+    let want = tape.slots.as_ref().map_or(tape.sel.len(), |s| s.1);
+    if dlp.len() != want {
         return Err(ModelError::Invalid(format!(
-            "fused backward: {} gradients for {} log-probs",
+            "fused backward: {} gradients for {want} log-probs",
             dlp.len(),
-            tape.sel.len()
         )));
     }
-    let (b, s) = (tape.b, tape.s);
-    let t_all = b * s;
+    let gathered: Vec<f32>;
+    let dlp = match &tape.slots {
+        None => dlp,
+        Some((at, _)) => {
+            gathered = at.iter().map(|&i| dlp[i]).collect();
+            &gathered
+        }
+    };
+    let t_all = tape.t_all;
     let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
     let mut grads = FlatGrads::new();
     // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
@@ -753,8 +903,12 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
         rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
     );
     let mut dx = vec![0f32; t_all * h];
+    // A position scored more than once (a shared prompt's last token) sums its gradients.
     for (row, &t) in dxf.chunks(h).zip(&tape.sel) {
-        dx[t * h..(t + 1) * h].copy_from_slice(row);
+        dx[t * h..(t + 1) * h]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(d, g)| *d += g);
     }
     for l in (0..cfg.num_hidden_layers).rev() {
         let lt = &tape.layers[l];
@@ -844,7 +998,7 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
             &mut grads,
             &format!("{prefix}.self_attn.o_proj"),
         );
-        let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, b, s, &tape.pad);
+        let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, t_all, &tape.jobs, &tape.units);
         rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
         rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
         if cfg.qk_norm {
@@ -908,15 +1062,14 @@ fn attention_back(
     d: &Dims,
     lt: &LayerTape,
     datt: &[f32],
-    b: usize,
-    s: usize,
-    pad: &[usize],
+    t_all: usize,
+    jobs: &[AttnJob],
+    units: &[std::ops::Range<usize>],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
     let (qw, kw) = (nh * hd, nkv * hd);
     let n_rep = nh / nkv;
     let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    let t_all = b * s;
     let mut dq = vec![0f32; t_all * qw];
     let mut dk = vec![0f32; t_all * kw];
     let mut dv = vec![0f32; t_all * kw];
@@ -925,82 +1078,121 @@ fn attention_back(
         Shared(dk.as_mut_ptr()),
         Shared(dv.as_mut_ptr()),
     );
-    (0..b * nkv).into_par_iter().for_each(|job| {
-        let (r, g) = (job / nkv, job % nkv);
-        let p = pad[r];
-        let n = s - p;
-        let kv_off = (r * s + p) * kw + g * hd;
-        let k_view = MatRef::rows(&lt.k[kv_off..], kw);
-        let mut dp = vec![0f32; n * n];
-        for head in g * n_rep..(g + 1) * n_rep {
-            let q_off = (r * s + p) * qw + head * hd;
-            let dout = MatRef::rows(&datt[q_off..], qw);
-            let probs = &lt.probs[r * nh + head];
-            // dP = dO · Vᵀ
-            gemm(
-                n,
-                n,
-                hd,
-                dout,
-                MatRef {
-                    data: &lt.v[kv_off..],
-                    rs: 1,
-                    cs: kw,
-                },
-                &mut dp,
-                n,
-                false,
-                false,
-            );
-            // SAFETY (all three): this job alone owns key/value group g of row r and the query
-            // heads of that group.
-            unsafe {
-                // dV += Pᵀ · dO
-                gemm_into(
-                    n,
-                    hd,
-                    n,
-                    MatRef::rows_t(probs, n),
-                    dout,
-                    pv.at(kv_off),
-                    kw,
-                    true,
-                    false,
-                );
-            }
-            // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
-            for (i, (dr, pr)) in dp.chunks_mut(n).zip(probs.chunks(n)).enumerate() {
-                let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
-                for (x, &pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
-                    *x = pv * (*x - dot) * inv_sqrt;
+    // One task per (unit, key/value group): the jobs of a unit (a prompt and its completions) share
+    // the prompt's keys and values, so their gradients there are summed by one task, in job order.
+    (0..units.len() * nkv).into_par_iter().for_each(|task| {
+        let (unit, g) = (&units[task / nkv], task % nkv);
+        for j in unit.clone() {
+            let job = jobs[j];
+            let (n, np) = (job.n, job.np);
+            let w = np + n;
+            let kv = |t0: usize| t0 * kw + g * hd;
+            let v_t = |t0: usize| MatRef {
+                data: &lt.v[kv(t0)..],
+                rs: 1,
+                cs: kw,
+            };
+            let mut dp = vec![0f32; n * w];
+            for head in g * n_rep..(g + 1) * n_rep {
+                let q_off = job.q0 * qw + head * hd;
+                let dout = MatRef::rows(&datt[q_off..], qw);
+                let q_rows = MatRef::rows(&lt.q[q_off..], qw);
+                let probs = &lt.probs[j * nh + head];
+                // dP = dO · Vᵀ, over the prompt's and the job's own values.
+                if np > 0 {
+                    gemm(n, np, hd, dout, v_t(job.p0), &mut dp, w, false, false);
                 }
-                dr[i + 1..].fill(0.0);
-            }
-            unsafe {
-                // dQ = dS · K
-                gemm_into(
-                    n,
-                    hd,
-                    n,
-                    MatRef::rows(&dp, n),
-                    k_view,
-                    pq.at(q_off),
-                    qw,
-                    false,
-                    false,
-                );
-                // dK += dSᵀ · Q
-                gemm_into(
-                    n,
-                    hd,
-                    n,
-                    MatRef::rows_t(&dp, n),
-                    MatRef::rows(&lt.q[q_off..], qw),
-                    pk.at(kv_off),
-                    kw,
-                    true,
-                    false,
-                );
+                gemm(n, n, hd, dout, v_t(job.q0), &mut dp[np..], w, false, false);
+                // SAFETY (all below): this task alone owns key/value group g of the unit's tokens and
+                // the query heads of that group.
+                unsafe {
+                    // dV += Pᵀ · dO
+                    if np > 0 {
+                        gemm_into(
+                            np,
+                            hd,
+                            n,
+                            MatRef::rows_t(probs, w),
+                            dout,
+                            pv.at(kv(job.p0)),
+                            kw,
+                            true,
+                            false,
+                        );
+                    }
+                    gemm_into(
+                        n,
+                        hd,
+                        n,
+                        MatRef::rows_t(&probs[np..], w),
+                        dout,
+                        pv.at(kv(job.q0)),
+                        kw,
+                        true,
+                        false,
+                    );
+                }
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
+                for (i, (dr, pr)) in dp.chunks_mut(w).zip(probs.chunks(w)).enumerate() {
+                    let seen = np + i + 1;
+                    let dot: f32 = dr[..seen].iter().zip(&pr[..seen]).map(|(a, b)| a * b).sum();
+                    for (x, &pv) in dr[..seen].iter_mut().zip(&pr[..seen]) {
+                        *x = pv * (*x - dot) * inv_sqrt;
+                    }
+                    dr[seen..].fill(0.0);
+                }
+                unsafe {
+                    // dQ = dS · K
+                    if np > 0 {
+                        gemm_into(
+                            n,
+                            hd,
+                            np,
+                            MatRef::rows(&dp, w),
+                            MatRef::rows(&lt.k[kv(job.p0)..], kw),
+                            pq.at(q_off),
+                            qw,
+                            false,
+                            false,
+                        );
+                    }
+                    gemm_into(
+                        n,
+                        hd,
+                        n,
+                        MatRef::rows(&dp[np..], w),
+                        MatRef::rows(&lt.k[kv(job.q0)..], kw),
+                        pq.at(q_off),
+                        qw,
+                        np > 0,
+                        false,
+                    );
+                    // dK += dSᵀ · Q
+                    if np > 0 {
+                        gemm_into(
+                            np,
+                            hd,
+                            n,
+                            MatRef::rows_t(&dp, w),
+                            q_rows,
+                            pk.at(kv(job.p0)),
+                            kw,
+                            true,
+                            false,
+                        );
+                    }
+                    gemm_into(
+                        n,
+                        hd,
+                        n,
+                        MatRef::rows_t(&dp[np..], w),
+                        q_rows,
+                        pk.at(kv(job.q0)),
+                        kw,
+                        true,
+                        false,
+                    );
+                }
             }
         }
     });

@@ -93,32 +93,99 @@ impl Trainable {
             }
             GradPath::Fused => {
                 let (b, s) = ids.dims2()?;
-                // The parameters are read in place, read-locked until the gradients are computed.
-                let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
-                fused::with_params(named, |flat| {
-                    let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-                    let (lp, tape) =
-                        fused::forward(&self.config, flat, &id_vec, b, pad, from, scale as f32)?;
-                    let device = ids.device();
-                    let lp = Var::from_tensor(&Tensor::from_vec(lp, (b, s - from), device)?)?;
-                    let (l, x) = loss(lp.as_tensor())?;
-                    let store = l.backward()?;
-                    let dlp: Vec<f32> = match store.get(lp.as_tensor()) {
-                        Some(g) => g.flatten_all()?.to_vec1()?,
-                        None => vec![0.0; b * (s - from)],
-                    };
-                    let flat_grads = fused::backward(&self.config, flat, tape, &dlp)?;
-                    let mut grads = Grads::new();
-                    for (name, g) in flat_grads {
-                        let var = self.vars.get(&name).ok_or_else(|| {
-                            ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
-                        })?;
-                        grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
-                    }
-                    Ok((x, grads))
-                })
+                let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                self.fused_value_and_grad(
+                    |flat| fused::forward(&self.config, flat, &id_vec, b, pad, from, scale as f32),
+                    (b, s - from),
+                    ids.device(),
+                    loss,
+                )
             }
         }
+    }
+
+    /// `value_and_grad` for GRPO groups (prompt, completions): the log-probs of every completion's
+    /// tokens given its prompt, (completions × `c`), each completion right-aligned in its row with 0
+    /// before it: what `value_and_grad` gives for the left-padded rows prompt ++ completion with
+    /// `from = width − c`. On the fused path each prompt is computed once and attended to by all of
+    /// its completions, which saves most of the work when prompts are long.
+    pub fn value_and_grad_groups<X, E>(
+        &self,
+        groups: &[(&[u32], Vec<&[u32]>)],
+        c: usize,
+        temperature: f64,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+    ) -> std::result::Result<(X, Grads), E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        let device = self.device()?;
+        let rows: usize = groups.iter().map(|g| g.1.len()).sum();
+        match self.path {
+            GradPath::Autograd => {
+                let full: Vec<Vec<u32>> = groups
+                    .iter()
+                    .flat_map(|(p, cs)| cs.iter().map(move |c| [*p, *c].concat()))
+                    .collect();
+                let batch = super::decoder::left_pad(&full, &device)?;
+                self.value_and_grad(&batch.ids, &batch.pad, batch.width - c, temperature, loss)
+            }
+            GradPath::Fused => {
+                let scale = if temperature > 0.0 {
+                    1.0 / temperature
+                } else {
+                    1.0
+                };
+                let shared: Vec<fused::SharedGroup> = groups
+                    .iter()
+                    .map(|(p, cs)| fused::SharedGroup {
+                        prompt: p,
+                        completions: cs.clone(),
+                    })
+                    .collect();
+                self.fused_value_and_grad(
+                    |flat| fused::forward_shared(&self.config, flat, &shared, c, scale as f32),
+                    (rows, c),
+                    &device,
+                    loss,
+                )
+            }
+        }
+    }
+
+    /// Runs a fused forward pass (log-probs of shape `shape`), the loss on them, and the fused
+    /// backward pass from the loss's gradient.
+    fn fused_value_and_grad<X, E>(
+        &self,
+        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)>,
+        shape: (usize, usize),
+        device: &candle_core::Device,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+    ) -> std::result::Result<(X, Grads), E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        // The parameters are read in place, read-locked until the gradients are computed.
+        let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
+        fused::with_params(named, |flat| {
+            let (lp, tape) = forward(flat)?;
+            let lp = Var::from_tensor(&Tensor::from_vec(lp, shape, device)?)?;
+            let (l, x) = loss(lp.as_tensor())?;
+            let store = l.backward()?;
+            let dlp: Vec<f32> = match store.get(lp.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1()?,
+                None => vec![0.0; shape.0 * shape.1],
+            };
+            let flat_grads = fused::backward(&self.config, flat, tape, &dlp)?;
+            let mut grads = Grads::new();
+            for (name, g) in flat_grads {
+                let var = self.vars.get(&name).ok_or_else(|| {
+                    ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
+                })?;
+                grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
+            }
+            Ok((x, grads))
+        })
     }
 
     /// The gradients of an autograd `backward` by parameter name.
@@ -130,6 +197,17 @@ impl Trainable {
     }
 
     /// A decoder whose forward pass records gradients into these variables.
+    /// The device the parameters live on.
+    pub fn device(&self) -> Result<candle_core::Device> {
+        Ok(self
+            .vars
+            .values()
+            .next()
+            .ok_or_else(|| ModelError::Invalid("no parameters".into()))?
+            .device()
+            .clone())
+    }
+
     pub fn decoder(&self) -> Result<Decoder> {
         let map: TensorMap = self
             .vars
