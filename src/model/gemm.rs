@@ -219,7 +219,14 @@ unsafe fn gemm_raw(
                         let dst = &mut panel[kk * MR..kk * MR + rows];
                         if a.rs == 1 {
                             let at = (k0 + kk) * a.cs + r0;
-                            dst.copy_from_slice(&a.data[at..at + rows]);
+                            if rows == MR {
+                                // A fixed-size copy: inlined, no call per row of the panel.
+                                let src: &[f32; MR] =
+                                    a.data[at..at + MR].try_into().expect("MR values");
+                                dst.copy_from_slice(src);
+                            } else {
+                                dst.copy_from_slice(&a.data[at..at + rows]);
+                            }
                         } else {
                             for (r, d) in dst.iter_mut().enumerate() {
                                 *d = a.at(r0 + r, k0 + kk);
@@ -231,7 +238,8 @@ unsafe fn gemm_raw(
             } else {
                 vec![]
             };
-            let mut edge = [0f32; MR * KC];
+            // The last, partial panel of A's rows (zero-padded), built only when there is one.
+            let mut edge: Vec<f32> = Vec::new();
             let mut jr = j0;
             while jr < j1 {
                 let nr = NR.min(j1 - jr);
@@ -253,7 +261,8 @@ unsafe fn gemm_raw(
                         }
                     } else {
                         if jr == j0 {
-                            edge.fill(0.0);
+                            edge.clear();
+                            edge.resize(MR * kc, 0.0);
                             for r in 0..mr {
                                 for kk in 0..kc {
                                     edge[kk * MR + r] = a.at(ir + r, k0 + kk);
@@ -298,7 +307,17 @@ fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: 
     let fill = |(p, panel): (usize, &mut [f32])| {
         let j0 = p * NR;
         let cols = NR.min(n - j0);
-        if b.cs == 1 {
+        if b.cs == 1 && cols == NR {
+            // Full panels: fixed-size copies, inlined.
+            for kk in 0..kc {
+                let at = (k0 + kk) * b.rs + j0;
+                let src: &[f32; NR] = b.data[at..at + NR].try_into().expect("NR values");
+                let dst: &mut [f32; NR] = (&mut panel[kk * NR..(kk + 1) * NR])
+                    .try_into()
+                    .expect("NR values");
+                *dst = *src;
+            }
+        } else if b.cs == 1 {
             for kk in 0..kc {
                 let src = &b.data[(k0 + kk) * b.rs + j0..(k0 + kk) * b.rs + j0 + cols];
                 panel[kk * NR..kk * NR + cols].copy_from_slice(src);
@@ -311,8 +330,10 @@ fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: 
                     panel[kk * NR + cc] = col[kk * b.rs];
                 }
             }
-            for kk in 0..kc {
-                panel[kk * NR + cols..(kk + 1) * NR].fill(0.0);
+            if cols < NR {
+                for kk in 0..kc {
+                    panel[kk * NR + cols..(kk + 1) * NR].fill(0.0);
+                }
             }
         }
     };
