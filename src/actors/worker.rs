@@ -26,7 +26,7 @@ pub struct WorkerOptions {
     /// The run's `cluster.listen` address, as this machine reaches it.
     pub connect: String,
     pub cookie: String,
-    /// Name this worker gives itself in the run's logs.
+    /// Name of this worker's cluster node (the run's connection logs show it).
     pub name: String,
     /// Keep trying to reach the run for this long (it may not be listening yet).
     pub wait: Duration,

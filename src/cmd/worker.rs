@@ -13,7 +13,8 @@ pub struct WorkerArgs {
     /// The run's `cluster.cookie` (or set RPT_CLUSTER_COOKIE).
     #[arg(long, env = "RPT_CLUSTER_COOKIE", hide_env_values = true)]
     pub cookie: String,
-    /// Name shown in the run's logs; default: host name and process id.
+    /// Name of this worker's cluster node, as the run's connection logs show it; default: host name
+    /// and process id.
     #[arg(long)]
     pub name: Option<String>,
     /// Keep trying to reach the run for this many seconds.
