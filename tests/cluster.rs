@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::Result;
-use common::{metrics, run, tiny_config, without_placement};
+use common::{learned_states, metrics, run, tiny_config, without_placement};
 use rpt::actors::TrainOptions;
 use rpt::config::{ClusterSection, Config};
 use rpt::model::Device;
@@ -174,17 +174,7 @@ fn a_worker_that_dies_mid_request_loses_no_state() -> Result<()> {
         3,
         "only its first answer counts"
     );
-    let mut seen: Vec<u64> = m
-        .iter()
-        .flat_map(|l| {
-            l["states"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_u64().unwrap())
-        })
-        .collect();
-    seen.sort();
+    let seen = learned_states(&m);
     let expected: Vec<u64> = (0..base.train.steps * base.rollout.states_per_step as u64).collect();
     assert_eq!(seen, expected, "a state was lost or learned twice");
     assert_eq!(without_placement(m), without_placement(local.clone()));

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use anyhow::Result;
 use candle_core::{D, Tensor};
-use common::{metrics, run, tiny_config, without_placement, without_timing};
+use common::{learned_states, metrics, run, tiny_config, without_placement, without_timing};
 use rpt::actors::TrainOptions;
 use rpt::config::Config;
 use rpt::env::Split;
@@ -216,17 +216,7 @@ fn a_failed_policy_is_restarted_and_every_state_is_learned_once() -> Result<()> 
         m[1]["states_reissued"].as_u64(),
         Some(summary.reissued as u64)
     );
-    let mut seen: Vec<u64> = m
-        .iter()
-        .flat_map(|l| {
-            l["states"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_u64().unwrap())
-        })
-        .collect();
-    seen.sort();
+    let seen = learned_states(&m);
     let expected: Vec<u64> = (0..4 * cfg.rollout.states_per_step as u64).collect();
     assert_eq!(seen, expected, "a state was lost or learned twice");
     // The failure does not change what is learned: same metrics as a run without it.

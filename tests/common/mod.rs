@@ -91,3 +91,19 @@ pub fn without_placement(v: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Every state index the run learned from, over all its steps, sorted.
+pub fn learned_states(m: &[serde_json::Value]) -> Vec<u64> {
+    let mut seen: Vec<u64> = m
+        .iter()
+        .flat_map(|l| {
+            l["states"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    seen
+}
