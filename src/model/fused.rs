@@ -108,6 +108,28 @@ struct AttnJob {
     np: usize,
 }
 
+impl AttnJob {
+    /// The job's keys, in column order of its score rows: (first key token, keys, first column) for
+    /// the prompt (when there is one) and for the job's own tokens.
+    fn segments(&self) -> impl Iterator<Item = (usize, usize, usize)> {
+        [(self.p0, self.np, 0), (self.q0, self.n, self.np)]
+            .into_iter()
+            .filter(|s| s.1 > 0)
+    }
+}
+
+/// Softmax of `scale · row[..seen]`, in place, and zeros after it (keys a causal query does not see).
+pub(super) fn softmax_prefix(row: &mut [f32], seen: usize, scale: f32) {
+    let max = row[..seen]
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+    row[..seen].iter_mut().for_each(|x| *x = *x * scale - max);
+    exp_in_place(&mut row[..seen]);
+    let inv: f32 = 1.0 / row[..seen].iter().sum::<f32>();
+    row[..seen].iter_mut().for_each(|x| *x *= inv);
+    row[seen..].fill(0.0);
+}
+
 /// A prompt and the completions sampled from it, for [`forward_shared`].
 pub struct SharedGroup<'a> {
     pub prompt: &'a [u32],
@@ -597,31 +619,19 @@ fn forward_core(
     for l in 0..cfg.num_hidden_layers {
         let name = |n: &str| format!("model.layers.{l}.{n}");
         let w = |n: &str| get(p, &name(n));
-        let bias = |n: &str, on: bool| -> Result<Option<&[f32]>> {
-            if on { Ok(Some(w(n)?)) } else { Ok(None) }
+        // The projection `name` (its weight, and its bias when `biased`) of every token of `x`.
+        let proj = |x: &[f32], name: &str, biased: bool, out: usize| -> Result<Vec<f32>> {
+            let bias = if biased {
+                Some(w(&format!("{name}.bias"))?)
+            } else {
+                None
+            };
+            Ok(linear(x, t_all, w(&format!("{name}.weight"))?, bias, out))
         };
         let (h1, rstd1) = rms(&x, w("input_layernorm.weight")?, d.eps);
-        let mut q = linear(
-            &h1,
-            t_all,
-            w("self_attn.q_proj.weight")?,
-            bias("self_attn.q_proj.bias", cfg.qkv_bias)?,
-            nh * hd,
-        );
-        let mut k = linear(
-            &h1,
-            t_all,
-            w("self_attn.k_proj.weight")?,
-            bias("self_attn.k_proj.bias", cfg.qkv_bias)?,
-            nkv * hd,
-        );
-        let v = linear(
-            &h1,
-            t_all,
-            w("self_attn.v_proj.weight")?,
-            bias("self_attn.v_proj.bias", cfg.qkv_bias)?,
-            nkv * hd,
-        );
+        let mut q = proj(&h1, "self_attn.q_proj", cfg.qkv_bias, nh * hd)?;
+        let mut k = proj(&h1, "self_attn.k_proj", cfg.qkv_bias, nkv * hd)?;
+        let v = proj(&h1, "self_attn.v_proj", cfg.qkv_bias, nkv * hd)?;
         let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
         if cfg.qk_norm {
             let (qn, rq) = rms(&q, w("self_attn.q_norm.weight")?, d.eps);
@@ -633,29 +643,11 @@ fn forward_core(
         rope(&mut q, nh, hd, &cos, &sin, 1.0);
         rope(&mut k, nkv, hd, &cos, &sin, 1.0);
         let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs);
-        let mut x_mid = linear(
-            &att,
-            t_all,
-            w("self_attn.o_proj.weight")?,
-            bias("self_attn.o_proj.bias", cfg.o_bias)?,
-            h,
-        );
+        let mut x_mid = proj(&att, "self_attn.o_proj", cfg.o_bias, h)?;
         add_into(&mut x_mid, &x, h);
         let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
-        let g = linear(
-            &h2,
-            t_all,
-            w("mlp.gate_proj.weight")?,
-            bias("mlp.gate_proj.bias", cfg.mlp_bias)?,
-            d.inter,
-        );
-        let u = linear(
-            &h2,
-            t_all,
-            w("mlp.up_proj.weight")?,
-            bias("mlp.up_proj.bias", cfg.mlp_bias)?,
-            d.inter,
-        );
+        let g = proj(&h2, "mlp.gate_proj", cfg.mlp_bias, d.inter)?;
+        let u = proj(&h2, "mlp.up_proj", cfg.mlp_bias, d.inter)?;
         let mut sg = vec![0f32; g.len()];
         for_rows(&mut sg, d.inter, |r, o| {
             sigmoid(&g[r * d.inter..(r + 1) * d.inter], o)
@@ -668,13 +660,7 @@ fn forward_core(
                 *o = gr[i] * sr[i] * ur[i];
             }
         });
-        let mut x_out = linear(
-            &a,
-            t_all,
-            w("mlp.down_proj.weight")?,
-            bias("mlp.down_proj.bias", cfg.mlp_bias)?,
-            h,
-        );
+        let mut x_out = proj(&a, "mlp.down_proj", cfg.mlp_bias, h)?;
         add_into(&mut x_out, &x_mid, h);
         let x_in = std::mem::replace(&mut x, x_out);
         layers.push(LayerTape {
@@ -793,52 +779,21 @@ fn attention(
                 cs: kw,
             };
             let mut sc = vec![0f32; n * w];
-            if np > 0 {
-                gemm(n, np, hd, qv, keys(job.p0), &mut sc, w, false, false);
+            for (t0, len, col) in job.segments() {
+                gemm(n, len, hd, qv, keys(t0), &mut sc[col..], w, false, false);
             }
-            gemm(n, n, hd, qv, keys(job.q0), &mut sc[np..], w, false, false);
             for (i, row) in sc.chunks_mut(w).enumerate() {
-                let seen = np + i + 1;
-                let max = row[..seen]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
-                row[..seen]
-                    .iter_mut()
-                    .for_each(|x| *x = *x * inv_sqrt - max);
-                exp_in_place(&mut row[..seen]);
-                let inv: f32 = 1.0 / row[..seen].iter().sum::<f32>();
-                row[..seen].iter_mut().for_each(|x| *x *= inv);
-                row[seen..].fill(0.0);
+                softmax_prefix(row, np + i + 1, inv_sqrt);
             }
-            let values = |t0: usize| MatRef::rows(&v[t0 * kw + g * hd..], kw);
             let dst = out.at(job.q0 * qw + head * hd);
-            // SAFETY: this job alone writes head `head` of its query tokens.
-            unsafe {
-                if np > 0 {
-                    gemm_into(
-                        n,
-                        hd,
-                        np,
-                        MatRef::rows(&sc, w),
-                        values(job.p0),
-                        dst,
-                        qw,
-                        false,
-                        false,
-                    );
-                }
-                gemm_into(
-                    n,
-                    hd,
-                    n,
-                    MatRef::rows(&sc[np..], w),
-                    values(job.q0),
-                    dst,
-                    qw,
-                    np > 0,
-                    false,
-                )
-            };
+            for (i, (t0, len, col)) in job.segments().enumerate() {
+                let values = MatRef::rows(&v[t0 * kw + g * hd..], kw);
+                // SAFETY: this job alone writes head `head` of its query tokens.
+                unsafe {
+                    let probs = MatRef::rows(&sc[col..], w);
+                    gemm_into(n, hd, len, probs, values, dst, qw, i > 0, false)
+                };
+            }
             sc
         })
         .collect();
@@ -1099,38 +1054,15 @@ fn attention_back(
                 let q_rows = MatRef::rows(&lt.q[q_off..], qw);
                 let probs = &lt.probs[j * nh + head];
                 // dP = dO · Vᵀ, over the prompt's and the job's own values.
-                if np > 0 {
-                    gemm(n, np, hd, dout, v_t(job.p0), &mut dp, w, false, false);
+                for (t0, len, col) in job.segments() {
+                    gemm(n, len, hd, dout, v_t(t0), &mut dp[col..], w, false, false);
                 }
-                gemm(n, n, hd, dout, v_t(job.q0), &mut dp[np..], w, false, false);
-                // SAFETY (all below): this task alone owns key/value group g of the unit's tokens and
-                // the query heads of that group.
-                unsafe {
+                // SAFETY (every product below): this task alone owns key/value group g of the unit's
+                // tokens and the query heads of that group.
+                for (t0, len, col) in job.segments() {
                     // dV += Pᵀ · dO
-                    if np > 0 {
-                        gemm_into(
-                            np,
-                            hd,
-                            n,
-                            MatRef::rows_t(probs, w),
-                            dout,
-                            pv.at(kv(job.p0)),
-                            kw,
-                            true,
-                            false,
-                        );
-                    }
-                    gemm_into(
-                        n,
-                        hd,
-                        n,
-                        MatRef::rows_t(&probs[np..], w),
-                        dout,
-                        pv.at(kv(job.q0)),
-                        kw,
-                        true,
-                        false,
-                    );
+                    let p_t = MatRef::rows_t(&probs[col..], w);
+                    unsafe { gemm_into(len, hd, n, p_t, dout, pv.at(kv(t0)), kw, true, false) };
                 }
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
                 for (i, (dr, pr)) in dp.chunks_mut(w).zip(probs.chunks(w)).enumerate() {
@@ -1141,57 +1073,18 @@ fn attention_back(
                     }
                     dr[seen..].fill(0.0);
                 }
-                unsafe {
+                for (i, (t0, len, col)) in job.segments().enumerate() {
                     // dQ = dS · K
-                    if np > 0 {
-                        gemm_into(
-                            n,
-                            hd,
-                            np,
-                            MatRef::rows(&dp, w),
-                            MatRef::rows(&lt.k[kv(job.p0)..], kw),
-                            pq.at(q_off),
-                            qw,
-                            false,
-                            false,
-                        );
-                    }
-                    gemm_into(
-                        n,
-                        hd,
-                        n,
-                        MatRef::rows(&dp[np..], w),
-                        MatRef::rows(&lt.k[kv(job.q0)..], kw),
-                        pq.at(q_off),
-                        qw,
-                        np > 0,
-                        false,
+                    let (ds, keys) = (
+                        MatRef::rows(&dp[col..], w),
+                        MatRef::rows(&lt.k[kv(t0)..], kw),
                     );
+                    unsafe { gemm_into(n, hd, len, ds, keys, pq.at(q_off), qw, i > 0, false) };
+                }
+                for (t0, len, col) in job.segments() {
                     // dK += dSᵀ · Q
-                    if np > 0 {
-                        gemm_into(
-                            np,
-                            hd,
-                            n,
-                            MatRef::rows_t(&dp, w),
-                            q_rows,
-                            pk.at(kv(job.p0)),
-                            kw,
-                            true,
-                            false,
-                        );
-                    }
-                    gemm_into(
-                        n,
-                        hd,
-                        n,
-                        MatRef::rows_t(&dp[np..], w),
-                        q_rows,
-                        pk.at(kv(job.q0)),
-                        kw,
-                        true,
-                        false,
-                    );
+                    let ds_t = MatRef::rows_t(&dp[col..], w);
+                    unsafe { gemm_into(len, hd, n, ds_t, q_rows, pk.at(kv(t0)), kw, true, false) };
                 }
             }
         }

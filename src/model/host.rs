@@ -11,6 +11,7 @@ use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::fused::{
     Kernel, Params, Shared, get, infer_linear_with, lm_head, rms, rope, rope_tables, sigmoid,
+    softmax_prefix,
 };
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::ops::dot;
@@ -100,35 +101,21 @@ pub fn step(
     }
     for l in 0..cfg.num_hidden_layers {
         let w = |n: &str| get(p, &format!("model.layers.{l}.{n}"));
-        let bias = |n: &str, on: bool| -> Result<Option<&[f32]>> {
-            if on { Ok(Some(w(n)?)) } else { Ok(None) }
+        // The projection `name` (its weight, and its bias when `biased`) of `rows` rows of `x`.
+        let proj = |x: &[f32], name: &str, biased: bool, out: usize| -> Result<Vec<f32>> {
+            let bias = if biased {
+                Some(w(&format!("{name}.bias"))?)
+            } else {
+                None
+            };
+            let weight = w(&format!("{name}.weight"))?;
+            Ok(infer_linear_with(kernel, x, rows, weight, bias, out))
         };
         let (h1, _) = rms(&x, w("input_layernorm.weight")?, eps);
         let qkv_bias = cfg.qkv_bias;
-        let mut q = infer_linear_with(
-            kernel,
-            &h1,
-            rows,
-            w("self_attn.q_proj.weight")?,
-            bias("self_attn.q_proj.bias", qkv_bias)?,
-            qw,
-        );
-        let mut k = infer_linear_with(
-            kernel,
-            &h1,
-            rows,
-            w("self_attn.k_proj.weight")?,
-            bias("self_attn.k_proj.bias", qkv_bias)?,
-            kw,
-        );
-        let v = infer_linear_with(
-            kernel,
-            &h1,
-            rows,
-            w("self_attn.v_proj.weight")?,
-            bias("self_attn.v_proj.bias", qkv_bias)?,
-            kw,
-        );
+        let mut q = proj(&h1, "self_attn.q_proj", qkv_bias, qw)?;
+        let mut k = proj(&h1, "self_attn.k_proj", qkv_bias, kw)?;
+        let v = proj(&h1, "self_attn.v_proj", qkv_bias, kw)?;
         if cfg.qk_norm {
             q = rms(&q, w("self_attn.q_norm.weight")?, eps).0;
             k = rms(&k, w("self_attn.k_norm.weight")?, eps).0;
@@ -144,46 +131,18 @@ pub fn step(
             }
         }
         let att = attend(cfg, &q, kc, vc, cache.cap, b, s, past, pad);
-        let o = infer_linear_with(
-            kernel,
-            &att,
-            rows,
-            w("self_attn.o_proj.weight")?,
-            bias("self_attn.o_proj.bias", cfg.o_bias)?,
-            h,
-        );
+        let o = proj(&att, "self_attn.o_proj", cfg.o_bias, h)?;
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         let (h2, _) = rms(&x, w("post_attention_layernorm.weight")?, eps);
         let mlp_bias = cfg.mlp_bias;
-        let g = infer_linear_with(
-            kernel,
-            &h2,
-            rows,
-            w("mlp.gate_proj.weight")?,
-            bias("mlp.gate_proj.bias", mlp_bias)?,
-            inter,
-        );
-        let mut a = infer_linear_with(
-            kernel,
-            &h2,
-            rows,
-            w("mlp.up_proj.weight")?,
-            bias("mlp.up_proj.bias", mlp_bias)?,
-            inter,
-        );
+        let g = proj(&h2, "mlp.gate_proj", mlp_bias, inter)?;
+        let mut a = proj(&h2, "mlp.up_proj", mlp_bias, inter)?;
         let mut sg = vec![0f32; g.len()];
         sigmoid(&g, &mut sg);
         a.iter_mut()
             .zip(g.iter().zip(&sg))
             .for_each(|(u, (g, s))| *u *= g * s);
-        let down = infer_linear_with(
-            kernel,
-            &a,
-            rows,
-            w("mlp.down_proj.weight")?,
-            bias("mlp.down_proj.bias", mlp_bias)?,
-            h,
-        );
+        let down = proj(&a, "mlp.down_proj", mlp_bias, h)?;
         x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
     }
     cache.len += s;
@@ -247,16 +206,12 @@ fn attend(
                 let seen = past + i0 + qi - p0 + 1;
                 for (j, x) in sc[..seen].iter_mut().enumerate() {
                     let k0 = kv_off + j * kw;
-                    *x = dot(qv, &kc[k0..k0 + hd]) * inv_sqrt;
+                    *x = dot(qv, &kc[k0..k0 + hd]);
                 }
-                let max = sc[..seen].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                sc[..seen].iter_mut().for_each(|x| *x -= max);
-                super::fused::exp_in_place(&mut sc[..seen]);
-                let inv = 1.0 / sc[..seen].iter().sum::<f32>();
+                softmax_prefix(&mut sc, seen, inv_sqrt);
                 let mut o = vec![0f32; hd];
-                for (j, &pj) in sc[..seen].iter().enumerate() {
+                for (j, &w) in sc[..seen].iter().enumerate() {
                     let v0 = kv_off + j * kw;
-                    let w = pj * inv;
                     o.iter_mut()
                         .zip(&vc[v0..v0 + hd])
                         .for_each(|(o, v)| *o += w * v);
@@ -286,17 +241,7 @@ fn attend(
         );
         for (qi, row) in sc.chunks_mut(nk).enumerate() {
             // Query at absolute position past + i0 + qi sees keys p0 ..= that position.
-            let seen = past + i0 + qi - p0 + 1;
-            let max = row[..seen]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_sqrt));
-            row[..seen]
-                .iter_mut()
-                .for_each(|x| *x = *x * inv_sqrt - max);
-            super::fused::exp_in_place(&mut row[..seen]);
-            let inv = 1.0 / row[..seen].iter().sum::<f32>();
-            row[..seen].iter_mut().for_each(|x| *x *= inv);
-            row[seen..].fill(0.0);
+            softmax_prefix(row, past + i0 + qi - p0 + 1, inv_sqrt);
         }
         // SAFETY: this job alone writes head `head` of row r's real new tokens.
         unsafe {

@@ -204,6 +204,19 @@ pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize)
     out
 }
 
+/// Pointers to rows `first .. first + 4` of a row-major matrix with `k` columns; rows at or past `end`
+/// point at `zeros`.
+#[cfg(target_arch = "x86_64")]
+fn four_rows(m: &[f32], first: usize, end: usize, k: usize, zeros: &[f32]) -> [*const f32; 4] {
+    std::array::from_fn(|r| {
+        if first + r < end {
+            m[(first + r) * k..].as_ptr()
+        } else {
+            zeros.as_ptr()
+        }
+    })
+}
+
 /// `out[i, j] = x[i] · w[j]` (out has row stride `ldo`) for `rows` rows of w, four rows of w against
 /// four rows of x at a time, so each loaded vector feeds four multiply-adds; x is walked in tiles of
 /// 16 rows that stay in the L1 cache while every row of w passes. Every output is the same 16-lane
@@ -229,22 +242,10 @@ unsafe fn small_block_avx512(
         let i_end = (i0 + TILE).min(m);
         let mut j = 0;
         while j < rows {
-            let wp: [*const f32; 4] = std::array::from_fn(|b| {
-                if j + b < rows {
-                    w[(j + b) * k..].as_ptr()
-                } else {
-                    zeros.as_ptr()
-                }
-            });
+            let wp = four_rows(w, j, rows, k, zeros);
             let mut i = i0;
             while i < i_end {
-                let xp: [*const f32; 4] = std::array::from_fn(|a| {
-                    if i + a < i_end {
-                        x[(i + a) * k..].as_ptr()
-                    } else {
-                        zeros.as_ptr()
-                    }
-                });
+                let xp = four_rows(x, i, i_end, k, zeros);
                 // SAFETY: every pointer addresses k floats; the masked loads stop at k; the
                 // writes stay inside rows i .. i + 4 < m and columns j .. j + 4 < rows of out.
                 unsafe {

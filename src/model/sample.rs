@@ -331,12 +331,17 @@ pub fn token_logprobs(
         .logits(&hidden.narrow(1, from - 1, n)?, mode)?
         .reshape((b * n, ()))?;
     let targets: Vec<u32> = ids.narrow(1, from, n)?.flatten_all()?.to_vec1()?;
-    let scale = if temperature > 0.0 {
+    let scale = logit_scale(temperature);
+    Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
+}
+
+/// The factor on the logits of a softmax at `temperature` (0, greedy, scores at temperature 1).
+pub(super) fn logit_scale(temperature: f64) -> f64 {
+    if temperature > 0.0 {
         1.0 / temperature
     } else {
         1.0
-    };
-    Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
+    }
 }
 
 #[cfg(test)]

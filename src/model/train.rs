@@ -72,11 +72,7 @@ impl Trainable {
     where
         E: From<ModelError> + From<candle_core::Error>,
     {
-        let scale = if temperature > 0.0 {
-            1.0 / temperature
-        } else {
-            1.0
-        };
+        let scale = super::sample::logit_scale(temperature);
         match self.path {
             GradPath::Autograd => {
                 let lp = super::sample::token_logprobs(
@@ -131,11 +127,7 @@ impl Trainable {
                 self.value_and_grad(&batch.ids, &batch.pad, batch.width - c, temperature, loss)
             }
             GradPath::Fused => {
-                let scale = if temperature > 0.0 {
-                    1.0 / temperature
-                } else {
-                    1.0
-                };
+                let scale = super::sample::logit_scale(temperature);
                 let shared: Vec<fused::SharedGroup> = groups
                     .iter()
                     .map(|(p, cs)| fused::SharedGroup {
