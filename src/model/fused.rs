@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
-use super::gemm::{MatRef, gemm, gemm_into};
-use super::ops::{SMALL_M, small_matmul_t_slices};
+use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
+use super::ops::{SMALL_M, dot, dot3, max_scaled, small_matmul_t_slices, sum};
 
 /// Parameters as flat row-major f32 buffers (borrowed), by published name.
 pub type Params<'a> = BTreeMap<&'a str, &'a [f32]>;
@@ -120,12 +120,10 @@ impl AttnJob {
 
 /// Softmax of `scale · row[..seen]`, in place, and zeros after it (keys a causal query does not see).
 pub(super) fn softmax_prefix(row: &mut [f32], seen: usize, scale: f32) {
-    let max = row[..seen]
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+    let max = max_scaled(&row[..seen], scale);
     row[..seen].iter_mut().for_each(|x| *x = *x * scale - max);
     exp_in_place(&mut row[..seen]);
-    let inv: f32 = 1.0 / row[..seen].iter().sum::<f32>();
+    let inv: f32 = 1.0 / sum(&row[..seen]);
     row[..seen].iter_mut().for_each(|x| *x *= inv);
     row[seen..].fill(0.0);
 }
@@ -181,8 +179,12 @@ unsafe fn exp_avx512(x: &mut [f32]) {
 #[inline(always)]
 fn exp_one(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round x·log2(e) to the nearest integer n by the 1.5·2^23 trick.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round x·log2(e) to the nearest integer n by the 1.5·2^23 trick: t's low mantissa bits hold
+    // n, so 2^n is built from t's bits with integer arithmetic (which vectorizes, where a float to
+    // integer conversion would not).
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
+    let ni = t.to_bits() as i32 - 0x4B40_0000;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
@@ -193,7 +195,7 @@ fn exp_one(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    p * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
 /// 1 / (1 + e^−x) of every element of `x`, into `out`.
@@ -216,6 +218,24 @@ pub(super) fn for_rows(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]
     }
 }
 
+/// As `for_rows`, over the rows of two outputs side by side.
+fn for_row_pairs(
+    x: &mut [f32],
+    y: &mut [f32],
+    len: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    if x.len() >= PAR_MIN {
+        (x.par_chunks_mut(len).zip(y.par_chunks_mut(len)))
+            .enumerate()
+            .for_each(|(r, (a, b))| f(r, a, b));
+    } else {
+        (x.chunks_mut(len).zip(y.chunks_mut(len)))
+            .enumerate()
+            .for_each(|(r, (a, b))| f(r, a, b));
+    }
+}
+
 /// `y += x`, rows of `len` in parallel when large.
 fn add_into(y: &mut [f32], x: &[f32], len: usize) {
     for_rows(y, len, |r, yr| {
@@ -234,16 +254,12 @@ pub(super) fn linear(
     out: usize,
 ) -> Vec<f32> {
     let inp = w.len() / out;
-    let mut y = vec![0f32; rows * out];
-    gemm(
+    let mut y = gemm_new(
         rows,
         out,
         inp,
         MatRef::rows(x, inp),
         MatRef::rows_t(w, inp),
-        &mut y,
-        out,
-        false,
         true,
     );
     if let Some(b) = bias {
@@ -321,7 +337,7 @@ fn linear_back(
 ) {
     let inp = w.len() / out;
     // The two products are independent and equally large: run them side by side.
-    let mut dw = vec![0f32; out * inp];
+    let mut dw = Vec::new();
     rayon::join(
         || {
             gemm(
@@ -337,15 +353,12 @@ fn linear_back(
             )
         },
         || {
-            gemm(
+            dw = gemm_new(
                 out,
                 inp,
                 rows,
                 MatRef::rows_t(dy, out),
                 MatRef::rows(x, inp),
-                &mut dw,
-                inp,
-                false,
                 true,
             )
         },
@@ -366,7 +379,7 @@ pub(super) fn rms(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let rows = x.len() / n;
     let mut rstd = vec![0f32; rows];
     for (r, xr) in rstd.iter_mut().zip(x.chunks(n)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let ms = dot(xr, xr) / n as f32;
         *r = 1.0 / (ms + eps).sqrt();
     }
     let mut y = vec![0f32; x.len()];
@@ -390,8 +403,7 @@ fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) -> V
     }
     for_rows(dx, n, |i, dxr| {
         let (xr, dyr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
-        let dot: f32 = xr.iter().zip(dyr).zip(w).map(|((x, g), w)| x * g * w).sum();
-        let c = r * r * r * dot / n as f32;
+        let c = r * r * r * dot3(xr, dyr, w) / n as f32;
         for (((d, &x), &g), &w) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
             *d += r * g * w - c * x;
         }
@@ -648,14 +660,12 @@ fn forward_core(
         let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
         let g = proj(&h2, "mlp.gate_proj", cfg.mlp_bias, d.inter)?;
         let u = proj(&h2, "mlp.up_proj", cfg.mlp_bias, d.inter)?;
-        let mut sg = vec![0f32; g.len()];
-        for_rows(&mut sg, d.inter, |r, o| {
-            sigmoid(&g[r * d.inter..(r + 1) * d.inter], o)
-        });
-        let mut a = vec![0f32; g.len()];
-        for_rows(&mut a, d.inter, |r, ar| {
+        // σ(g) and a = g · σ(g) · u, a row at a time (the row stays in L1 between the two).
+        let (mut sg, mut a) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        for_row_pairs(&mut sg, &mut a, d.inter, |r, sr, ar| {
             let range = r * d.inter..(r + 1) * d.inter;
-            let (gr, ur, sr) = (&g[range.clone()], &u[range.clone()], &sg[range]);
+            let (gr, ur) = (&g[range.clone()], &u[range]);
+            sigmoid(gr, sr);
             for (i, o) in ar.iter_mut().enumerate() {
                 *o = gr[i] * sr[i] * ur[i];
             }
@@ -693,16 +703,27 @@ fn forward_core(
     let (hs, rstd_f) = rms(&xf, get(p, "model.norm.weight")?, d.eps);
     let head = lm_head(cfg, p)?;
     // The logits are overwritten by exp(scale · logit − max), which the backward pass reuses.
-    let mut exps = linear(&hs, sel.len(), head, None, d.vocab);
+    let mut exps = logits_buffer(sel.len() * d.vocab);
+    gemm(
+        sel.len(),
+        d.vocab,
+        h,
+        MatRef::rows(&hs, h),
+        MatRef::rows_t(head, h),
+        &mut exps,
+        d.vocab,
+        false,
+        true,
+    );
     let rows: Vec<(f32, f32)> = exps
         .par_chunks_mut(d.vocab)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            let max = max_scaled(row, scale);
             let target = row[t as usize] * scale - max;
             row.iter_mut().for_each(|v| *v = *v * scale - max);
             exp_in_place(row);
-            let sum: f32 = row.iter().sum();
+            let sum = sum(row);
             (target - sum.ln(), 1.0 / sum)
         })
         .collect();
@@ -738,6 +759,31 @@ fn forward_core(
             inv_sums,
         },
     ))
+}
+
+/// The head's logits (positions × vocabulary), the largest buffer of a step, is kept from one
+/// step's backward pass to the next step's forward pass, so that its pages are not handed back to
+/// the system and faulted in (zeroed) again every step.
+static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` values for the logits, with unspecified contents (the head's product
+/// overwrites them).
+fn logits_buffer(len: usize) -> Vec<f32> {
+    let mut buf = std::mem::take(&mut *LOGITS.lock().unwrap_or_else(|e| e.into_inner()));
+    if buf.len() > len {
+        buf.truncate(len);
+    } else {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
+/// Keeps `buf` for the next step's logits (the larger one, when two passes run at once).
+fn keep_logits_buffer(buf: Vec<f32>) {
+    let mut kept = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.capacity() > kept.capacity() {
+        *kept = buf;
+    }
 }
 
 pub(super) fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]> {
@@ -849,7 +895,7 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
         &mut head_grads,
         "head",
     );
-    drop(dlogits);
+    keep_logits_buffer(dlogits);
     let d_head = head_grads.remove("head.weight").expect("weight gradient");
     let mut dxf = vec![0f32; nsel * h];
     let norm_w = get(p, "model.norm.weight")?;
@@ -897,17 +943,7 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
                 dur[i] = da * gr[i] * sr[i];
             }
         };
-        if dg.len() >= PAR_MIN {
-            dg.par_chunks_mut(inter)
-                .zip(du.par_chunks_mut(inter))
-                .enumerate()
-                .for_each(|(r, (a, b))| grad(r, a, b));
-        } else {
-            dg.chunks_mut(inter)
-                .zip(du.chunks_mut(inter))
-                .enumerate()
-                .for_each(|(r, (a, b))| grad(r, a, b));
-        }
+        for_row_pairs(&mut dg, &mut du, inter, grad);
         let mut dh2 = vec![0f32; t_all * h];
         linear_back(
             &dg,
@@ -1067,7 +1103,7 @@ fn attention_back(
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
                 for (i, (dr, pr)) in dp.chunks_mut(w).zip(probs.chunks(w)).enumerate() {
                     let seen = np + i + 1;
-                    let dot: f32 = dr[..seen].iter().zip(&pr[..seen]).map(|(a, b)| a * b).sum();
+                    let dot = dot(&dr[..seen], &pr[..seen]);
                     for (x, &pv) in dr[..seen].iter_mut().zip(&pr[..seen]) {
                         *x = pv * (*x - dot) * inv_sqrt;
                     }

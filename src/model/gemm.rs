@@ -2,9 +2,9 @@
 //!
 //! `C (+)= A · B` with A and B given by strides, so transposed operands (`x · Wᵀ`, `dyᵀ · x`) and
 //! per-head views of a `(tokens, heads · head_dim)` activation are read in place, without copies. A
-//! block of B is packed into `NR`-column panels; rows of A are read in place when contiguous and packed
-//! into `MR`-row panels per tile otherwise; a register-tiled micro-kernel multiplies MR rows of A by one
-//! B panel. With
+//! block of B is packed into `NR`-column panels and each tile's rows of A into `MR`-row panels, so that
+//! the register-tiled micro-kernel (MR rows of A by one B panel) reads two contiguous streams whatever
+//! the operands' strides. With
 //! AVX-512 the micro-kernel is written with intrinsics (the `gemm` crate's AVX-512 kernels need a
 //! nightly compiler); elsewhere the `gemm` crate does the work.
 
@@ -37,6 +37,7 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    #[cfg(test)]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }
@@ -51,10 +52,10 @@ impl<'a> MatRef<'a> {
     }
 }
 
-const MR: usize = 8;
+const MR: usize = 12;
 const NR: usize = 32;
 const KC: usize = 256;
-const MC: usize = 64;
+const MC: usize = 96;
 const NC: usize = 512;
 
 /// Raw output pointer shared by the tasks of one multiply; each task writes a disjoint tile.
@@ -145,6 +146,31 @@ pub unsafe fn gemm_into(
     unsafe { gemm_raw(m, n, k, a, b, Out(c), ldc, accumulate, parallel, kernel) }
 }
 
+/// `A · B` into a new row-major (m, n) matrix, written once (not cleared first).
+pub fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, parallel: bool) -> Vec<f32> {
+    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
+    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: the capacity holds the (m, n) tile with leading dimension n, and a multiply without
+    // `accumulate` writes every element of its tile (zeros when k = 0) before `set_len`.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Out(c.as_mut_ptr()),
+            n,
+            false,
+            parallel,
+            Kernel::detect(),
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
 /// Which micro-kernel runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
@@ -160,6 +186,37 @@ impl Kernel {
         } else {
             Kernel::Portable
         }
+    }
+}
+
+thread_local! {
+    /// Packing space kept between the multiplies of one thread (a training step makes thousands).
+    static PACKING: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's packing space, at least `len` values long; given back on drop. Packing writes
+/// every value it later reads, so the space is not cleared. A multiply nested inside another on
+/// the same thread finds the space taken and allocates its own.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let mut v = PACKING.take();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        Scratch(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        PACKING.with(|cell| {
+            // Keep the larger of this space and whatever a nested multiply left.
+            let other = cell.take();
+            cell.set(if other.len() > v.len() { other } else { v });
+        });
     }
 }
 
@@ -194,93 +251,62 @@ unsafe fn gemm_raw(
         return;
     }
     let np = n.div_ceil(NR);
-    let mut pb = vec![0f32; np * NR * KC.min(k)];
+    // Rows of A that are contiguous are read in place (the panel of MR rows stays in L1 while B's
+    // panels stream past it); only a last partial panel is packed, zero-padded. Otherwise every
+    // panel of A is packed: also where rows lie a multiple of 4 KiB apart, as all MR of them would
+    // then compete for one set of the L1 cache.
+    let in_place = a.cs == 1 && !a.rs.is_multiple_of(1024);
+    let full = m / MR;
+    let a_panels = if in_place {
+        m.div_ceil(MR) - full
+    } else {
+        m.div_ceil(MR)
+    };
+    let (a_len, b_len) = (a_panels * MR * KC.min(k), np * NR * KC.min(k));
+    let mut scratch = Scratch::take(a_len + b_len);
+    let (pa, pb) = scratch.0.split_at_mut(a_len);
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
         pack_b(b, n, k0, kc, &mut pb[..np * NR * kc], parallel);
+        let pa = &mut pa[..a_panels * MR * kc];
+        if in_place {
+            if a_panels > 0 {
+                pack_panel::<MR>(a, full * MR, m - full * MR, k0, kc, pa);
+            }
+        } else {
+            pack_a(a, m, k0, kc, pa, parallel);
+        }
         let acc = accumulate || k0 > 0;
-        let pb = &pb[..np * NR * kc];
+        let (pa, pb) = (&*pa, &pb[..np * NR * kc]);
         let tiles_m = m.div_ceil(MC);
         let tiles_n = n.div_ceil(NC);
         let tile = |t: usize| {
             let (tm, tn) = (t % tiles_m, t / tiles_m);
             let (i0, j0) = (tm * MC, tn * NC);
             let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
-            // Rows of A that are contiguous (cs = 1) are read in place, and only a last partial
-            // panel is copied (zero-padded); otherwise the tile's rows are packed into MR-row
-            // panels once, for all its columns.
-            let packed: Vec<f32> = if a.cs != 1 {
-                let mut buf = vec![0f32; (i1 - i0).div_ceil(MR) * MR * kc];
-                for (pi, panel) in buf.chunks_mut(MR * kc).enumerate() {
-                    let r0 = i0 + pi * MR;
-                    let rows = MR.min(i1 - r0);
-                    for kk in 0..kc {
-                        let dst = &mut panel[kk * MR..kk * MR + rows];
-                        if a.rs == 1 {
-                            let at = (k0 + kk) * a.cs + r0;
-                            if rows == MR {
-                                // A fixed-size copy: inlined, no call per row of the panel.
-                                let src: &[f32; MR] =
-                                    a.data[at..at + MR].try_into().expect("MR values");
-                                dst.copy_from_slice(src);
-                            } else {
-                                dst.copy_from_slice(&a.data[at..at + rows]);
-                            }
-                        } else {
-                            for (r, d) in dst.iter_mut().enumerate() {
-                                *d = a.at(r0 + r, k0 + kk);
-                            }
-                        }
-                    }
-                }
-                buf
-            } else {
-                vec![]
-            };
-            // The last, partial panel of A's rows (zero-padded), built only when there is one.
-            let mut edge: Vec<f32> = Vec::new();
-            let mut jr = j0;
-            while jr < j1 {
-                let nr = NR.min(j1 - jr);
-                let bp = &pb[(jr / NR) * NR * kc..(jr / NR + 1) * NR * kc];
-                let mut ir = i0;
-                while ir < i1 {
-                    let mr = MR.min(i1 - ir);
-                    let ap = if a.cs != 1 {
-                        Panel {
-                            ptr: packed[(ir - i0) / MR * MR * kc..].as_ptr(),
-                            rs: 1,
-                            cs: MR,
-                        }
-                    } else if mr == MR {
-                        Panel {
-                            ptr: a.data[ir * a.rs + k0 * a.cs..].as_ptr(),
-                            rs: a.rs,
-                            cs: a.cs,
-                        }
-                    } else {
-                        if jr == j0 {
-                            edge.clear();
-                            edge.resize(MR * kc, 0.0);
-                            for r in 0..mr {
-                                for kk in 0..kc {
-                                    edge[kk * MR + r] = a.at(ir + r, k0 + kk);
-                                }
-                            }
-                        }
-                        Panel {
-                            ptr: edge.as_ptr(),
-                            rs: 1,
-                            cs: MR,
-                        }
-                    };
+            // One panel of A (MR·kc values) stays in L1 while the tile's panels of B stream from L2.
+            let mut ir = i0;
+            while ir < i1 {
+                let mr = MR.min(i1 - ir);
+                let ap = if !in_place {
+                    APanel::Packed(&pa[ir / MR * MR * kc..][..MR * kc])
+                } else if ir / MR < full {
+                    APanel::Rows(&a.data[ir * a.rs + k0..], a.rs)
+                } else {
+                    APanel::Packed(&pa[..MR * kc])
+                };
+                let mut jr = j0;
+                while jr < j1 {
+                    let nr = NR.min(j1 - jr);
+                    let bp = &pb[(jr / NR) * NR * kc..(jr / NR + 1) * NR * kc];
                     // SAFETY: the tile (ir.., jr..) of size (mr, nr) lies inside C and belongs to
-                    // this task alone; the A panel holds MR rows of kc values.
+                    // this task alone; the panels hold MR·kc and NR·kc values (MR rows of kc
+                    // values in place: A was bounds-checked for its (m, k) view).
                     unsafe { micro(kc, ap, bp, c.ptr().add(ir * ldc + jr), ldc, mr, nr, acc) };
-                    ir += MR;
+                    jr += NR;
                 }
-                jr += NR;
+                ir += MR;
             }
         };
         let tiles = tiles_m * tiles_n;
@@ -293,54 +319,182 @@ unsafe fn gemm_raw(
     }
 }
 
-/// MR rows of A read in place: element (r, kk) at `ptr[r * rs + kk * cs]`.
+/// MR rows of A for the micro-kernel: packed (`kk · MR + r`), or read in place, rows `rs` apart.
 #[derive(Clone, Copy)]
-struct Panel {
-    ptr: *const f32,
-    rs: usize,
-    cs: usize,
+enum APanel<'a> {
+    Packed(&'a [f32]),
+    Rows(&'a [f32], usize),
+}
+
+/// Packs rows 0..m, columns k0..k0+kc of A into MR-row panels: panel p holds, for each kk, the MR
+/// values A[p·MR + r, k0 + kk] (zero past row m).
+fn pack_a(a: MatRef, m: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
+    pack_panels::<MR>(a, m, k0, kc, out, parallel)
 }
 
 /// Packs rows k0..k0+kc, columns 0..n of B into NR-column panels: panel p holds, for each kk, the NR
 /// values B[k0 + kk, p·NR + c] (zero past column n).
 fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
-    let fill = |(p, panel): (usize, &mut [f32])| {
-        let j0 = p * NR;
-        let cols = NR.min(n - j0);
-        if b.cs == 1 && cols == NR {
-            // Full panels: fixed-size copies, inlined.
-            for kk in 0..kc {
-                let at = (k0 + kk) * b.rs + j0;
-                let src: &[f32; NR] = b.data[at..at + NR].try_into().expect("NR values");
-                let dst: &mut [f32; NR] = (&mut panel[kk * NR..(kk + 1) * NR])
-                    .try_into()
-                    .expect("NR values");
-                *dst = *src;
-            }
-        } else if b.cs == 1 {
-            for kk in 0..kc {
-                let src = &b.data[(k0 + kk) * b.rs + j0..(k0 + kk) * b.rs + j0 + cols];
-                panel[kk * NR..kk * NR + cols].copy_from_slice(src);
-                panel[kk * NR + cols..(kk + 1) * NR].fill(0.0);
+    // B's panels are panels of Bᵀ's rows.
+    let bt = MatRef {
+        data: b.data,
+        rs: b.cs,
+        cs: b.rs,
+    };
+    pack_panels::<NR>(bt, n, k0, kc, out, parallel)
+}
+
+/// Packs rows 0..rows, columns c0..c0+cols of `mat` into W-row panels (see `pack_panel`), in
+/// groups of `GROUP` panels: where a column's values are contiguous, a group reads them as one run
+/// instead of one short piece per panel (a transposed operand has a long stride between columns).
+fn pack_panels<const W: usize>(
+    mat: MatRef,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+    out: &mut [f32],
+    parallel: bool,
+) {
+    const GROUP: usize = 8;
+    let fill = |(g, group): (usize, &mut [f32])| {
+        let r0 = g * GROUP * W;
+        let n = rows - r0;
+        if mat.rs == 1 && n >= GROUP * W {
+            for c in 0..cols {
+                let at = (c0 + c) * mat.cs + r0;
+                let src = &mat.data[at..at + GROUP * W];
+                for (p, piece) in src.chunks_exact(W).enumerate() {
+                    group[(p * cols + c) * W..(p * cols + c + 1) * W].copy_from_slice(piece);
+                }
             }
         } else {
-            for cc in 0..cols {
-                let col = &b.data[(j0 + cc) * b.cs + k0 * b.rs..];
-                for kk in 0..kc {
-                    panel[kk * NR + cc] = col[kk * b.rs];
-                }
-            }
-            if cols < NR {
-                for kk in 0..kc {
-                    panel[kk * NR + cols..(kk + 1) * NR].fill(0.0);
-                }
+            for (p, panel) in group.chunks_mut(W * cols).enumerate() {
+                pack_panel::<W>(mat, r0 + p * W, W.min(n - p * W), c0, cols, panel);
             }
         }
     };
     if parallel && out.len() > 64 * 1024 {
-        out.par_chunks_mut(NR * kc).enumerate().for_each(fill);
+        out.par_chunks_mut(GROUP * W * cols)
+            .enumerate()
+            .for_each(fill);
     } else {
-        out.chunks_mut(NR * kc).enumerate().for_each(fill);
+        out.chunks_mut(GROUP * W * cols).enumerate().for_each(fill);
+    }
+}
+
+/// One panel of W rows: `out[c·W + r] = M[r0 + r, c0 + c]` for r < rows, c < cols, and zero for
+/// rows ≤ r < W.
+fn pack_panel<const W: usize>(
+    mat: MatRef,
+    r0: usize,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    let out = &mut out[..cols * W];
+    if mat.rs == 1 {
+        // The panel's W values of one column are contiguous: one copy each.
+        for (c, dst) in out.chunks_exact_mut(W).enumerate() {
+            let at = (c0 + c) * mat.cs + r0;
+            if rows == W {
+                let src: &[f32; W] = mat.data[at..at + W].try_into().expect("W values");
+                let dst: &mut [f32; W] = dst.try_into().expect("W values");
+                *dst = *src;
+            } else {
+                dst[..rows].copy_from_slice(&mat.data[at..at + rows]);
+                dst[rows..].fill(0.0);
+            }
+        }
+        return;
+    }
+    // Rows are contiguous: transpose 8×8 blocks, the last block of a dimension that is not a
+    // multiple of 8 overlapping the one before it (rewriting a few values with themselves).
+    if mat.cs == 1 && rows >= 8 && cols >= 8 && has_avx512() {
+        let starts = |len: usize| {
+            (0..len / 8)
+                .map(|b| b * 8)
+                .chain((!len.is_multiple_of(8)).then(|| len - 8))
+        };
+        for r in starts(rows) {
+            for c in starts(cols) {
+                let src: [&[f32]; 8] = std::array::from_fn(|q| {
+                    let at = (r0 + r + q) * mat.rs + c0 + c;
+                    &mat.data[at..at + 8]
+                });
+                transpose8(src, &mut out[c * W + r..], W);
+            }
+        }
+    } else {
+        for r in 0..rows {
+            let row = &mat.data[(r0 + r) * mat.rs..];
+            for c in 0..cols {
+                out[c * W + r] = row[(c0 + c) * mat.cs];
+            }
+        }
+    }
+    for r in rows..W {
+        for c in 0..cols {
+            out[c * W + r] = 0.0;
+        }
+    }
+}
+
+/// Writes the transpose of the 8×8 block whose rows are `src` to `dst`: column t of the block goes
+/// to `dst[t · ld .. t · ld + 8]`.
+fn transpose8(src: [&[f32]; 8], dst: &mut [f32], ld: usize) {
+    assert!(dst.len() >= 7 * ld + 8, "transpose8: destination too short");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: each source row holds at least 8 values (sliced by the caller) and the destination
+    // was checked above; callers reach here only where the CPU has AVX-512 (so AVX).
+    unsafe {
+        transpose8_avx(src, dst.as_mut_ptr(), ld)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for t in 0..8 {
+        for q in 0..8 {
+            dst[t * ld + q] = src[q][t];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8_avx(src: [&[f32]; 8], dst: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: see `transpose8`.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|q| _mm256_loadu_ps(src[q][..8].as_ptr()));
+        // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (t, v) in cols.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(t * ld), v);
+        }
     }
 }
 
@@ -348,7 +502,7 @@ fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: 
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro(
     kc: usize,
-    a: Panel,
+    a: APanel,
     b: &[f32],
     c: *mut f32,
     ldc: usize,
@@ -356,12 +510,21 @@ unsafe fn micro(
     nr: usize,
     acc: bool,
 ) {
+    let run = |c: *mut f32, ldc: usize, acc: bool| match a {
+        // SAFETY: as for `micro`.
+        APanel::Packed(p) => unsafe {
+            kernel_avx512::<false>(kc, p.as_ptr(), 0, b.as_ptr(), c, ldc, acc)
+        },
+        APanel::Rows(p, rs) => unsafe {
+            kernel_avx512::<true>(kc, p.as_ptr(), rs, b.as_ptr(), c, ldc, acc)
+        },
+    };
     if mr == MR && nr == NR {
-        unsafe { kernel_avx512(kc, a, b.as_ptr(), c, ldc, acc) };
+        run(c, ldc, acc);
         return;
     }
     let mut tmp = [0f32; MR * NR];
-    unsafe { kernel_avx512(kc, a, b.as_ptr(), tmp.as_mut_ptr(), NR, false) };
+    run(tmp.as_mut_ptr(), NR, false);
     for r in 0..mr {
         for j in 0..nr {
             // SAFETY: (r, j) is inside the caller's tile.
@@ -377,21 +540,32 @@ unsafe fn micro(
     }
 }
 
+/// The register tile: MR rows of A times one packed NR-column panel of B, over kc. A is packed
+/// (`a[kk · MR + r]`) or, with `ROWS`, read in place (`a[r · rs + kk]`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: Panel, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+unsafe fn kernel_avx512<const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    rs: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
     use std::arch::x86_64::*;
-    // SAFETY: a addresses MR rows of kc values, b holds kc·NR floats (a packed panel); c is valid for an MR×NR tile with
-    // leading dimension ldc. The caller checked that the CPU has AVX-512F.
+    // SAFETY: a holds MR rows of kc values in the stated layout, b a packed panel of kc·NR floats;
+    // c is valid for an MR×NR tile with leading dimension ldc. The caller checked that the CPU has
+    // AVX-512F.
     unsafe {
         let mut c0 = [_mm512_setzero_ps(); MR];
         let mut c1 = [_mm512_setzero_ps(); MR];
         for p in 0..kc {
             let b0 = _mm512_loadu_ps(b.add(p * NR));
             let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            let ap = a.ptr.add(p * a.cs);
             for r in 0..MR {
-                let av = _mm512_set1_ps(*ap.add(r * a.rs));
+                let at = if ROWS { r * rs + p } else { p * MR + r };
+                let av = _mm512_set1_ps(*a.add(at));
                 c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
                 c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
             }
@@ -409,7 +583,15 @@ unsafe fn kernel_avx512(kc: usize, a: Panel, b: *const f32, c: *mut f32, ldc: us
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx512(_: usize, _: Panel, _: *const f32, _: *mut f32, _: usize, _: bool) {
+unsafe fn kernel_avx512<const ROWS: bool>(
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: bool,
+) {
     unreachable!("the AVX-512 kernel is only called where the CPU has AVX-512")
 }
 

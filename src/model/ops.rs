@@ -354,6 +354,62 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
+/// Σ x, kept in 16 running partial sums: one running sum is a chain of dependent additions, which
+/// neither vectorizes nor overlaps.
+pub(super) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    fold16(acc, |a, b| a + b) + tail
+}
+
+/// Σ a·b·c over three slices of one length, in 16 partial sums (see `sum`).
+pub(super) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb, cc) = (a.chunks_exact(16), b.chunks_exact(16), c.chunks_exact(16));
+    let tail: f32 = (ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder()))
+    .map(|((x, y), z)| x * y * z)
+    .sum();
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i] * z[i];
+        }
+    }
+    fold16(acc, |a, b| a + b) + tail
+}
+
+/// max of scale·x (−∞ for an empty slice), in 16 partial maxima (see `sum`).
+pub(super) fn max_scaled(x: &[f32], scale: f32) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = (chunks.remainder().iter()).fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(v * scale);
+        }
+    }
+    fold16(acc, f32::max).max(tail)
+}
+
+/// Combines 16 partial results pairwise.
+fn fold16(mut acc: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for i in 0..w {
+            acc[i] = f(acc[i], acc[i + w]);
+        }
+    }
+    acc[0]
+}
+
 #[cfg(test)]
 mod small_tests {
     use super::*;

@@ -10,6 +10,8 @@ use candle_core::Tensor;
 
 use super::decoder::{Cache, Decoder, Mode, attention_mask, positions};
 use super::error::{ModelError, Result};
+use super::fused::exp_in_place;
+use super::ops::{max_scaled, sum};
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,9 +101,10 @@ pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
     } else {
         1.0
     };
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
-    let z: f32 = probs.iter().sum();
+    let max = max_scaled(logits, 1.0);
+    let mut probs: Vec<f32> = logits.iter().map(|&l| (l - max) / t).collect();
+    exp_in_place(&mut probs);
+    let z = sum(&probs);
     let logp = |i: usize, probs: &[f32]| (probs[i] / z).ln();
     if p.temperature <= 0.0 {
         let best = argmax(logits);
@@ -130,7 +133,7 @@ pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
             probs[i] = 0.0;
         }
     }
-    let total: f32 = probs.iter().sum();
+    let total = sum(&probs);
     let mut u = rng.next_f64() as f32 * total;
     let mut chosen = argmax(&probs);
     for (i, &q) in probs.iter().enumerate() {
