@@ -668,6 +668,8 @@ mod tests {
             (9, 31, 300),
             (70, 530, 257),
             (130, 64, 512),
+            // Rows of A 4 KiB apart are packed rather than read in place.
+            (26, 40, 1024),
         ] {
             let a_rm = data(m * k, 1);
             let b_rm = data(k * n, 2);
