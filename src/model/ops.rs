@@ -243,6 +243,9 @@ unsafe fn small_block_avx512(
         let mut j = 0;
         while j < rows {
             let wp = four_rows(w, j, rows, k, zeros);
+            // The next four rows of w, fetched into the cache while these are multiplied (the
+            // hardware prefetcher learns each page's streams too late for rows this short).
+            let next = (j + 4 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
             let mut i = i0;
             while i < i_end {
                 let xp = four_rows(x, i, i_end, k, zeros);
@@ -257,6 +260,13 @@ unsafe fn small_block_avx512(
                         } else {
                             (1u16 << (k - p)) - 1
                         };
+                        if let (Some(next), true) = (next, i == i0) {
+                            // Four cache lines of the next rows per 16 columns of these.
+                            for line in 0..4 {
+                                let at = next.wrapping_add(4 * p + 16 * line);
+                                _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                            }
+                        }
                         let xv: [__m512; 4] =
                             std::array::from_fn(|a| _mm512_maskz_loadu_ps(mask, xp[a].add(p)));
                         for b in 0..4 {
@@ -267,10 +277,14 @@ unsafe fn small_block_avx512(
                         }
                         p += 16;
                     }
-                    for b in 0..4.min(rows - j) {
-                        for a in 0..4.min(i_end - i) {
-                            *out.add((i + a) * ldo + j + b) = _mm512_reduce_add_ps(acc[b][a]);
-                        }
+                    // Lane 4a + b of `sums` is out[i + a, j + b]: four contiguous outputs per row.
+                    let sums = reduce_16(acc);
+                    let mut lanes = [0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), sums);
+                    let cols = 4.min(rows - j);
+                    for a in 0..4.min(i_end - i) {
+                        let dst = std::slice::from_raw_parts_mut(out.add((i + a) * ldo + j), cols);
+                        dst.copy_from_slice(&lanes[4 * a..4 * a + cols]);
                     }
                 }
                 i += 4;
@@ -279,6 +293,42 @@ unsafe fn small_block_avx512(
         }
         i0 = i_end;
     }
+}
+
+/// The 16 lane sums of `acc[b][a]` in one vector, lane 4a + b. Each sum is the same tree as
+/// `_mm512_reduce_add_ps` (lanes i + 8, then i + 4, i + 2, i + 1 added pairwise), so every output's
+/// arithmetic is the same whatever its place, but the 16 reductions share their shuffles and adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn reduce_16(acc: [[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let v: [__m512; 16] = std::array::from_fn(|n| acc[n / 4][n % 4]);
+    // Pairs of vectors → one, halving the lanes per sum: 128-bit quarters first, then within them.
+    let l1: [__m512; 8] = std::array::from_fn(|n| {
+        let (x, y) = (v[2 * n], v[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+        )
+    });
+    let l2: [__m512; 4] = std::array::from_fn(|n| {
+        let (x, y) = (l1[2 * n], l1[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    let l3: [__m512; 2] = std::array::from_fn(|n| {
+        let (x, y) = (l2[2 * n], l2[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    });
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
+    )
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
