@@ -1034,15 +1034,16 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
             rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
         );
     }
-    let mut d_embed = vec![0f32; v * h];
+    // A tied head's gradient is the embedding's starting point (no separate zeroed table to add).
+    let mut d_embed = if cfg.tie_word_embeddings {
+        d_head
+    } else {
+        grads.insert("lm_head.weight".into(), d_head);
+        vec![0f32; v * h]
+    };
     for (row, &id) in dx.chunks(h).zip(&tape.ids) {
         let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
         dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-    }
-    if cfg.tie_word_embeddings {
-        d_embed.iter_mut().zip(&d_head).for_each(|(d, g)| *d += g);
-    } else {
-        grads.insert("lm_head.weight".into(), d_head);
     }
     grads.insert("model.embed_tokens.weight".into(), d_embed);
     Ok(grads)

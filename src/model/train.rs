@@ -279,6 +279,74 @@ pub struct AdamW {
 /// Elements per parallel task of the host update.
 const CHUNK: usize = 1 << 14;
 
+/// One AdamW update with its constants (bias corrections inverted, decoupled decay folded in).
+#[derive(Clone, Copy)]
+struct AdamRule {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    decay: f32,
+    lr: f32,
+    scale: f32,
+    ibc1: f32,
+    ibc2: f32,
+}
+
+impl AdamRule {
+    /// Updates the moments `m`, `v` in place and writes the new weights of `w` (gradient `g`) to
+    /// `out`, every element of it.
+    fn apply(
+        self,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        m: &mut [f32],
+        v: &mut [f32],
+        w: &[f32],
+        g: &[f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.apply_avx512(out, m, v, w, g) };
+        }
+        self.apply_portable(out, m, v, w, g)
+    }
+
+    /// The same loop compiled for AVX-512 (square root and division are exact in any width, so
+    /// the numbers are the same).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn apply_avx512(
+        self,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        m: &mut [f32],
+        v: &mut [f32],
+        w: &[f32],
+        g: &[f32],
+    ) {
+        self.apply_portable(out, m, v, w, g)
+    }
+
+    #[inline(always)]
+    fn apply_portable(
+        self,
+        out: &mut [std::mem::MaybeUninit<f32>],
+        m: &mut [f32],
+        v: &mut [f32],
+        w: &[f32],
+        g: &[f32],
+    ) {
+        let n = out.len();
+        let (m, v, w, g) = (&mut m[..n], &mut v[..n], &w[..n], &g[..n]);
+        for i in 0..n {
+            let gi = g[i] * self.scale;
+            m[i] = self.b1 * m[i] + (1.0 - self.b1) * gi;
+            v[i] = self.b2 * v[i] + (1.0 - self.b2) * gi * gi;
+            let update = (m[i] * self.ibc1) / ((v[i] * self.ibc2).sqrt() + self.eps);
+            out[i].write(w[i] * self.decay - self.lr * update);
+        }
+    }
+}
+
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
         AdamW {
@@ -328,27 +396,39 @@ impl AdamW {
                     let decay = (1.0 - lr * c.weight_decay) as f32;
                     let (lr, scale) = (lr as f32, scale as f32);
                     let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
-                    let mut out = vec![0f32; n];
+                    // The new weights go to a new buffer: a snapshot may still hold the old one.
+                    let mut out = Vec::with_capacity(n);
+                    let rule = AdamRule {
+                        b1,
+                        b2,
+                        eps,
+                        decay,
+                        lr,
+                        scale,
+                        ibc1,
+                        ibc2,
+                    };
                     let done = cpu_f32(w, |wd| {
                         cpu_f32(g, |gd| {
-                            out.par_chunks_mut(CHUNK)
+                            if wd.len() != n || gd.len() != n {
+                                return None;
+                            }
+                            (out.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
                                 .zip(m.par_chunks_mut(CHUNK))
                                 .zip(v.par_chunks_mut(CHUNK))
                                 .zip(wd.par_chunks(CHUNK).zip(gd.par_chunks(CHUNK)))
-                                .for_each(|(((o, m), v), (w, g))| {
-                                    for i in 0..o.len() {
-                                        let gi = g[i] * scale;
-                                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                                        let update = (m[i] * ibc1) / ((v[i] * ibc2).sqrt() + eps);
-                                        o[i] = w[i] * decay - lr * update;
-                                    }
-                                });
+                                .for_each(|(((o, m), v), (w, g))| rule.apply(o, m, v, w, g));
+                            Some(())
                         })
                     });
-                    if done.flatten().is_none() {
+                    let done = done.flatten().flatten();
+                    if done.is_some() {
+                        // SAFETY: every chunk of the n values was written by `apply`.
+                        unsafe { out.set_len(n) };
+                    }
+                    if done.is_none() {
                         return Err(ModelError::Invalid(format!(
-                            "AdamW: `{name}` or its gradient is not a contiguous f32 tensor"
+                            "AdamW: `{name}` or its gradient is not a contiguous f32 tensor of its shape"
                         )));
                     }
                     var.set(&Tensor::from_vec(out, w.shape().clone(), w.device())?)?;
