@@ -158,7 +158,14 @@ fn check(name: &str) -> Result<()> {
         max_new_tokens: want_cont.len(),
         ..Default::default()
     };
-    let out = generate(&model, &[prompt.clone()], &params, &[0], &[], &|_, _| false)?;
+    let out = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &params,
+        &[0],
+        &[],
+        &|_, _| false,
+    )?;
     assert_eq!(out[0].tokens, want_cont, "{name}: greedy tokens");
     // The same prompt beside a longer one (left padding in the cache) gives the same tokens.
     let longer: Vec<u32> = seq.clone();

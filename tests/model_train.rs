@@ -37,11 +37,11 @@ fn objective(model: &Decoder) -> Result<Tensor> {
 /// The gradient of `objective` on `path`, through `Trainable::value_and_grad`.
 fn objective_grads(params: &Trainable) -> Result<(f32, Grads)> {
     let (ids, pad) = batch();
-    Ok(params.value_and_grad(&ids, &pad, 6, 1.0, |lp| {
+    params.value_and_grad(&ids, &pad, 6, 1.0, |lp| {
         let m = lp.mean_all()?;
         let v = m.to_scalar::<f32>()?;
         Ok::<_, anyhow::Error>((m, v))
-    })?)
+    })
 }
 
 #[test]
@@ -119,9 +119,9 @@ fn fused_and_autograd_gradients_agree() -> Result<()> {
         let run = |path| -> Result<(Vec<Vec<f32>>, Grads)> {
             let mut params = Trainable::new(&ck.config, &ck.weights)?;
             params.path = path;
-            Ok(params.value_and_grad(&ids, &pad, 4, 0.7, |lp| {
+            params.value_and_grad(&ids, &pad, 4, 0.7, |lp| {
                 Ok::<_, anyhow::Error>(((lp * &weights)?.sum_all()?, lp.to_vec2()?))
-            })?)
+            })
         };
         let (lp_a, g_a) = run(GradPath::Autograd)?;
         let (lp_f, g_f) = run(GradPath::Fused)?;
@@ -427,7 +427,14 @@ fn a_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
     };
     let a = vec![496u32, 315, 286];
     let b = vec![511u32, 223, 40, 81, 81, 28, 201];
-    let alone = generate(&model, &[a.clone()], &params, &[42], &[], &|_, _| false)?;
+    let alone = generate(
+        &model,
+        std::slice::from_ref(&a),
+        &params,
+        &[42],
+        &[],
+        &|_, _| false,
+    )?;
     // In a batch of 20 rows, longer and shorter prompts around it (more rows than the few-row
     // kernel's threshold): the same tokens, and the same log-probs to the bit, since each row is
     // computed the same way whatever else is in the batch.
@@ -441,7 +448,14 @@ fn a_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
     assert_eq!(alone[0].tokens, together[1].tokens);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&alone[0].logprobs), bits(&together[1].logprobs));
-    let other = generate(&model, &[a.clone()], &params, &[43], &[], &|_, _| false)?;
+    let other = generate(
+        &model,
+        std::slice::from_ref(&a),
+        &params,
+        &[43],
+        &[],
+        &|_, _| false,
+    )?;
     assert_ne!(
         alone[0].tokens, other[0].tokens,
         "different seeds gave the same 12 tokens"
@@ -456,9 +470,14 @@ fn a_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
     // A stop rule ends the row; EOS ends it too.
-    let stopped = generate(&model, &[a.clone()], &params, &[42], &[], &|_, t| {
-        t.len() == 3
-    })?;
+    let stopped = generate(
+        &model,
+        std::slice::from_ref(&a),
+        &params,
+        &[42],
+        &[],
+        &|_, t| t.len() == 3,
+    )?;
     assert_eq!(stopped[0].tokens, alone[0].tokens[..3]);
     assert_eq!(stopped[0].finish, rpt::model::Finish::Stop);
     let eos = alone[0].tokens[4];

@@ -57,7 +57,7 @@ pub fn run_generate(a: &GenerateArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let out = generate(
         &model,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &params,
         &[a.seed],
         &ck.config.eos_token_ids,

@@ -132,7 +132,7 @@ mod tests {
                 prop_assert!(a.iter().sum::<f64>().abs() < 1e-6 * g.len() as f64 * 1e3);
                 prop_assert!(a.iter().all(|x| x.is_finite()));
             }
-            let a = &advantages(&[g.clone()], AdvantageMode::Grpo(ScaleRewards::Group))[0];
+            let a = &advantages(std::slice::from_ref(&g), AdvantageMode::Grpo(ScaleRewards::Group))[0];
             if std(&g) > 1e-3 {
                 prop_assert!((std(a) - 1.0).abs() < 1e-2);
             }

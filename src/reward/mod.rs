@@ -73,8 +73,11 @@ pub enum RewardError {
     },
 }
 
+/// Builds one reward variant.
+pub type MakeReward = fn() -> Arc<dyn RewardFn>;
+
 /// Every variant by name. One line per variant.
-pub const REGISTRY: &[(&str, fn() -> Arc<dyn RewardFn>)] = &[
+pub const REGISTRY: &[(&str, MakeReward)] = &[
     ("prefix_match", || Arc::new(PrefixMatch)),
     ("first_token", || Arc::new(FirstToken)),
     ("dense", || Arc::new(Dense)),
