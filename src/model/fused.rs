@@ -120,12 +120,19 @@ impl AttnJob {
 
 /// Softmax of `scale · row[..seen]`, in place, and zeros after it (keys a causal query does not see).
 pub(super) fn softmax_prefix(row: &mut [f32], seen: usize, scale: f32) {
-    let max = max_scaled(&row[..seen], scale);
-    row[..seen].iter_mut().for_each(|x| *x = *x * scale - max);
-    exp_in_place(&mut row[..seen]);
-    let inv: f32 = 1.0 / sum(&row[..seen]);
+    let (_, total) = exp_shifted(&mut row[..seen], scale);
+    let inv: f32 = 1.0 / total;
     row[..seen].iter_mut().for_each(|x| *x *= inv);
     row[seen..].fill(0.0);
+}
+
+/// Replaces `row` by exp(scale · x − max), max taken of scale · x; returns (max, Σ of the result):
+/// a softmax before its normalization.
+fn exp_shifted(row: &mut [f32], scale: f32) -> (f32, f32) {
+    let max = max_scaled(row, scale);
+    row.iter_mut().for_each(|x| *x = *x * scale - max);
+    exp_in_place(row);
+    (max, sum(row))
 }
 
 /// A prompt and the completions sampled from it, for [`forward_shared`].
@@ -719,12 +726,9 @@ fn forward_core(
         .par_chunks_mut(d.vocab)
         .zip(targets.par_iter())
         .map(|(row, &t)| {
-            let max = max_scaled(row, scale);
-            let target = row[t as usize] * scale - max;
-            row.iter_mut().for_each(|v| *v = *v * scale - max);
-            exp_in_place(row);
-            let sum = sum(row);
-            (target - sum.ln(), 1.0 / sum)
+            let target = row[t as usize];
+            let (max, total) = exp_shifted(row, scale);
+            (target * scale - max - total.ln(), 1.0 / total)
         })
         .collect();
     let lp = match &slots {
@@ -770,11 +774,7 @@ static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 /// overwrites them).
 fn logits_buffer(len: usize) -> Vec<f32> {
     let mut buf = std::mem::take(&mut *LOGITS.lock().unwrap_or_else(|e| e.into_inner()));
-    if buf.len() > len {
-        buf.truncate(len);
-    } else {
-        buf.resize(len, 0.0);
-    }
+    buf.resize(len, 0.0);
     buf
 }
 

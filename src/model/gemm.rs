@@ -1,12 +1,12 @@
 //! Single-precision matrix multiply on the CPU for the hand-written paths (`fused.rs`, `host.rs`).
 //!
 //! `C (+)= A · B` with A and B given by strides, so transposed operands (`x · Wᵀ`, `dyᵀ · x`) and
-//! per-head views of a `(tokens, heads · head_dim)` activation are read in place, without copies. A
-//! block of B is packed into `NR`-column panels and each tile's rows of A into `MR`-row panels, so that
-//! the register-tiled micro-kernel (MR rows of A by one B panel) reads two contiguous streams whatever
-//! the operands' strides. With
-//! AVX-512 the micro-kernel is written with intrinsics (the `gemm` crate's AVX-512 kernels need a
-//! nightly compiler); elsewhere the `gemm` crate does the work.
+//! per-head views of a `(tokens, heads · head_dim)` activation need no copies. For each block of KC
+//! along k, B is packed into `NR`-column panels; A's rows are read in place where they are contiguous
+//! (and not a multiple of 4 KiB apart), and are packed into `MR`-row panels otherwise. A register-tiled
+//! micro-kernel multiplies MR rows of A by one B panel, the A panel staying in L1 while B's panels
+//! stream past. With AVX-512 the micro-kernel is written with intrinsics (the `gemm` crate's AVX-512
+//! kernels need a nightly compiler); elsewhere the `gemm` crate does the work.
 
 use rayon::prelude::*;
 
@@ -148,24 +148,12 @@ pub unsafe fn gemm_into(
 
 /// `A · B` into a new row-major (m, n) matrix, written once (not cleared first).
 pub fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, parallel: bool) -> Vec<f32> {
-    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
-    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
     let mut c = Vec::with_capacity(m * n);
-    // SAFETY: the capacity holds the (m, n) tile with leading dimension n, and a multiply without
-    // `accumulate` writes every element of its tile (zeros when k = 0) before `set_len`.
+    // SAFETY: the capacity holds the (m, n) tile with leading dimension n, no one else sees it, and
+    // a multiply without `accumulate` writes every element of its tile (zeros when k = 0) before
+    // `set_len`.
     unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            a,
-            b,
-            Out(c.as_mut_ptr()),
-            n,
-            false,
-            parallel,
-            Kernel::detect(),
-        );
+        gemm_into(m, n, k, a, b, c.as_mut_ptr(), n, false, parallel);
         c.set_len(m * n);
     }
     c

@@ -392,22 +392,18 @@ impl AdamW {
                         shape: w.shape().clone(),
                     });
                 if let Moments::Host { m, v, .. } = entry {
-                    let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-                    let decay = (1.0 - lr * c.weight_decay) as f32;
-                    let (lr, scale) = (lr as f32, scale as f32);
-                    let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
+                    let rule = AdamRule {
+                        b1: c.beta1 as f32,
+                        b2: c.beta2 as f32,
+                        eps: c.eps as f32,
+                        decay: (1.0 - lr * c.weight_decay) as f32,
+                        lr: lr as f32,
+                        scale: scale as f32,
+                        ibc1: (1.0 / bc1) as f32,
+                        ibc2: (1.0 / bc2) as f32,
+                    };
                     // The new weights go to a new buffer: a snapshot may still hold the old one.
                     let mut out = Vec::with_capacity(n);
-                    let rule = AdamRule {
-                        b1,
-                        b2,
-                        eps,
-                        decay,
-                        lr,
-                        scale,
-                        ibc1,
-                        ibc2,
-                    };
                     let done = cpu_f32(w, |wd| {
                         cpu_f32(g, |gd| {
                             if wd.len() != n || gd.len() != n {
@@ -421,16 +417,13 @@ impl AdamW {
                             Some(())
                         })
                     });
-                    let done = done.flatten().flatten();
-                    if done.is_some() {
-                        // SAFETY: every chunk of the n values was written by `apply`.
-                        unsafe { out.set_len(n) };
-                    }
-                    if done.is_none() {
+                    if done.flatten().flatten().is_none() {
                         return Err(ModelError::Invalid(format!(
                             "AdamW: `{name}` or its gradient is not a contiguous f32 tensor of its shape"
                         )));
                     }
+                    // SAFETY: every chunk of the n values was written by `apply`.
+                    unsafe { out.set_len(n) };
                     var.set(&Tensor::from_vec(out, w.shape().clone(), w.device())?)?;
                     continue;
                 }
