@@ -458,6 +458,97 @@ default_from_serde!(
     BootstrapSection
 );
 
+/// Upper bounds of the counts: far above any run this program can do, low enough that no size
+/// computed from them overflows an allocation.
+pub mod limits {
+    pub const GROUP: usize = 4096;
+    pub const STATES: usize = 1 << 20;
+    /// `states_per_step × group_size`.
+    pub const ROLLOUTS: usize = 1 << 22;
+    pub const TOKENS: usize = 1 << 20;
+    pub const ACTORS: usize = 1024;
+    pub const STALENESS: u64 = 1024;
+    pub const EPOCHS: usize = 1024;
+    pub const STEPS: u64 = 1 << 32;
+    pub const DOCUMENTS: usize = 1 << 30;
+    pub const VOCAB: usize = 1 << 22;
+    pub const WIDTH: usize = 1 << 16;
+    pub const LAYERS: usize = 1024;
+    pub const SECONDS: f64 = 1e7;
+}
+
+/// Where a float must lie.
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    AtLeast(f64),
+    Closed(f64, f64),
+    OpenClosed(f64, f64),
+    ClosedOpen(f64, f64),
+}
+
+impl Range {
+    fn contains(self, x: f64) -> bool {
+        match self {
+            Range::AtLeast(lo) => x >= lo,
+            Range::Closed(lo, hi) => (lo..=hi).contains(&x),
+            Range::OpenClosed(lo, hi) => x > lo && x <= hi,
+            Range::ClosedOpen(lo, hi) => (lo..hi).contains(&x),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Range::AtLeast(lo) => format!(">= {lo}"),
+            Range::Closed(lo, hi) => format!("in [{lo}, {hi}]"),
+            Range::OpenClosed(lo, hi) => format!("in ({lo}, {hi}]"),
+            Range::ClosedOpen(lo, hi) => format!("in [{lo}, {hi})"),
+        }
+    }
+}
+
+/// The checks of [`Config::validate`], each naming its key.
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn bad<T>(&self, key: &str, reason: String) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            reason,
+        })
+    }
+
+    /// A finite number in `range`; NaN and infinities are refused by name.
+    fn float(&self, key: &str, x: f64, range: Range) -> Result<(), ConfigError> {
+        if !x.is_finite() {
+            return self.bad(
+                key,
+                format!("must be a finite number {}, got {x}", range.describe()),
+            );
+        }
+        if !range.contains(x) {
+            return self.bad(key, format!("must be {}, got {x}", range.describe()));
+        }
+        Ok(())
+    }
+
+    fn count(&self, key: &str, n: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+        self.count_u64(key, n as u64, lo as u64, hi as u64)
+    }
+
+    fn count_u64(&self, key: &str, n: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+        if n < lo {
+            return self.bad(key, format!("must be >= {lo}, got {n}"));
+        }
+        if n > hi {
+            return self.bad(key, format!("must be <= {hi}, got {n}"));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -478,67 +569,65 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks every bound; the error names the key, the bound and the value given.
+    /// Checks every bound; the error names the key, the bound and the value given. Every float is
+    /// checked finite (NaN and infinities are refused, never read as a default), every count has an
+    /// upper bound (so that no size overflows an allocation later), and keys that depend on each
+    /// other are checked together.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: key.into(),
-                reason,
-            })
-        };
+        let v = Validator { path };
         let r = &self.rollout;
-        if r.group_size < 2 {
-            return bad(
-                "rollout.group_size",
-                format!("must be >= 2, got {}", r.group_size),
-            );
-        }
-        if r.states_per_step == 0 {
-            return bad("rollout.states_per_step", "must be >= 1, got 0".into());
-        }
-        if r.temperature < 0.0 {
-            return bad(
-                "rollout.temperature",
-                format!("must be >= 0, got {}", r.temperature),
-            );
-        }
-        if !(r.top_p > 0.0 && r.top_p <= 1.0) {
-            return bad(
-                "rollout.top_p",
-                format!("must be in (0, 1], got {}", r.top_p),
-            );
-        }
-        if r.max_new_tokens == 0 {
-            return bad("rollout.max_new_tokens", "must be >= 1, got 0".into());
-        }
-        if r.policies == 0 || r.verifiers == 0 {
-            return bad(
-                "rollout.policies",
+        v.count("rollout.group_size", r.group_size, 2, limits::GROUP)?;
+        v.count(
+            "rollout.states_per_step",
+            r.states_per_step,
+            1,
+            limits::STATES,
+        )?;
+        if r.group_size.saturating_mul(r.states_per_step) > limits::ROLLOUTS {
+            return v.bad(
+                "rollout.states_per_step",
                 format!(
-                    "policies and verifiers must be >= 1, got {} and {}",
-                    r.policies, r.verifiers
+                    "times rollout.group_size must be <= {}, got {} x {}",
+                    limits::ROLLOUTS,
+                    r.states_per_step,
+                    r.group_size
                 ),
             );
         }
+        v.float("rollout.temperature", r.temperature, Range::AtLeast(0.0))?;
+        v.float("rollout.top_p", r.top_p, Range::OpenClosed(0.0, 1.0))?;
+        v.count("rollout.top_k", r.top_k, 0, limits::TOKENS)?;
+        v.count(
+            "rollout.max_new_tokens",
+            r.max_new_tokens,
+            1,
+            limits::TOKENS,
+        )?;
+        v.count("rollout.policies", r.policies, 1, limits::ACTORS)?;
+        v.count("rollout.verifiers", r.verifiers, 1, limits::ACTORS)?;
+        v.count_u64(
+            "rollout.max_staleness",
+            r.max_staleness,
+            0,
+            limits::STALENESS,
+        )?;
         if let Err(e) = crate::reward::by_name(&self.reward.variant) {
-            return bad("reward.variant", e.to_string());
+            return v.bad("reward.variant", e.to_string());
         }
-        if !(0.0..=1.0).contains(&self.reward.ema_tau) {
-            return bad(
-                "reward.ema_tau",
-                format!("must be in [0, 1], got {}", self.reward.ema_tau),
-            );
-        }
+        v.float(
+            "reward.ema_tau",
+            self.reward.ema_tau,
+            Range::Closed(0.0, 1.0),
+        )?;
         let g = &self.grpo;
         if !matches!(g.advantage.as_str(), "grpo" | "rlp") {
-            return bad(
+            return v.bad(
                 "grpo.advantage",
                 format!("must be \"grpo\" or \"rlp\", got {:?}", g.advantage),
             );
         }
         if !matches!(g.loss_tokens.as_str(), "completion" | "thought") {
-            return bad(
+            return v.bad(
                 "grpo.loss_tokens",
                 format!(
                     "must be \"completion\" or \"thought\", got {:?}",
@@ -546,39 +635,34 @@ impl Config {
                 ),
             );
         }
-        if g.epsilon_low < 0.0 || g.epsilon_low >= 1.0 || g.epsilon_high < 0.0 {
-            return bad(
-                "grpo.epsilon_low",
-                format!(
-                    "need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {} and {}",
-                    g.epsilon_low, g.epsilon_high
-                ),
-            );
+        v.float(
+            "grpo.epsilon_low",
+            g.epsilon_low,
+            Range::ClosedOpen(0.0, 1.0),
+        )?;
+        v.float("grpo.epsilon_high", g.epsilon_high, Range::Closed(0.0, 1e3))?;
+        v.float("grpo.beta", g.beta, Range::Closed(0.0, 1e6))?;
+        v.count("grpo.ppo_epochs", g.ppo_epochs, 1, limits::EPOCHS)?;
+        v.count("grpo.mini_batches", g.mini_batches, 1, r.states_per_step)?;
+        if g.dynamic_sampling {
+            v.count("grpo.max_gen_batches", g.max_gen_batches, 1, limits::EPOCHS)?;
         }
-        if g.beta < 0.0 {
-            return bad("grpo.beta", format!("must be >= 0, got {}", g.beta));
-        }
-        if g.ppo_epochs == 0 || g.mini_batches == 0 || g.mini_batches > r.states_per_step {
-            return bad(
-                "grpo.mini_batches",
-                format!(
-                    "need ppo_epochs >= 1 and 1 <= mini_batches <= states_per_step, got {} and {}",
-                    g.ppo_epochs, g.mini_batches
-                ),
-            );
-        }
-        if g.dynamic_sampling && g.max_gen_batches == 0 {
-            return bad(
-                "grpo.max_gen_batches",
-                "must be >= 1 with dynamic_sampling".into(),
-            );
-        }
-        if self.optim.lr <= 0.0 || !self.optim.lr.is_finite() {
-            return bad("optim.lr", format!("must be > 0, got {}", self.optim.lr));
-        }
+        let o = &self.optim;
+        v.float("optim.lr", o.lr, Range::OpenClosed(0.0, 1.0))?;
+        v.count_u64("optim.warmup_steps", o.warmup_steps, 0, limits::STEPS)?;
+        v.float(
+            "optim.weight_decay",
+            o.weight_decay,
+            Range::Closed(0.0, 1.0),
+        )?;
+        v.float(
+            "optim.max_grad_norm",
+            o.max_grad_norm,
+            Range::Closed(0.0, 1e9),
+        )?;
         if let Some(c) = &self.cluster {
             if c.listen.parse::<std::net::SocketAddr>().is_err() {
-                return bad(
+                return v.bad(
                     "cluster.listen",
                     format!(
                         "expected IP:PORT such as \"0.0.0.0:4870\", got {:?}",
@@ -587,69 +671,100 @@ impl Config {
                 );
             }
             if c.cookie.is_empty() {
-                return bad("cluster.cookie", "must not be empty".into());
+                return v.bad("cluster.cookie", "must not be empty".into());
             }
-            for (key, v) in [
+            v.count("cluster.min_workers", c.min_workers, 0, limits::ACTORS)?;
+            for (key, s) in [
                 ("cluster.wait_s", c.wait_s),
                 ("cluster.request_timeout_s", c.request_timeout_s),
             ] {
-                if !(v > 0.0 && v.is_finite()) {
-                    return bad(
+                if !(s > 0.0 && s <= limits::SECONDS) {
+                    return v.bad(
                         key,
-                        format!("must be a positive number of seconds, got {v}"),
+                        format!(
+                            "must be a positive number of seconds <= {}, got {s}",
+                            limits::SECONDS
+                        ),
                     );
                 }
             }
         }
-        if self.train.checkpoint_every == 0 {
-            return bad("train.checkpoint_every", "must be >= 1, got 0".into());
-        }
-        let s = &self.states;
-        if s.max_context_tokens == 0 || s.max_target_bytes == 0 || s.entropy_top_k < 2 {
-            return bad(
-                "states",
-                format!(
-                    "need max_context_tokens >= 1, max_target_bytes >= 1, entropy_top_k >= 2; got {}, {}, {}",
-                    s.max_context_tokens, s.max_target_bytes, s.entropy_top_k
-                ),
+        let t = &self.train;
+        v.count_u64("train.steps", t.steps, 0, limits::STEPS)?;
+        v.count_u64(
+            "train.checkpoint_every",
+            t.checkpoint_every,
+            1,
+            limits::STEPS,
+        )?;
+        v.count("eval.positions", self.eval.positions, 0, limits::DOCUMENTS)?;
+        if t.eval_before_after && self.eval.positions == 0 {
+            return v.bad(
+                "eval.positions",
+                "must be >= 1 while train.eval_before_after = true (set it to false to skip evaluation)"
+                    .into(),
             );
         }
+        v.float(
+            "eval.temperature",
+            self.eval.temperature,
+            Range::Closed(0.0, 1e3),
+        )?;
+        let s = &self.states;
+        v.count(
+            "states.max_context_tokens",
+            s.max_context_tokens,
+            1,
+            limits::TOKENS,
+        )?;
+        v.count(
+            "states.max_target_bytes",
+            s.max_target_bytes,
+            1,
+            limits::TOKENS,
+        )?;
+        v.count("states.entropy_top_k", s.entropy_top_k, 2, limits::TOKENS)?;
+        v.float(
+            "states.min_entropy",
+            f64::from(s.min_entropy),
+            Range::Closed(0.0, 1e3),
+        )?;
         if !self.prompt.template.contains("{context}") {
-            return bad(
+            return v.bad(
                 "prompt.template",
                 format!("must contain {{context}}, got {:?}", self.prompt.template),
             );
         }
         match self.corpus.kind.as_str() {
-            "builtin" if self.corpus.documents < 2 => {
-                return bad(
+            "builtin" => {
+                v.count(
                     "corpus.documents",
-                    format!("must be >= 2, got {}", self.corpus.documents),
-                );
+                    self.corpus.documents,
+                    2,
+                    limits::DOCUMENTS,
+                )?;
             }
-            "builtin" => {}
             "files" => match &self.corpus.path {
-                None => return bad("corpus.path", "is required with kind = \"files\"".into()),
+                None => return v.bad("corpus.path", "is required with kind = \"files\"".into()),
                 Some(p) if !p.exists() => {
-                    return bad("corpus.path", format!("{} does not exist", p.display()));
+                    return v.bad("corpus.path", format!("{} does not exist", p.display()));
                 }
                 Some(_) => {}
             },
             other => {
-                return bad(
+                return v.bad(
                     "corpus.kind",
                     format!("must be \"builtin\" or \"files\", got {other:?}"),
                 );
             }
         }
-        if !(0.0..1.0).contains(&self.corpus.heldout_fraction) {
-            return bad(
-                "corpus.heldout_fraction",
-                format!("must be in [0, 1), got {}", self.corpus.heldout_fraction),
-            );
-        }
+        v.float(
+            "corpus.heldout_fraction",
+            self.corpus.heldout_fraction,
+            Range::ClosedOpen(0.0, 1.0),
+        )?;
         if !self.model.bootstrap_if_missing && !self.model.path.join("config.json").exists() {
-            return bad(
+            return v.bad(
                 "model.path",
                 format!(
                     "{} has no config.json (and bootstrap_if_missing = false)",
@@ -658,26 +773,47 @@ impl Config {
             );
         }
         let b = &self.bootstrap;
-        if b.heads == 0
-            || b.kv_heads == 0
-            || !b.heads.is_multiple_of(b.kv_heads)
+        v.count("bootstrap.vocab_size", b.vocab_size, 300, limits::VOCAB)?;
+        v.count("bootstrap.hidden_size", b.hidden_size, 2, limits::WIDTH)?;
+        v.count("bootstrap.layers", b.layers, 1, limits::LAYERS)?;
+        v.count("bootstrap.heads", b.heads, 1, limits::LAYERS)?;
+        v.count("bootstrap.kv_heads", b.kv_heads, 1, limits::LAYERS)?;
+        v.count(
+            "bootstrap.intermediate_size",
+            b.intermediate_size,
+            1,
+            limits::WIDTH,
+        )?;
+        v.count(
+            "bootstrap.pretrain_steps",
+            b.pretrain_steps,
+            0,
+            limits::STEPS as usize,
+        )?;
+        v.count(
+            "bootstrap.sft_steps",
+            b.sft_steps,
+            0,
+            limits::STEPS as usize,
+        )?;
+        v.count("bootstrap.batch", b.batch, 1, limits::STATES)?;
+        v.count("bootstrap.seq_len", b.seq_len, 2, limits::TOKENS)?;
+        v.count(
+            "bootstrap.thought_bytes",
+            b.thought_bytes,
+            0,
+            limits::TOKENS,
+        )?;
+        v.float("bootstrap.lr", b.lr, Range::OpenClosed(0.0, 1.0))?;
+        if !b.heads.is_multiple_of(b.kv_heads)
             || !b.hidden_size.is_multiple_of(b.heads)
             || !(b.hidden_size / b.heads).is_multiple_of(2)
         {
-            return bad(
+            return v.bad(
                 "bootstrap.heads",
                 format!(
-                    "need heads divisible by kv_heads and an even head size; got hidden {}, heads {}, kv_heads {}",
+                    "need heads divisible by kv_heads and an even head size; got hidden_size {}, heads {}, kv_heads {}",
                     b.hidden_size, b.heads, b.kv_heads
-                ),
-            );
-        }
-        if b.vocab_size < 300 {
-            return bad(
-                "bootstrap.vocab_size",
-                format!(
-                    "must be >= 300 (256 bytes + special tokens + merges), got {}",
-                    b.vocab_size
                 ),
             );
         }
@@ -776,10 +912,218 @@ mod tests {
         assert_eq!(Config::parse(&text, Path::new("x")).unwrap(), ok);
     }
 
+    /// The hostile numbers found by hand: NaN read as a default, sizes that overflowed an allocation,
+    /// rates that turned every weight into NaN. Each is refused naming its key.
+    #[test]
+    fn hostile_numbers_are_refused_by_key() {
+        let max = i64::MAX;
+        for (text, key) in [
+            ("[rollout]\ntemperature = nan\n", "rollout.temperature"),
+            ("[rollout]\ntop_p = nan\n", "rollout.top_p"),
+            ("[grpo]\nepsilon_low = nan\n", "grpo.epsilon_low"),
+            ("[grpo]\nepsilon_high = nan\n", "grpo.epsilon_high"),
+            ("[grpo]\nbeta = nan\n", "grpo.beta"),
+            ("[grpo]\nbeta = inf\n", "grpo.beta"),
+            ("[optim]\nweight_decay = nan\n", "optim.weight_decay"),
+            ("[optim]\nlr = 1e308\n", "optim.lr"),
+            ("[optim]\nlr = nan\n", "optim.lr"),
+            ("[optim]\nmax_grad_norm = nan\n", "optim.max_grad_norm"),
+            ("[reward]\nema_tau = nan\n", "reward.ema_tau"),
+            ("[eval]\ntemperature = -inf\n", "eval.temperature"),
+            ("[states]\nmin_entropy = nan\n", "states.min_entropy"),
+            (
+                "[corpus]\nheldout_fraction = nan\n",
+                "corpus.heldout_fraction",
+            ),
+            ("[bootstrap]\nlr = nan\n", "bootstrap.lr"),
+            (
+                &format!("[rollout]\ngroup_size = {max}\n"),
+                "rollout.group_size",
+            ),
+            (
+                &format!("[rollout]\nstates_per_step = {max}\n"),
+                "rollout.states_per_step",
+            ),
+            (
+                &format!("[rollout]\nmax_new_tokens = {max}\n"),
+                "rollout.max_new_tokens",
+            ),
+            (
+                &format!("[corpus]\ndocuments = {max}\n"),
+                "corpus.documents",
+            ),
+            (&format!("[grpo]\nppo_epochs = {max}\n"), "grpo.ppo_epochs"),
+            (
+                "[rollout]\ngroup_size = 4096\nstates_per_step = 4096\n",
+                "rollout.states_per_step",
+            ),
+            ("[eval]\npositions = 0\n", "eval.positions"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        let e = err("[rollout]\ntemperature = nan\n");
+        assert!(e.contains("finite") && e.contains("NaN"), "{e}");
+        let e = err("[eval]\npositions = 0\n");
+        assert!(e.contains("eval_before_after"), "{e}");
+        // Evaluation off: no positions needed.
+        Config::parse(
+            "[train]\neval_before_after = false\n[eval]\npositions = 0\n",
+            Path::new("x"),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn trl_alias_for_group_size() {
         let c = Config::parse("[rollout]\nnum_generations = 4\n", Path::new("x")).unwrap();
         assert_eq!(c.rollout.group_size, 4);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every numeric key of the config tree (cluster included), as (section, key, is_float).
+    fn numeric_keys() -> Vec<(String, String, bool)> {
+        let cfg = Config {
+            cluster: Some(ClusterSection {
+                listen: "127.0.0.1:4870".into(),
+                cookie: "c".into(),
+                min_workers: 0,
+                wait_s: 1.0,
+                request_timeout_s: 1.0,
+            }),
+            ..Config::default()
+        };
+        let v = toml::Value::try_from(&cfg).unwrap();
+        let mut out = vec![];
+        for (k, x) in v.as_table().unwrap() {
+            match x {
+                toml::Value::Integer(_) => out.push((String::new(), k.clone(), false)),
+                toml::Value::Float(_) => out.push((String::new(), k.clone(), true)),
+                toml::Value::Table(t) => {
+                    for (k2, y) in t {
+                        match y {
+                            toml::Value::Integer(_) => out.push((k.clone(), k2.clone(), false)),
+                            toml::Value::Float(_) => out.push((k.clone(), k2.clone(), true)),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn number() -> impl Strategy<Value = toml::Value> {
+        prop_oneof![
+            any::<i64>().prop_map(toml::Value::Integer),
+            (-3i64..70_000).prop_map(toml::Value::Integer),
+            any::<f64>().prop_map(toml::Value::Float),
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(1e308),
+                Just(-0.0),
+                Just(0.5),
+                Just(1.0),
+            ]
+            .prop_map(toml::Value::Float),
+        ]
+    }
+
+    fn text_with(section: &str, key: &str, value: toml::Value) -> String {
+        let mut t = toml::Table::new();
+        if section.is_empty() {
+            t.insert(key.into(), value);
+        } else {
+            let mut inner = toml::Table::new();
+            inner.insert(key.into(), value);
+            if section == "cluster" {
+                inner.insert("listen".into(), "127.0.0.1:4870".into());
+                inner.insert("cookie".into(), "c".into());
+            }
+            t.insert(section.into(), toml::Value::Table(inner));
+        }
+        toml::to_string(&t).unwrap()
+    }
+
+    #[test]
+    fn the_walk_finds_the_numeric_keys() {
+        let keys = numeric_keys();
+        for want in [
+            "group_size",
+            "temperature",
+            "lr",
+            "ema_tau",
+            "beta",
+            "wait_s",
+            "seed",
+        ] {
+            assert!(
+                keys.iter().any(|(_, k, _)| k == want),
+                "{want} not in {keys:?}"
+            );
+        }
+        assert!(keys.len() >= 40, "{}", keys.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Any value of any numeric key either loads and validates, or is refused naming that key.
+        #[test]
+        fn any_number_loads_or_names_its_key(i in 0usize..1000, value in number()) {
+            let keys = numeric_keys();
+            let (section, key, _) = &keys[i % keys.len()];
+            let text = text_with(section, key, value.clone());
+            match Config::parse(&text, Path::new("run.toml")) {
+                Ok(cfg) => {
+                    if let toml::Value::Float(x) = value {
+                        prop_assert!(x.is_finite(), "{section}.{key} = {x} was accepted");
+                    }
+                    cfg.validate(Path::new("run.toml")).unwrap();
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    prop_assert!(e.contains(key.as_str()), "{section}.{key} = {value}: {e}");
+                }
+            }
+        }
+
+        /// Several numbers at once: never a panic, and an error always names a key that was set.
+        #[test]
+        fn many_numbers_never_panic(picks in proptest::collection::vec((0usize..1000, number()), 1..8)) {
+            let keys = numeric_keys();
+            let mut t = toml::Table::new();
+            let mut set = vec![];
+            for (i, value) in picks {
+                let (section, key, _) = &keys[i % keys.len()];
+                set.push(key.clone());
+                if section.is_empty() {
+                    t.insert(key.clone(), value);
+                } else {
+                    let inner = t
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let inner = inner.as_table_mut().unwrap();
+                    if section == "cluster" {
+                        inner.insert("listen".into(), "127.0.0.1:4870".into());
+                        inner.insert("cookie".into(), "c".into());
+                    }
+                    inner.insert(key.clone(), value);
+                }
+            }
+            let text = toml::to_string(&t).unwrap();
+            if let Err(e) = Config::parse(&text, Path::new("run.toml")) {
+                let e = e.to_string();
+                prop_assert!(set.iter().any(|k| e.contains(k.as_str())), "{text}: {e}");
+            }
+        }
     }
 }
 

@@ -107,6 +107,12 @@ impl Learner {
                 stats.optimizer_steps += 1;
             }
         }
+        if let Some(name) = self.first_non_finite()? {
+            return Err(crate::Error::Run(format!(
+                "the updated weights hold NaN or infinite values (first in `{name}`); they are not \
+                 used or saved"
+            )));
+        }
         if let Some(phi) = &mut self.ema {
             let tau = self.cfg.reward.ema_tau;
             for (name, var) in self.params.vars() {
@@ -118,7 +124,20 @@ impl Learner {
         Ok(stats)
     }
 
-    /// Loss, backward, clip and AdamW on one mini-batch.
+    /// The first parameter (by name) holding a NaN or an infinity, if any.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        let mut names: Vec<(&String, &candle_core::Var)> = self.params.vars().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, var) in names {
+            if !crate::model::all_finite(var.as_tensor())? {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Loss, backward, clip and AdamW on one mini-batch. A loss or gradient that is not finite is an
+    /// error and nothing is applied.
     fn step_on(
         &mut self,
         mb: &[ScoredGroup],
@@ -199,6 +218,12 @@ impl Learner {
             )?)
         })?;
         let norm = AdamW::grad_norm(&grads)?;
+        if !ls.loss.is_finite() || !norm.is_finite() {
+            return Err(crate::Error::Run(format!(
+                "the loss ({}) or the gradient norm ({norm}) is not finite; the update was not applied",
+                ls.loss
+            )));
+        }
         let clip = self.cfg.optim.max_grad_norm;
         let scale = if clip > 0.0 && norm > clip {
             clip / norm
@@ -234,7 +259,13 @@ impl Learner {
         self.params.load(weights)?;
         let path = dir.join("optimizer.safetensors");
         let device = self.params.decoder()?.device().clone();
-        let state = candle_core::safetensors::load(&path, &device)?;
+        let state = candle_core::safetensors::load(&path, &device).map_err(|e| {
+            crate::Error::Run(format!(
+                "{}: not a readable optimizer state ({e}); the checkpoint is damaged, resume from an \
+                 earlier one by pointing `checkpoints/latest` at it",
+                path.display()
+            ))
+        })?;
         let (ema, opt): (TensorMap, TensorMap) =
             state.into_iter().partition(|(k, _)| k.starts_with("ema."));
         self.opt.restore(&opt, opt_step)?;

@@ -23,6 +23,16 @@ fn keep_freed_memory_a_while() {
     }
 }
 
+/// User-facing errors read the same whatever `RUST_BACKTRACE` says. candle and anyhow capture a
+/// backtrace into an error when that variable is set (and print it with the message); the standard
+/// library lets `RUST_LIB_BACKTRACE` switch that off for errors while panics keep theirs.
+fn no_backtraces_in_errors() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the first thing `main` does, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -57,6 +67,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    no_backtraces_in_errors();
     keep_freed_memory_a_while();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -332,3 +332,167 @@ fn bad_configs_are_refused_before_anything_starts() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn lengths_past_the_models_positions_are_refused_at_set_up() -> Result<()> {
+    for (ctx, new) in [(24, 600), (24, usize::MAX), (1000, 10)] {
+        let mut cfg = run_config(&format!("too-long-{ctx}-{new}"));
+        cfg.states.max_context_tokens = ctx;
+        cfg.rollout.max_new_tokens = new;
+        let e = run(&cfg, TrainOptions::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("states.max_context_tokens")
+                && e.contains("rollout.max_new_tokens")
+                && e.contains("max_position_embeddings = 512"),
+            "{e}"
+        );
+        assert!(!cfg.run_dir.join("metrics.jsonl").exists());
+        assert!(!cfg.run_dir.join("config.toml").exists());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_fault_that_repeats_stops_the_run_with_its_first_error() -> Result<()> {
+    let cfg = run_config("repeating-fault");
+    // Every sampling job panics from step 3 on: restarted once, the same states fail again.
+    let e = run(
+        &cfg,
+        TrainOptions {
+            policies_panic_from_step: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("failed twice") && e.contains("injected panic sampling step 2"),
+        "{e}"
+    );
+    assert!(e.contains("step-000002") && e.contains("--resume"), "{e}");
+    let latest = rpt::checkpoint::latest(&cfg.run_dir)?.unwrap();
+    assert_eq!(rpt::checkpoint::read_state(&latest)?.step, 2);
+    Checkpoint::load(&latest, &Device::Cpu)?;
+    assert_eq!(metrics(&cfg).len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_non_finite_update_is_never_applied_or_saved() -> Result<()> {
+    let mut cfg = run_config("non-finite");
+    cfg.train.steps = 2;
+    run(&cfg, TrainOptions::default())?;
+    let good = rpt::checkpoint::latest(&cfg.run_dir)?.unwrap();
+    let weights_before = std::fs::read(good.join("model.safetensors"))?;
+    // Values the config check refuses, set behind its back: the learner's own guard must hold.
+    cfg.train.steps = 4;
+    cfg.optim.weight_decay = f64::NAN;
+    let e = run(
+        &cfg,
+        TrainOptions {
+            resume: true,
+            allow_config_change: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step 3") && e.contains("NaN or infinite") && e.contains("step-000002"),
+        "{e}"
+    );
+    assert_eq!(rpt::checkpoint::latest(&cfg.run_dir)?.unwrap(), good);
+    assert_eq!(
+        std::fs::read(good.join("model.safetensors"))?,
+        weights_before
+    );
+    assert!(!cfg.run_dir.join("checkpoints/step-000003").exists());
+    assert_eq!(metrics(&cfg).len(), 2);
+    // A rate that overflows f32 on the first step: nothing is saved at all.
+    let mut cfg = run_config("non-finite-lr");
+    cfg.optim.lr = 1e308;
+    cfg.train.checkpoint_every = 1;
+    let e = run(&cfg, TrainOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("step 1") && e.contains("no checkpoint"), "{e}");
+    assert!(rpt::checkpoint::latest(&cfg.run_dir)?.is_none());
+    Ok(())
+}
+
+#[test]
+fn resume_with_a_changed_meaning_is_refused_unless_asked_for() -> Result<()> {
+    let mut cfg = run_config("changed");
+    cfg.train.steps = 2;
+    run(&cfg, TrainOptions::default())?;
+    let saved = std::fs::read(cfg.run_dir.join("config.toml"))?;
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let mut changed = cfg.clone();
+    changed.train.steps = 3;
+    changed.rollout.group_size = 2;
+    changed.rollout.states_per_step = 2;
+    let e = run(&changed, resume.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("rollout.group_size: 4 -> 2")
+            && e.contains("rollout.states_per_step: 3 -> 2")
+            && e.contains("--allow-config-change"),
+        "{e}"
+    );
+    assert!(!e.contains("train.steps"), "{e}");
+    assert_eq!(std::fs::read(cfg.run_dir.join("config.toml"))?, saved);
+    assert_eq!(metrics(&cfg).len(), 2);
+    // Longer, with more actors: same meaning, resumed without a flag.
+    let mut longer = cfg.clone();
+    longer.train.steps = 3;
+    longer.rollout.policies = 2;
+    run(&longer, resume.clone())?;
+    // Forced: the old config is kept and the step of the change recorded.
+    changed.train.steps = 4;
+    run(
+        &changed,
+        TrainOptions {
+            allow_config_change: true,
+            ..resume
+        },
+    )?;
+    let kept = cfg.run_dir.join("config.before-step-000003.toml");
+    let old: Config = toml::from_str(&std::fs::read_to_string(&kept)?)?;
+    assert_eq!(old.rollout.group_size, 4);
+    let note: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(cfg.run_dir.join("config_changes.jsonl"))?
+            .lines()
+            .next()
+            .unwrap(),
+    )?;
+    assert_eq!(note["step"], 3);
+    assert_eq!(metrics(&cfg).len(), 4);
+    Ok(())
+}
+
+#[test]
+fn a_damaged_optimizer_state_is_named_and_nothing_is_rewritten() -> Result<()> {
+    let mut cfg = run_config("damaged");
+    cfg.train.steps = 2;
+    run(&cfg, TrainOptions::default())?;
+    let latest = rpt::checkpoint::latest(&cfg.run_dir)?.unwrap();
+    let opt = latest.join("optimizer.safetensors");
+    let bytes = std::fs::read(&opt)?;
+    std::fs::write(&opt, &bytes[..bytes.len() / 3])?;
+    let saved = std::fs::read(cfg.run_dir.join("config.toml"))?;
+    let lines = std::fs::read(cfg.run_dir.join("metrics.jsonl"))?;
+    cfg.train.steps = 4;
+    let e = run(
+        &cfg,
+        TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("optimizer.safetensors"), "{e}");
+    assert_eq!(std::fs::read(cfg.run_dir.join("config.toml"))?, saved);
+    assert_eq!(std::fs::read(cfg.run_dir.join("metrics.jsonl"))?, lines);
+    Ok(())
+}

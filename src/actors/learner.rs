@@ -142,7 +142,7 @@ impl Actor for LearnerActor {
                 let _ = sup.cast(SupMsg::Updated(Box::new(u)));
                 Ok(())
             }
-            Err(e) => Err(format!("learner: {e}").into()),
+            Err(e) => Err(format!("learner, step {}: {e}", step + 1).into()),
         }
     }
 }

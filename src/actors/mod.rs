@@ -13,7 +13,7 @@ mod verifier;
 pub mod wire;
 mod worker;
 
-pub use worker::{WorkerOptions, WorkerSummary, hostname, serve as serve_worker};
+pub use worker::{WorkerOptions, WorkerSummary, check_address, hostname, serve as serve_worker};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +58,24 @@ pub struct RunSummary {
     pub reissued: usize,
 }
 
+/// Runs a blocking job, turning a panic into an error with the panic's message, so that a job that
+/// panics on its thread fails its actor (and the supervisor hears of it) instead of vanishing.
+pub(crate) fn run_job<T, E: std::fmt::Display>(
+    job: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(format!("panicked: {msg}"))
+        }
+    }
+}
+
 /// Metrics keys that measure time; everything else is deterministic for a given seed.
 pub const TIMING_KEYS: &[&str] = &["rollout_s", "verify_s", "learn_s", "step_s", "tokens_per_s"];
 
@@ -73,6 +91,12 @@ pub struct TrainOptions {
     pub fail_policy_at_step: Option<u64>,
     /// Test hook: a stop request (as Ctrl-C sends) arrives while this step's update is running.
     pub stop_while_learning: Option<u64>,
+    /// Resume even though keys that change what the run computes differ from the saved config; the
+    /// old config is kept as `config.before-step-NNNNNN.toml` and the change logged.
+    pub allow_config_change: bool,
+    /// Test hook: from this step on, every sampling job of every policy panics, as a deterministic
+    /// fault would.
+    pub policies_panic_from_step: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -171,9 +195,12 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Runs `cfg.train.steps` optimizer steps (continuing from the last checkpoint with `resume`).
+///
+/// Everything is checked before anything is written: the resume point, the model and its fit to the
+/// configured lengths, the corpus and its index, the checkpoint's weights and optimizer state, and (on
+/// resume) that the config still means what the run's earlier steps used.
 pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result<RunSummary> {
     let run = &cfg.run_dir;
-    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     let latest = checkpoint::latest(run)?;
     if latest.is_none() && opts.resume {
         return Err(Error::Run(format!(
@@ -188,6 +215,31 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         )));
     }
     let base = Checkpoint::load(&cfg.model.path, device)?;
+    let prompt = Prompt::new(&cfg.prompt.template, &base.tokenizer)?;
+    crate::pipeline::checks::check_lengths(cfg, &base.config, &prompt, &cfg.model.path)?;
+    let saved_path = run.join("config.toml");
+    let changes = match (opts.resume, std::fs::read_to_string(&saved_path)) {
+        (true, Ok(text)) => {
+            let saved: Config = toml::from_str(&text).map_err(|e| {
+                Error::Run(format!(
+                    "{}: not a readable config: {e}",
+                    saved_path.display()
+                ))
+            })?;
+            crate::pipeline::checks::config_changes(&saved, cfg)
+        }
+        _ => vec![],
+    };
+    if !changes.is_empty() && !opts.allow_config_change {
+        return Err(Error::Run(format!(
+            "--resume: the config differs from {} in keys that change what the run computes: {}. \
+             Resume with the saved config (--config {}), or pass --allow-config-change to continue \
+             with the new one (the old one is kept beside it)",
+            saved_path.display(),
+            changes.join(", "),
+            saved_path.display()
+        )));
+    }
     let (start_step, cursor, weights, opt_step) = match (&latest, opts.resume) {
         (Some(dir), true) => {
             let ts = checkpoint::read_state(dir)?;
@@ -200,14 +252,6 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         }
         _ => (0, 0, base.weights.clone(), 0),
     };
-    let resolved = toml::to_string_pretty(cfg).expect("config serialises");
-    crate::model::write_atomic(&run.join("config.toml"), resolved.as_bytes())?;
-    let metrics_path = run.join("metrics.jsonl");
-    if opts.resume {
-        truncate_metrics(&metrics_path, start_step)?;
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
-    }
 
     let texts = load_texts(cfg)?;
     let index = load_index(cfg, Split::Train, &texts)?;
@@ -238,10 +282,31 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         Some(phi) => Some(Arc::new(Decoder::new(&base.config, phi)?)),
         None => None,
     };
+
+    // Every check has passed: from here on the run directory is written.
+    std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    if !changes.is_empty() {
+        let kept = run.join(format!("config.before-step-{start_step:06}.toml"));
+        std::fs::copy(&saved_path, &kept).map_err(|e| Error::io(&kept, e))?;
+        let note = serde_json::json!({"step": start_step, "changed": changes, "previous": kept});
+        let log = run.join("config_changes.jsonl");
+        let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.push_str(&format!("{note}\n"));
+        crate::model::write_atomic(&log, text.as_bytes())?;
+        tracing::warn!(step = start_step, kept = %kept.display(), "the config changed on resume: {}", changes.join(", "));
+    }
+    let resolved = toml::to_string_pretty(cfg).expect("config serialises");
+    crate::model::write_atomic(&saved_path, resolved.as_bytes())?;
+    let metrics_path = run.join("metrics.jsonl");
+    if opts.resume {
+        truncate_metrics(&metrics_path, start_step)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    }
     let shared = Arc::new(RunShared {
         cfg: cfg.clone(),
         tokenizer: base.tokenizer.clone(),
-        prompt: Prompt::new(&cfg.prompt.template, &base.tokenizer)?,
+        prompt,
         reward: by_name(&cfg.reward.variant)?,
         sample_params: SampleParams {
             temperature: cfg.rollout.temperature,
@@ -281,6 +346,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         ema,
         fail_policy_at_step: opts.fail_policy_at_step,
         stop_while_learning: opts.stop_while_learning,
+        policies_panic_from_step: opts.policies_panic_from_step,
     };
     let (sup, sup_h) = Actor::spawn(None, supervisor::Supervisor, sargs)
         .await
@@ -308,9 +374,16 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     if let Some(c) = cluster {
         c.stop().await;
     }
+    let intact = || match checkpoint::latest(run).ok().flatten() {
+        Some(dir) => format!(
+            "; the last checkpoint, {}, is intact: `rpt train --resume` continues from it",
+            dir.display()
+        ),
+        None => "; no checkpoint had been written yet".into(),
+    };
     match outcome {
         Ok(Ok(summary)) => Ok(summary),
-        Ok(Err(e)) => Err(Error::Run(e)),
-        Err(e) => Err(Error::Run(format!("the run stopped: {e}"))),
+        Ok(Err(e)) => Err(Error::Run(format!("{e}{}", intact()))),
+        Err(e) => Err(Error::Run(format!("the run stopped: {e}{}", intact()))),
     }
 }

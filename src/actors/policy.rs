@@ -18,6 +18,8 @@ pub struct PolicyArgs {
     pub supervisor: ActorRef<SupMsg>,
     /// Test hook: fail while handling the first request of this step.
     pub fail_on_step: Option<u64>,
+    /// Test hook: every sampling job from this step on panics, as a deterministic fault does.
+    pub panic_from_step: Option<u64>,
 }
 
 pub enum PolicyMsg {
@@ -63,20 +65,27 @@ impl Actor for PolicyActor {
                 let _span =
                     tracing::debug_span!("policy.sample", policy = id, step, states = states.len())
                         .entered();
+                let panic_from = st.panic_from_step;
                 tokio::task::spawn_blocking(move || {
                     let t0 = std::time::Instant::now();
                     let cfg = &shared.cfg;
-                    match sample_groups(
-                        &snapshot,
-                        &shared.tokenizer,
-                        &shared.prompt,
-                        &states,
-                        cfg.rollout.group_size,
-                        &shared.sample_params,
-                        cfg.seed,
-                        step,
-                        true,
-                    ) {
+                    let job = || {
+                        if panic_from.is_some_and(|s| step >= s) {
+                            panic!("injected panic sampling step {step}");
+                        }
+                        sample_groups(
+                            &snapshot,
+                            &shared.tokenizer,
+                            &shared.prompt,
+                            &states,
+                            cfg.rollout.group_size,
+                            &shared.sample_params,
+                            cfg.seed,
+                            step,
+                            true,
+                        )
+                    };
+                    match super::run_job(job) {
                         Ok(groups) => {
                             let _ = sup.cast(SupMsg::Sampled(Work {
                                 worker: id,
@@ -86,7 +95,7 @@ impl Actor for PolicyActor {
                             }));
                         }
                         Err(e) => {
-                            let _ = myself.cast(PolicyMsg::Failed(e.to_string()));
+                            let _ = myself.cast(PolicyMsg::Failed(e));
                         }
                     }
                 });

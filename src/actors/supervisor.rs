@@ -44,6 +44,8 @@ pub struct SupArgs {
     pub fail_policy_at_step: Option<u64>,
     /// Test hook: stop as Ctrl-C does while this step's update runs.
     pub stop_while_learning: Option<u64>,
+    /// Test hook: every policy job panics from this step on.
+    pub policies_panic_from_step: Option<u64>,
 }
 
 /// The arguments kept after start-up (the learner has moved into its actor).
@@ -56,6 +58,58 @@ pub struct SupArgs2 {
     pub ema: Option<Arc<Decoder>>,
     pub fail_policy_at_step: Option<u64>,
     pub stop_while_learning: Option<u64>,
+    pub policies_panic_from_step: Option<u64>,
+}
+
+/// Restarts allowed within [`RESTART_WINDOW`] before the run stops: a fault that keeps coming back is
+/// not a passing one.
+const MAX_RESTARTS: usize = 8;
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the supervisor remembers of failures, to stop a run whose faults repeat instead of restarting
+/// forever: the same state (or group) failing twice, or too many restarts in a window.
+#[derive(Default)]
+struct Faults {
+    /// State index → failures of the actor it was assigned to.
+    per_state: HashMap<u64, u32>,
+    recent: std::collections::VecDeque<Instant>,
+    first: Option<String>,
+}
+
+impl Faults {
+    /// Records a failure of an actor that held `states`; `Some(reason)` when the run must stop.
+    fn record(&mut self, who: &str, why: &str, states: &[u64]) -> Option<String> {
+        let first = self
+            .first
+            .get_or_insert_with(|| format!("{who}: {why}"))
+            .clone();
+        let now = Instant::now();
+        self.recent.push_back(now);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        for &k in states {
+            let n = self.per_state.entry(k).or_default();
+            *n += 1;
+            if *n >= 2 {
+                return Some(format!(
+                    "state {k} failed twice, so the fault is not a passing one; the first error: {first}"
+                ));
+            }
+        }
+        if self.recent.len() > MAX_RESTARTS {
+            return Some(format!(
+                "{} restarts within {} s; the first error: {first}",
+                self.recent.len(),
+                RESTART_WINDOW.as_secs()
+            ));
+        }
+        None
+    }
 }
 
 pub enum SupMsg {
@@ -114,6 +168,7 @@ pub struct SupState {
     reply: Option<RpcReplyPort<Result<RunSummary, String>>>,
     reissued_total: usize,
     fault_pending: Option<u64>,
+    faults: Faults,
 }
 
 /// A policy actor: local, or the proxy of a worker in another process.
@@ -145,6 +200,7 @@ impl Supervisor {
             shared: st.a.shared.clone(),
             supervisor: myself.clone(),
             fail_on_step: fail,
+            panic_from_step: st.a.policies_panic_from_step,
         };
         let (r, _) = Actor::spawn_linked(None, PolicyActor, args, myself.get_cell()).await?;
         Ok(r)
@@ -391,6 +447,7 @@ impl Actor for Supervisor {
             ema,
             fail_policy_at_step,
             stop_while_learning,
+            policies_panic_from_step,
         } = a;
         let largs = super::learner::LearnerArgs {
             learner,
@@ -409,6 +466,7 @@ impl Actor for Supervisor {
             ema,
             fail_policy_at_step,
             stop_while_learning,
+            policies_panic_from_step,
         };
         let mut versions = BTreeMap::new();
         versions.insert(a.start_step, (a.weights.clone(), a.ema.clone()));
@@ -431,6 +489,7 @@ impl Actor for Supervisor {
             reply: None,
             reissued_total: 0,
             fault_pending: a.fail_policy_at_step,
+            faults: Faults::default(),
             myself: myself.clone(),
             a,
         };
@@ -622,6 +681,21 @@ impl Actor for Supervisor {
         };
         match role {
             Role::Policy(i) => {
+                let held: Vec<u64> = st
+                    .steps
+                    .values()
+                    .flat_map(|w| {
+                        w.sampling
+                            .iter()
+                            .filter(|(_, (_, p))| *p == i)
+                            .map(|(k, _)| *k)
+                    })
+                    .collect();
+                if let Some(stop) = st.faults.record(&format!("policy {i}"), &why, &held) {
+                    st.finish(Err(format!("the run stopped: {stop}")));
+                    myself.stop(Some("repeated failures".into()));
+                    return Ok(());
+                }
                 tracing::warn!(policy = i, reason = %why, "policy failed; restarting it and re-issuing its states");
                 st.fault_pending = None;
                 let p = Supervisor::spawn_policy(&myself, st, i, None).await?;
@@ -636,6 +710,21 @@ impl Actor for Supervisor {
                 st.reissue(i, &live)?;
             }
             Role::Verifier(i) => {
+                let held: Vec<u64> = st
+                    .steps
+                    .values()
+                    .flat_map(|w| {
+                        w.scoring
+                            .iter()
+                            .filter(|(_, (_, v))| *v == i)
+                            .map(|(k, _)| *k)
+                    })
+                    .collect();
+                if let Some(stop) = st.faults.record(&format!("verifier {i}"), &why, &held) {
+                    st.finish(Err(format!("the run stopped: {stop}")));
+                    myself.stop(Some("repeated failures".into()));
+                    return Ok(());
+                }
                 tracing::warn!(verifier = i, reason = %why, "verifier failed; restarting it and re-issuing its groups");
                 let v = Supervisor::spawn_verifier(&myself, st, i).await?;
                 st.by_id.insert(v.get_id(), Role::Verifier(i));
@@ -661,7 +750,7 @@ impl Actor for Supervisor {
                 }
             }
             Role::Learner => {
-                st.finish(Err(format!("the learner failed: {why}; the last checkpoint is intact, `rpt train --resume` continues from it")));
+                st.finish(Err(format!("the learner failed: {why}")));
                 myself.stop(Some("learner failed".into()));
             }
         }

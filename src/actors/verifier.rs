@@ -57,13 +57,16 @@ impl Actor for VerifierActor {
                 let (shared, sup, id) = (st.shared.clone(), st.supervisor.clone(), st.id);
                 tokio::task::spawn_blocking(move || {
                     let t0 = std::time::Instant::now();
-                    match score_group(
-                        shared.reward.as_ref(),
-                        &group,
-                        &policy,
-                        ema.as_deref(),
-                        &shared.tokenizer,
-                    ) {
+                    let job = || {
+                        score_group(
+                            shared.reward.as_ref(),
+                            &group,
+                            &policy,
+                            ema.as_deref(),
+                            &shared.tokenizer,
+                        )
+                    };
+                    match super::run_job(job) {
                         Ok(rewards) => {
                             let scored = ScoredGroup { group, rewards };
                             let _ = sup.cast(SupMsg::Scored(Work {
@@ -74,7 +77,7 @@ impl Actor for VerifierActor {
                             }));
                         }
                         Err(e) => {
-                            let _ = myself.cast(VerifierMsg::Failed(e.to_string()));
+                            let _ = myself.cast(VerifierMsg::Failed(e));
                         }
                     }
                 });

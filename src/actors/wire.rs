@@ -22,6 +22,12 @@ use crate::rollout::Group;
 /// The process group policy workers join.
 pub const WORKER_GROUP: &str = "rpt.policy_workers";
 
+/// The largest `setup` or `sample` payload, and the largest reply, accepted (bytes). A tokenizer of a
+/// few MB and a request of thousands of states fit with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// The largest `weights` payload accepted (bytes): a 16 G-parameter model in f32.
+pub const MAX_WEIGHTS_BYTES: usize = 1 << 36;
+
 /// Everything a worker needs besides the weights, sent once when it joins.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerSetup {
@@ -110,6 +116,20 @@ impl ractor::Message for WorkerMsg {
         else {
             return Err(BoxedDowncastErr);
         };
+        let limit = if variant == "weights" {
+            MAX_WEIGHTS_BYTES
+        } else {
+            MAX_MESSAGE_BYTES
+        };
+        if args.len() > limit {
+            tracing::warn!(
+                variant = %variant.chars().take(32).collect::<String>(),
+                bytes = args.len(),
+                limit,
+                "dropped a cluster message over the size limit"
+            );
+            return Err(BoxedDowncastErr);
+        }
         match variant.as_str() {
             "setup" => Ok(WorkerMsg::Setup { setup: args, reply }),
             "weights" if args.len() >= 8 => {
@@ -137,6 +157,12 @@ pub fn encode_reply<T: Serialize>(r: &Result<T, String>) -> Vec<u8> {
 
 /// Reads a call's answer; a malformed one is an error naming what was expected.
 pub fn decode_reply<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "`{what}` reply from the worker of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+            bytes.len()
+        ));
+    }
     serde_json::from_slice::<Result<T, String>>(bytes)
         .map_err(|e| format!("malformed `{what}` reply from the worker: {e}"))?
 }
@@ -147,6 +173,12 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "`{what}` request of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+            bytes.len()
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| format!("malformed `{what}` request: {e}"))
 }
 

@@ -243,9 +243,26 @@ impl NodeEventSubscription for Events {
     }
 }
 
+/// `HOST:PORT` with a port number: an address that can never parse is refused at once instead of being
+/// retried for the whole wait (a host that does not resolve yet is retried, as the run may be starting).
+pub fn check_address(addr: &str) -> std::result::Result<(), String> {
+    let ok = addr.parse::<std::net::SocketAddr>().is_ok()
+        || addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && !host.contains([' ', '/']) && port.parse::<u16>().is_ok()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--connect {addr:?}: expected HOST:PORT of the run, e.g. 10.0.0.5:4870 (the run's `cluster.listen`)"
+        ))
+    }
+}
+
 /// Joins the run at `opts.connect` and samples for it until the run closes the connection.
 pub async fn serve(opts: WorkerOptions) -> Result<WorkerSummary> {
     let err = |m: String| Error::Run(format!("worker: {m}"));
+    check_address(&opts.connect).map_err(err)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = NodeServer::new(
         0,

@@ -156,8 +156,9 @@ pub fn eval_report(
     cfg: &Config,
     ck: &rpt::model::Checkpoint,
 ) -> Result<rpt::pipeline::evaluate::EvalReport> {
-    let items = eval_items(cfg, &ck.tokenizer)?;
     let prompt = Prompt::new(&cfg.prompt.template, &ck.tokenizer)?;
+    rpt::pipeline::checks::check_lengths(cfg, &ck.config, &prompt, Path::new("the model"))?;
+    let items = eval_items(cfg, &ck.tokenizer)?;
     let params = SampleParams {
         temperature: cfg.eval.temperature,
         top_k: 0,

@@ -55,6 +55,11 @@ impl Line {
 }
 
 fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> {
+    anyhow::ensure!(
+        a.input.as_os_str() == "-" || !a.input.is_dir(),
+        "--input {}: is a directory; expected a JSONL file of {{\"completion\": ..., \"continuation\": ...}} lines (or - for stdin)",
+        a.input.display()
+    );
     let reader: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -79,7 +84,15 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
                 .map(str::to_string)
                 .with_context(|| format!("{name}:{number}: field `{k}` must be a string"))
         };
-        let num = |k: &str| v.get(k).and_then(Value::as_f64);
+        let num = |k: &str| -> Result<Option<f64>> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64()),
+                Some(other) => {
+                    anyhow::bail!("{name}:{number}: field `{k}` must be a number, got {other}")
+                }
+            }
+        };
         let completion = text("completion")?;
         let continuation = text("continuation")?;
         let ids = tok.encode(&continuation)?;
@@ -97,9 +110,9 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
             boundaries,
             next_token: ids[0],
             guess_first_token,
-            guess_prob: num("guess_prob"),
-            logp_with_thought: num("logp_with_thought"),
-            logp_baseline: num("logp_baseline"),
+            guess_prob: num("guess_prob")?,
+            logp_with_thought: num("logp_with_thought")?,
+            logp_baseline: num("logp_baseline")?,
         });
     }
     Ok(lines)

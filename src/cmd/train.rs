@@ -23,6 +23,10 @@ pub struct TrainArgs {
     /// Override `run_dir`.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// With --resume: continue although keys that change what the run computes (group size, rewards,
+    /// learning rate, ...) differ from the run's saved config. The old config is kept beside the new.
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         &cfg,
         &TrainOptions {
             resume: a.resume,
+            allow_config_change: a.allow_config_change,
             ..Default::default()
         },
         &device,

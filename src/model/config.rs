@@ -73,16 +73,37 @@ impl ModelConfig {
             field: field.to_string(),
             reason,
         };
+        // Far above any published model, low enough that no product of sizes overflows.
+        let limit = |field: &str| -> u64 {
+            match field {
+                "vocab_size" | "max_position_embeddings" => 1 << 24,
+                "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" => 1 << 12,
+                _ => 1 << 20,
+            }
+        };
         let usize_field = |field: &str| -> Result<usize> {
+            let max = limit(field);
             match v.get(field) {
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|x| x > 0) => {
-                    Ok(n.as_u64().unwrap() as usize)
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|x| x > 0 && x <= max) => {
+                    Ok(n.as_u64().unwrap_or_default() as usize)
                 }
                 Some(other) => Err(err(
                     field,
-                    format!("must be a positive integer, got {other}"),
+                    format!("must be an integer in 1..={max}, got {other}"),
                 )),
                 None => Err(err(field, "is missing".into())),
+            }
+        };
+        let float_field = |field: &str, value: Option<&Value>, default: f64| -> Result<f64> {
+            match value {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) => {
+                    Ok(n.as_f64().unwrap_or(default))
+                }
+                Some(other) => Err(err(
+                    field,
+                    format!("must be a positive finite number, got {other}"),
+                )),
             }
         };
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
@@ -126,11 +147,13 @@ impl ModelConfig {
                 format!("is {kind:?}; only \"default\" rope is supported"),
             ));
         }
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .or_else(|| v.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0);
+        let rope_theta = float_field(
+            "rope_theta",
+            rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .or_else(|| v.get("rope_theta")),
+            10_000.0,
+        )?;
         if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
             return Err(err(
                 "use_sliding_window",
@@ -196,15 +219,12 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: v
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
+            rms_norm_eps: float_field("rms_norm_eps", v.get("rms_norm_eps"), 1e-6)?,
             rope_theta,
-            max_position_embeddings: v
-                .get("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(32_768) as usize,
+            max_position_embeddings: match v.get("max_position_embeddings") {
+                None | Some(Value::Null) => 32_768,
+                Some(_) => usize_field("max_position_embeddings")?,
+            },
             tie_word_embeddings: v
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)

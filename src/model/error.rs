@@ -35,6 +35,18 @@ pub enum ModelError {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
+    #[error(
+        "{path}: tensor `{name}`{} is not used: {why}. Weights that do not match their config.json are refused",
+        if *more > 0 { format!(" (and {more} more)") } else { String::new() }
+    )]
+    UnusedTensor {
+        path: PathBuf,
+        name: String,
+        more: usize,
+        why: String,
+    },
+    #[error("{path}: tensor `{name}` holds NaN or infinite values")]
+    NonFinite { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has dtype {dtype}, expected f32, bf16 or f16")]
     DType {
         path: PathBuf,

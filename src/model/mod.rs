@@ -36,7 +36,8 @@ pub use sample::{
 pub use tokenizer::Tokenizer;
 pub use train::{AdamW, AdamWConfig, GradPath, Grads, Trainable};
 pub use weights::{
-    TensorMap, load_weights, save_weights, weights_from_bytes, weights_to_bytes, write_atomic,
+    TensorMap, all_finite, load_weights, save_weights, weights_from_bytes, weights_to_bytes,
+    write_atomic,
 };
 
 /// A checkpoint directory loaded: config, tokenizer and the decoder over its weights.

@@ -192,6 +192,7 @@ pub fn generate_on(
     eos: &[u32],
     stop: &dyn Fn(usize, &[u32]) -> bool,
 ) -> Result<Vec<Sample>> {
+    check_length(model, prompts, params)?;
     if path == InferPath::Auto && model.on_host() {
         return super::fused::with_params(model.named_tensors(), |p| {
             let mut cache: Option<super::host::HostCache> = None;
@@ -225,6 +226,24 @@ pub fn generate_on(
     })
 }
 
+/// The longest prompt plus the new tokens must fit the model's positions (checked without overflow,
+/// whatever `max_new_tokens` is).
+fn check_length(model: &Decoder, prompts: &[Vec<u32>], params: &SampleParams) -> Result<()> {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let limit = model.config().max_position_embeddings;
+    if width
+        .checked_add(params.max_new_tokens)
+        .is_none_or(|total| total > limit)
+    {
+        return Err(ModelError::Invalid(format!(
+            "generate: prompt of {width} tokens + {} new tokens exceeds the model's \
+             max_position_embeddings = {limit}",
+            params.max_new_tokens
+        )));
+    }
+    Ok(())
+}
+
 /// The sampling loop over a model step: `step(ids, pad, s)` runs `s` new tokens per row (row-major)
 /// through the model with its cache and returns the logits at each row's last one.
 fn sample_loop(
@@ -252,15 +271,8 @@ fn sample_loop(
     if b == 0 {
         return Ok(vec![]);
     }
+    check_length(model, prompts, params)?;
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let total = width + params.max_new_tokens;
-    if total > model.config().max_position_embeddings {
-        return Err(ModelError::Invalid(format!(
-            "generate: prompt of {width} tokens + {} new exceeds max_position_embeddings = {}",
-            params.max_new_tokens,
-            model.config().max_position_embeddings
-        )));
-    }
     let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
     let mut input: Vec<u32> = Vec::with_capacity(b * width);
     for (p, &n) in prompts.iter().zip(&pad) {
@@ -323,6 +335,12 @@ pub fn token_logprobs(
     if from == 0 || from >= s {
         return Err(ModelError::Invalid(format!(
             "token_logprobs: `from` must be in 1..{s}, got {from}"
+        )));
+    }
+    let limit = model.config().max_position_embeddings;
+    if s > limit {
+        return Err(ModelError::Invalid(format!(
+            "{s} tokens exceed the model's max_position_embeddings = {limit}"
         )));
     }
     let device = model.device();

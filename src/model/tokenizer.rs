@@ -36,23 +36,114 @@ fn byte_level_decoder() -> std::collections::HashMap<char, u8> {
         .collect()
 }
 
+/// A BPE model's merges must each join two vocabulary tokens into a third. `tokenizers` 0.23 panics
+/// (a slice out of range) on a merge whose result is longer than every vocabulary token, so merges
+/// are checked here first, by index.
+fn check_merges(model: &serde_json::Value) -> std::result::Result<(), String> {
+    if model.get("type").and_then(serde_json::Value::as_str) != Some("BPE") {
+        return Ok(());
+    }
+    let (Some(vocab), Some(merges)) = (
+        model.get("vocab").and_then(serde_json::Value::as_object),
+        model.get("merges").and_then(serde_json::Value::as_array),
+    ) else {
+        return Ok(());
+    };
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("");
+    for (i, m) in merges.iter().enumerate() {
+        let pair: Option<(String, String)> = match m {
+            serde_json::Value::String(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string())),
+            serde_json::Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
+                (Some(x), Some(y)) => Some((x.to_string(), y.to_string())),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((a, b)) = pair else {
+            return Err(format!(
+                "model.merges[{i}] is {m}; expected a pair of tokens"
+            ));
+        };
+        let joined = format!("{a}{}", b.strip_prefix(prefix).unwrap_or(&b));
+        for t in [&a, &b, &joined] {
+            if !vocab.contains_key(t.as_str()) {
+                return Err(format!(
+                    "model.merges[{i}] = [{a:?}, {b:?}]: {t:?} is not in model.vocab"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::from_inner(inner, path)
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_json(&text, path)
     }
 
-    /// Reads a `tokenizer.json` held in memory; `path` names its source in errors.
+    /// Reads a `tokenizer.json` held in memory; `path` names its source in errors. Text that is not
+    /// JSON, JSON that is not a tokenizer, and a tokenizer this library cannot read are told apart.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let inner: tokenizers::Tokenizer =
-            text.parse()
-                .map_err(|e: tokenizers::Error| ModelError::Tokenizer {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|source| ModelError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if !value.get("model").is_some_and(serde_json::Value::is_object) {
+            let what = match &value {
+                serde_json::Value::Object(o) => format!(
+                    "an object with keys [{}]",
+                    o.keys().take(8).cloned().collect::<Vec<_>>().join(", ")
+                ),
+                other => format!("a JSON {}", json_kind(other)),
+            };
+            return Err(ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "is {what}, not a Hugging Face tokenizer (expected an object with a `model` \
+                     section, as `tokenizers` saves it)"
+                ),
+            });
+        }
+        check_merges(&value["model"]).map_err(|reason| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        // `tokenizers` panics on some malformed files instead of returning an error; a panic here
+        // is reported as the file's fault, like any other.
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
+        let inner = match parsed {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                return Err(ModelError::Tokenizer {
                     path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
+                    reason: format!("has a shape the `tokenizers` library cannot read: {e}"),
+                });
+            }
+            Err(_) => {
+                return Err(ModelError::Tokenizer {
+                    path: path.to_path_buf(),
+                    reason: "is malformed: the `tokenizers` library failed reading it".into(),
+                });
+            }
+        };
         Self::from_inner(inner, path)
     }
 

@@ -12,7 +12,8 @@ use super::error::{ModelError, Result};
 /// Every tensor of a checkpoint by its published name, f32 on `device`.
 pub type TensorMap = HashMap<String, Tensor>;
 
-/// Loads and checks every tensor the config names (extra tensors, e.g. rotary caches, are ignored).
+/// Loads and checks every tensor the config names; a tensor the config does not use is refused by name
+/// (rotary caches and a tied head equal to the embedding aside).
 pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<TensorMap> {
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<std::path::PathBuf> = if index.exists() {
@@ -83,7 +84,10 @@ fn read_tensors(
     Ok(())
 }
 
-/// The tensors `cfg` names, each checked for its shape; `first` names the checkpoint in errors.
+/// The tensors `cfg` names, each checked for its shape and for finite values; `first` names the
+/// checkpoint in errors. Both directions are checked: a tensor the config needs and the file lacks, and
+/// a tensor the file holds and the config does not use (weights of another family or depth), are
+/// refused by name.
 fn select(
     mut found: HashMap<String, (Tensor, std::path::PathBuf)>,
     cfg: &ModelConfig,
@@ -107,9 +111,88 @@ fn select(
                 expected: shape,
             });
         }
+        if !all_finite(&t)? {
+            return Err(ModelError::NonFinite { path: file, name });
+        }
         out.insert(name, t);
     }
+    // Buffers transformers may save that carry no weights.
+    found.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+    // A tied head saved anyway is the embedding itself, or the file disagrees with its config.
+    if cfg.tie_word_embeddings
+        && let Some((head, file)) = found.remove("lm_head.weight")
+    {
+        let embed = &out["model.embed_tokens.weight"];
+        let same = head.dims() == embed.dims()
+            && head.sub(embed)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+        if !same {
+            return Err(ModelError::UnusedTensor {
+                path: file,
+                name: "lm_head.weight".into(),
+                more: 0,
+                why: "config.json says tie_word_embeddings = true, but this head differs from the \
+                      embedding"
+                    .into(),
+            });
+        }
+    }
+    if !found.is_empty() {
+        let mut names: Vec<&String> = found.keys().collect();
+        names.sort();
+        let name = names[0].clone();
+        let why = unused_reason(&name, cfg);
+        let (_, file) = &found[&name];
+        return Err(ModelError::UnusedTensor {
+            path: file.clone(),
+            name,
+            more: names.len() - 1,
+            why,
+        });
+    }
     Ok(out)
+}
+
+/// Why the config does not use a tensor the file holds, in the config's own terms.
+fn unused_reason(name: &str, cfg: &ModelConfig) -> String {
+    let layer = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match layer {
+        Some(l) if l >= cfg.num_hidden_layers => format!(
+            "config.json says num_hidden_layers = {}, but the weights have layer {l}",
+            cfg.num_hidden_layers
+        ),
+        _ if name.ends_with(".bias") => format!(
+            "config.json (model_type = {:?}, attention_bias = {}, mlp_bias = {}) has no such bias; \
+             Qwen2 checkpoints have q/k/v biases and need model_type = \"qwen2\"",
+            cfg.family.as_str(),
+            cfg.qkv_bias || cfg.o_bias,
+            cfg.mlp_bias
+        ),
+        _ if name.contains("_norm.") => format!(
+            "config.json (model_type = {:?}) has no such norm; q/k norms are Qwen3's (model_type = \"qwen3\")",
+            cfg.family.as_str()
+        ),
+        _ => format!(
+            "config.json (model_type = {:?}) does not use it",
+            cfg.family.as_str()
+        ),
+    }
+}
+
+/// Whether every element of `t` is finite (no NaN, no infinity). CPU f32 tensors are read in place.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(v[a..b].iter().all(|x| x.is_finite()));
+        }
+    }
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
 }
 
 /// One weight version as safetensors bytes (f32, exact), for sending to another process.

@@ -170,8 +170,57 @@ fn lm_loss(
     Ok(loss.to_scalar::<f32>()? as f64)
 }
 
-/// Builds the built-in model into `out` and reports what it measured.
+/// The files a bootstrap writes; a directory holding only these (and `bootstrap.json`) is an earlier
+/// built-in model, which a new bootstrap may replace.
+const BOOTSTRAP_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "model.safetensors",
+    "bootstrap.json",
+];
+
+/// Refuses a target directory that holds anything but an earlier built-in model: bootstrap never writes
+/// over a user's weights, tokenizer or any other file. The error names what is there.
+pub fn check_target(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(crate::Error::Run(format!(
+            "{}: is a file; bootstrap writes a model directory there (choose a new directory)",
+            out.display()
+        )));
+    }
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| crate::Error::io(out, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let ours = names.iter().all(|n| BOOTSTRAP_FILES.contains(&n.as_str()))
+        && names.iter().any(|n| n == "bootstrap.json");
+    if names.is_empty() || ours {
+        return Ok(());
+    }
+    let hint = if names.iter().any(|n| n == "config.json") {
+        ""
+    } else {
+        " If these are your model's files, add its config.json and it will be loaded, not built."
+    };
+    Err(crate::Error::Run(format!(
+        "{}: holds {} and was not made by `rpt bootstrap` (no bootstrap.json); bootstrap writes the \
+         built-in model only into a new or empty directory, or over one it built before. Point \
+         `model.path` (or `--out`) at another directory.{hint}",
+        out.display(),
+        names.join(", ")
+    )))
+}
+
+/// Builds the built-in model into `out` and reports what it measured. The model is written into a
+/// sibling `.partial` directory and renamed into place, so `out` never holds half a model; `out` must be
+/// new, empty, or an earlier built-in model ([`check_target`]).
 pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapReport> {
+    check_target(out)?;
     let t0 = Instant::now();
     let b = &cfg.bootstrap;
     let texts = load_texts(cfg)?;
@@ -290,7 +339,17 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let report = evaluate(&model, &tok, &prompt, &items, &params_sample, cfg.seed, 32)?;
     let all = report.splits.get("all").cloned().unwrap_or_default();
 
-    Checkpoint::save(out, &model_cfg, &tok, &weights)?;
+    let name = out.file_name().ok_or_else(|| {
+        crate::Error::Run(format!(
+            "{}: not a directory name to bootstrap into",
+            out.display()
+        ))
+    })?;
+    let tmp = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
+    }
+    Checkpoint::save(&tmp, &model_cfg, &tok, &weights)?;
     let r = BootstrapReport {
         parameters,
         vocab_size: tok.vocab_size(),
@@ -306,7 +365,13 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         seconds: t0.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&r).expect("report serialises");
-    crate::model::write_atomic(&out.join("bootstrap.json"), &json)?;
+    crate::model::write_atomic(&tmp.join("bootstrap.json"), &json)?;
+    // Checked again: something may have been written there while the model was built.
+    check_target(out)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| crate::Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| crate::Error::io(out, e))?;
     Ok(r)
 }
 

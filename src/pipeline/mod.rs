@@ -2,6 +2,7 @@
 //! evaluation, and the pieces they share (corpus loading, supervised losses, schedules).
 
 pub mod bootstrap;
+pub mod checks;
 pub mod evaluate;
 pub mod prepare;
 
