@@ -3,6 +3,7 @@
 //! the guess, and GRPO updates the policy.
 
 pub mod config;
+pub mod cpu;
 pub mod env;
 pub mod error;
 pub mod grpo;

@@ -36,11 +36,11 @@ impl Linear {
     }
 }
 
-/// `x · wᵀ`; x: (n, in), w: (out, in). Inference on the CPU takes the crate's kernels (`ops::matmul_t`);
+/// `x · wᵀ`; x: (n, in), w: (out, in). Inference on the CPU takes the CPU backend's kernels (`cpu::matmul_t`);
 /// training and other devices candle's matmul.
 fn matmul_t(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
-        return Ok(super::ops::matmul_t(&x.contiguous()?, w)?);
+        return Ok(crate::cpu::matmul_t(&x.contiguous()?, w)?);
     }
     Ok(x.matmul(&w.t()?)?)
 }
@@ -292,7 +292,7 @@ impl Decoder {
 /// cos/sin of every position: (max_positions, head_dim / 2).
 fn rope_tables(cfg: &ModelConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let (n, half) = (cfg.max_position_embeddings, cfg.head_dim / 2);
-    let (cos, sin) = super::fused::rope_tables(cfg, 0..n);
+    let (cos, sin) = super::rope::rope_tables(cfg, 0..n);
     Ok((
         Tensor::from_vec(cos, (n, half), device)?,
         Tensor::from_vec(sin, (n, half), device)?,

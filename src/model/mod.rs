@@ -2,19 +2,15 @@
 //! teacher-forced log-probs for training, and trainable parameters with AdamW.
 //!
 //! The decoder is written with candle ops and runs on any device candle supports. On the CPU with f32
-//! weights, training (`fused.rs`) and sampling (`host.rs`) take hand-written paths over the weights'
-//! memory that compute the same numbers (tested against the candle path), with the matrix products of
-//! `gemm.rs`.
+//! weights, training and sampling take the hand-written paths of the CPU backend (`src/cpu/`), which
+//! compute the same numbers (tested against the candle path).
 
-mod config;
+pub(crate) mod config;
 mod decoder;
 mod entropy;
-mod error;
-mod fused;
-mod gemm;
-mod host;
+pub(crate) mod error;
 mod init;
-mod ops;
+pub(crate) mod rope;
 mod sample;
 mod tokenizer;
 mod train;
@@ -23,13 +19,13 @@ mod weights;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use crate::cpu::target_log_softmax;
 pub use candle_core::{Device, Tensor};
 pub use config::{Family, ModelConfig};
 pub use decoder::{Cache, Decoder, MASKED, Mode, Padded, attention_mask, left_pad, positions};
 pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
-pub use ops::target_log_softmax;
 pub use sample::{
     Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,
 };

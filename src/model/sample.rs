@@ -10,8 +10,7 @@ use candle_core::Tensor;
 
 use super::decoder::{Cache, Decoder, Mode, attention_mask, positions};
 use super::error::{ModelError, Result};
-use super::fused::exp_in_place;
-use super::ops::{max_scaled, sum};
+use crate::cpu::{exp_in_place, max_scaled, sum};
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,14 +193,14 @@ pub fn generate_on(
 ) -> Result<Vec<Sample>> {
     check_length(model, prompts, params)?;
     if path == InferPath::Auto && model.on_host() {
-        return super::fused::with_params(model.named_tensors(), |p| {
-            let mut cache: Option<super::host::HostCache> = None;
+        return crate::cpu::with_params(model.named_tensors(), |p| {
+            let mut cache: Option<crate::cpu::HostCache> = None;
             sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
                 let cache = cache.get_or_insert_with(|| {
                     let cap = s + params.max_new_tokens;
-                    super::host::HostCache::new(model.config(), pad.len(), cap)
+                    crate::cpu::HostCache::new(model.config(), pad.len(), cap)
                 });
-                let logits = super::host::step(model.config(), p, cache, ids, pad)?;
+                let logits = crate::cpu::step(model.config(), p, cache, ids, pad)?;
                 Ok(logits
                     .chunks(model.config().vocab_size)
                     .map(<[f32]>::to_vec)
@@ -353,7 +352,7 @@ pub fn token_logprobs(
         .reshape((b * n, ()))?;
     let targets: Vec<u32> = ids.narrow(1, from, n)?.flatten_all()?.to_vec1()?;
     let scale = logit_scale(temperature);
-    Ok(super::ops::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
+    Ok(crate::cpu::target_log_softmax(&logits, &targets, scale)?.reshape((b, n))?)
 }
 
 /// The factor on the logits of a softmax at `temperature` (0, greedy, scores at temperature 1).

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var, backprop::GradStore};
 use rayon::prelude::*;
 
-use super::fused;
+use crate::cpu as fused;
 
 use super::config::ModelConfig;
 use super::decoder::Decoder;
@@ -22,7 +22,7 @@ pub type Grads = BTreeMap<String, Tensor>;
 /// How gradients are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradPath {
-    /// The hand-written forward and backward pass (`fused.rs`): f32 on the CPU.
+    /// The hand-written forward and backward pass of the CPU backend (`src/cpu/`): f32 on the CPU.
     Fused,
     /// candle's autograd over `Decoder::forward` in `Mode::Train`: any device.
     Autograd,

@@ -7,14 +7,14 @@
 
 use rayon::prelude::*;
 
-use super::config::ModelConfig;
-use super::error::{ModelError, Result};
-use super::fused::{
-    Kernel, Params, Shared, get, infer_linear_with, lm_head, rms, rope, rope_tables, sigmoid,
-    softmax_prefix,
-};
+use super::forward::{rms, rope};
 use super::gemm::{MatRef, gemm, gemm_into};
-use super::ops::dot;
+use super::matmul::{Kernel, infer_linear_with};
+use super::tape::{Params, get, lm_head};
+use super::vector::{Shared, dot, sigmoid, softmax_prefix};
+use crate::model::config::ModelConfig;
+use crate::model::error::{ModelError, Result};
+use crate::model::rope::rope_tables;
 
 /// Keys and values of every layer for a batch of `b` rows of up to `cap` tokens:
 /// (b, cap, kv_heads · head_dim) per layer.

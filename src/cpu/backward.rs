@@ -1,0 +1,367 @@
+//! The backward half of the CPU training pass: from the gradient of the per-token log-probs that
+//! [`super::forward`] returned, the gradient of every parameter, layer by layer (the head's
+//! log-softmax, RMSNorm, SwiGLU, grouped-query attention, rotary embeddings). The tape's buffers are
+//! reused for the gradients.
+
+use rayon::prelude::*;
+
+use super::forward::{keep_logits_buffer, rope};
+use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
+use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get, lm_head};
+use super::vector::{Shared, dot, dot3, for_row_pairs, for_rows};
+use crate::model::config::ModelConfig;
+use crate::model::error::{ModelError, Result};
+
+/// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear_back(
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    out: usize,
+    dx: &mut [f32],
+    dx_accumulate: bool,
+    bias: bool,
+    grads: &mut FlatGrads,
+    name: &str,
+) {
+    let inp = w.len() / out;
+    // The two products are independent and equally large: run them side by side.
+    let mut dw = Vec::new();
+    rayon::join(
+        || {
+            gemm(
+                rows,
+                inp,
+                out,
+                MatRef::rows(dy, out),
+                MatRef::rows(w, inp),
+                dx,
+                inp,
+                dx_accumulate,
+                true,
+            )
+        },
+        || {
+            dw = gemm_new(
+                out,
+                inp,
+                rows,
+                MatRef::rows_t(dy, out),
+                MatRef::rows(x, inp),
+                true,
+            )
+        },
+    );
+    grads.insert(format!("{name}.weight"), dw);
+    if bias {
+        let mut db = vec![0f32; out];
+        for r in dy.chunks(out) {
+            db.iter_mut().zip(r).for_each(|(d, g)| *d += g);
+        }
+        grads.insert(format!("{name}.bias"), db);
+    }
+}
+
+/// Backward of `rms`: `dx += ∂/∂x`, and `dw` (the weight gradient) returned.
+pub(super) fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32]) -> Vec<f32> {
+    let n = w.len();
+    let mut dw = vec![0f32; n];
+    for ((xr, dyr), &r) in x.chunks(n).zip(dy.chunks(n)).zip(rstd) {
+        for ((d, &x), &g) in dw.iter_mut().zip(xr).zip(dyr) {
+            *d += g * x * r;
+        }
+    }
+    for_rows(dx, n, |i, dxr| {
+        let (xr, dyr, r) = (&x[i * n..(i + 1) * n], &dy[i * n..(i + 1) * n], rstd[i]);
+        let c = r * r * r * dot3(xr, dyr, w) / n as f32;
+        for (((d, &x), &g), &w) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+            *d += r * g * w - c * x;
+        }
+    });
+    dw
+}
+
+/// Gradients of every parameter, by published name, from the gradient of the log-probs `forward`
+/// returned (same order and length).
+/// The tape is consumed: its buffers are reused for the gradients.
+pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> Result<FlatGrads> {
+    let d = Dims::of(cfg);
+    let want = tape.slots.as_ref().map_or(tape.sel.len(), |s| s.1);
+    if dlp.len() != want {
+        return Err(ModelError::Invalid(format!(
+            "fused backward: {} gradients for {want} log-probs",
+            dlp.len(),
+        )));
+    }
+    let gathered: Vec<f32>;
+    let dlp = match &tape.slots {
+        None => dlp,
+        Some((at, _)) => {
+            gathered = at.iter().map(|&i| dlp[i]).collect();
+            &gathered
+        }
+    };
+    let t_all = tape.t_all;
+    let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
+    let mut grads = FlatGrads::new();
+    // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
+    let scale = tape.scale;
+    // Computed in place of the stored exponentials.
+    let mut dlogits = std::mem::take(&mut tape.exps);
+    dlogits.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+        let g = dlp[i];
+        let c = -g * scale * tape.inv_sums[i];
+        o.iter_mut().for_each(|x| *x *= c);
+        o[tape.targets[i] as usize] += g * scale;
+    });
+    let nsel = tape.sel.len();
+    let head = lm_head(cfg, p)?;
+    let mut dhs = vec![0f32; nsel * h];
+    let mut head_grads = FlatGrads::new();
+    linear_back(
+        &dlogits,
+        &tape.hs,
+        nsel,
+        head,
+        v,
+        &mut dhs,
+        false,
+        false,
+        &mut head_grads,
+        "head",
+    );
+    keep_logits_buffer(dlogits);
+    let d_head = head_grads.remove("head.weight").expect("weight gradient");
+    let mut dxf = vec![0f32; nsel * h];
+    let norm_w = get(p, "model.norm.weight")?;
+    grads.insert(
+        "model.norm.weight".into(),
+        rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
+    );
+    let mut dx = vec![0f32; t_all * h];
+    // A position scored more than once (a shared prompt's last token) sums its gradients.
+    for (row, &t) in dxf.chunks(h).zip(&tape.sel) {
+        dx[t * h..(t + 1) * h]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(d, g)| *d += g);
+    }
+    for l in (0..cfg.num_hidden_layers).rev() {
+        let lt = &tape.layers[l];
+        let prefix = format!("model.layers.{l}");
+        let w = |n: &str| get(p, &format!("{prefix}.{n}"));
+        // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
+        let mut da = vec![0f32; t_all * d.inter];
+        linear_back(
+            &dx,
+            &lt.a,
+            t_all,
+            w("mlp.down_proj.weight")?,
+            h,
+            &mut da,
+            false,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.down_proj"),
+        );
+        // a = g · σ(g) · u: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g · σ(g) (in place of da).
+        let inter = d.inter;
+        let mut dg = vec![0f32; da.len()];
+        let mut du = da;
+        let rows_of = |r: usize| r * inter..(r + 1) * inter;
+        let grad = |r: usize, dgr: &mut [f32], dur: &mut [f32]| {
+            let range = rows_of(r);
+            let (gr, ur, sr) = (&lt.g[range.clone()], &lt.u[range.clone()], &lt.sg[range]);
+            for i in 0..inter {
+                let da = dur[i];
+                dgr[i] = da * ur[i] * sr[i] * (1.0 + gr[i] * (1.0 - sr[i]));
+                dur[i] = da * gr[i] * sr[i];
+            }
+        };
+        for_row_pairs(&mut dg, &mut du, inter, grad);
+        let mut dh2 = vec![0f32; t_all * h];
+        linear_back(
+            &dg,
+            &lt.h2,
+            t_all,
+            w("mlp.gate_proj.weight")?,
+            inter,
+            &mut dh2,
+            false,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.gate_proj"),
+        );
+        linear_back(
+            &du,
+            &lt.h2,
+            t_all,
+            w("mlp.up_proj.weight")?,
+            inter,
+            &mut dh2,
+            true,
+            cfg.mlp_bias,
+            &mut grads,
+            &format!("{prefix}.mlp.up_proj"),
+        );
+        drop((dg, du));
+        let ln2 = w("post_attention_layernorm.weight")?;
+        grads.insert(
+            format!("{prefix}.post_attention_layernorm.weight"),
+            rms_back(&lt.x_mid, ln2, &lt.rstd2, &dh2, &mut dx),
+        );
+        // Attention: x_mid = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
+        let mut datt = vec![0f32; t_all * nh * hd];
+        linear_back(
+            &dx,
+            &lt.att,
+            t_all,
+            w("self_attn.o_proj.weight")?,
+            h,
+            &mut datt,
+            false,
+            cfg.o_bias,
+            &mut grads,
+            &format!("{prefix}.self_attn.o_proj"),
+        );
+        let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, t_all, &tape.jobs, &tape.units);
+        rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
+        rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
+        if cfg.qk_norm {
+            let (qn, kn) = (w("self_attn.q_norm.weight")?, w("self_attn.k_norm.weight")?);
+            let mut dq_raw = vec![0f32; dq.len()];
+            let mut dk_raw = vec![0f32; dk.len()];
+            grads.insert(
+                format!("{prefix}.self_attn.q_norm.weight"),
+                rms_back(&lt.q_raw, qn, &lt.rstd_q, &dq, &mut dq_raw),
+            );
+            grads.insert(
+                format!("{prefix}.self_attn.k_norm.weight"),
+                rms_back(&lt.k_raw, kn, &lt.rstd_k, &dk, &mut dk_raw),
+            );
+            (dq, dk) = (dq_raw, dk_raw);
+        }
+        let mut dh1 = vec![0f32; t_all * h];
+        for (i, (dy, proj, out)) in [
+            (&dq, "q_proj", nh * hd),
+            (&dk, "k_proj", nkv * hd),
+            (&dv, "v_proj", nkv * hd),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            linear_back(
+                dy,
+                &lt.h1,
+                t_all,
+                w(&format!("self_attn.{proj}.weight"))?,
+                out,
+                &mut dh1,
+                i > 0,
+                cfg.qkv_bias,
+                &mut grads,
+                &format!("{prefix}.self_attn.{proj}"),
+            );
+        }
+        let ln1 = w("input_layernorm.weight")?;
+        grads.insert(
+            format!("{prefix}.input_layernorm.weight"),
+            rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
+        );
+    }
+    // A tied head's gradient is the embedding's starting point (no separate zeroed table to add).
+    let mut d_embed = if cfg.tie_word_embeddings {
+        d_head
+    } else {
+        grads.insert("lm_head.weight".into(), d_head);
+        vec![0f32; v * h]
+    };
+    for (row, &id) in dx.chunks(h).zip(&tape.ids) {
+        let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
+        dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    }
+    grads.insert("model.embed_tokens.weight".into(), d_embed);
+    Ok(grads)
+}
+
+/// Backward of `attention`: gradients of the post-rotary q and k and of v.
+pub(super) fn attention_back(
+    d: &Dims,
+    lt: &LayerTape,
+    datt: &[f32],
+    t_all: usize,
+    jobs: &[AttnJob],
+    units: &[std::ops::Range<usize>],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let n_rep = nh / nkv;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let mut dq = vec![0f32; t_all * qw];
+    let mut dk = vec![0f32; t_all * kw];
+    let mut dv = vec![0f32; t_all * kw];
+    let (pq, pk, pv) = (
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
+    );
+    // One task per (unit, key/value group): the jobs of a unit (a prompt and its completions) share
+    // the prompt's keys and values, so their gradients there are summed by one task, in job order.
+    (0..units.len() * nkv).into_par_iter().for_each(|task| {
+        let (unit, g) = (&units[task / nkv], task % nkv);
+        for j in unit.clone() {
+            let job = jobs[j];
+            let (n, np) = (job.n, job.np);
+            let w = np + n;
+            let kv = |t0: usize| t0 * kw + g * hd;
+            let v_t = |t0: usize| MatRef {
+                data: &lt.v[kv(t0)..],
+                rs: 1,
+                cs: kw,
+            };
+            let mut dp = vec![0f32; n * w];
+            for head in g * n_rep..(g + 1) * n_rep {
+                let q_off = job.q0 * qw + head * hd;
+                let dout = MatRef::rows(&datt[q_off..], qw);
+                let q_rows = MatRef::rows(&lt.q[q_off..], qw);
+                let probs = &lt.probs[j * nh + head];
+                // dP = dO · Vᵀ, over the prompt's and the job's own values.
+                for (t0, len, col) in job.segments() {
+                    gemm(n, len, hd, dout, v_t(t0), &mut dp[col..], w, false, false);
+                }
+                // SAFETY (every product below): this task alone owns key/value group g of the unit's
+                // tokens and the query heads of that group.
+                for (t0, len, col) in job.segments() {
+                    // dV += Pᵀ · dO
+                    let p_t = MatRef::rows_t(&probs[col..], w);
+                    unsafe { gemm_into(len, hd, n, p_t, dout, pv.at(kv(t0)), kw, true, false) };
+                }
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
+                for (i, (dr, pr)) in dp.chunks_mut(w).zip(probs.chunks(w)).enumerate() {
+                    let seen = np + i + 1;
+                    let dot = dot(&dr[..seen], &pr[..seen]);
+                    for (x, &pv) in dr[..seen].iter_mut().zip(&pr[..seen]) {
+                        *x = pv * (*x - dot) * inv_sqrt;
+                    }
+                    dr[seen..].fill(0.0);
+                }
+                for (i, (t0, len, col)) in job.segments().enumerate() {
+                    // dQ = dS · K
+                    let (ds, keys) = (
+                        MatRef::rows(&dp[col..], w),
+                        MatRef::rows(&lt.k[kv(t0)..], kw),
+                    );
+                    unsafe { gemm_into(n, hd, len, ds, keys, pq.at(q_off), qw, i > 0, false) };
+                }
+                for (t0, len, col) in job.segments() {
+                    // dK += dSᵀ · Q
+                    let ds_t = MatRef::rows_t(&dp[col..], w);
+                    unsafe { gemm_into(len, hd, n, ds_t, q_rows, pk.at(kv(t0)), kw, true, false) };
+                }
+            }
+        }
+    });
+    (dq, dk, dv)
+}

@@ -1,0 +1,409 @@
+//! The forward half of the CPU training pass: teacher-forced log-probs of a left-padded batch
+//! ([`forward`]) or of GRPO groups that share each prompt ([`forward_shared`]), keeping on a [`Tape`]
+//! what the backward pass needs.
+//!
+//! Padding: a left-padded row's padding positions attend to nothing and get no gradient; real
+//! positions never see them, as on the autograd path.
+
+use rayon::prelude::*;
+
+use super::gemm::{MatRef, gemm, gemm_into};
+use super::matmul::linear;
+use super::tape::{AttnJob, Dims, LayerTape, Params, SharedGroup, Tape, get, lm_head};
+use super::vector::{
+    Shared, add_into, dot, exp_shifted, for_row_pairs, for_rows, sigmoid, softmax_prefix,
+};
+use crate::model::config::ModelConfig;
+use crate::model::error::{ModelError, Result};
+use crate::model::rope::rope_tables;
+
+/// RMSNorm over rows of `w.len()`: returns the output and each row's inverse RMS.
+pub(super) fn rms(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let n = w.len();
+    let rows = x.len() / n;
+    let mut rstd = vec![0f32; rows];
+    for (r, xr) in rstd.iter_mut().zip(x.chunks(n)) {
+        let ms = dot(xr, xr) / n as f32;
+        *r = 1.0 / (ms + eps).sqrt();
+    }
+    let mut y = vec![0f32; x.len()];
+    for_rows(&mut y, n, |i, yr| {
+        let xr = &x[i * n..(i + 1) * n];
+        for ((y, &x), &w) in yr.iter_mut().zip(xr).zip(w) {
+            *y = x * rstd[i] * w;
+        }
+    });
+    (y, rstd)
+}
+
+/// Rotates every head of every token by its position (`sign` −1 undoes it: the backward pass).
+pub(super) fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], sign: f32) {
+    let half = hd / 2;
+    for_rows(x, heads * hd, |t, row| {
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in row.chunks_mut(hd) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b, si) = (x1[i], x2[i], sign * s[i]);
+                x1[i] = a * c[i] - b * si;
+                x2[i] = b * c[i] + a * si;
+            }
+        }
+    });
+}
+
+/// Teacher-forced log-probs of tokens `from..s` of each row of a left-padded (b, s) batch under
+/// `softmax(scale · logits)`, as (b · (s − from)) values in row order, with the tape for `backward`.
+pub fn forward(
+    cfg: &ModelConfig,
+    p: &Params,
+    ids: &[u32],
+    b: usize,
+    pad: &[usize],
+    from: usize,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let s = ids.len() / b.max(1);
+    if from == 0 || from >= s || pad.len() != b || ids.len() != b * s || pad.iter().any(|&p| p > s)
+    {
+        return Err(ModelError::Invalid(format!(
+            "fused forward: {b} rows of {s} tokens, {} pads, from {from}",
+            pad.len()
+        )));
+    }
+    // Positions are counted from each row's first real token.
+    let positions: Vec<usize> = (0..b)
+        .flat_map(|r| (0..s).map(move |t| t.saturating_sub(pad[r])))
+        .collect();
+    let jobs: Vec<AttnJob> = (0..b)
+        .filter(|&r| pad[r] < s)
+        .map(|r| AttnJob {
+            q0: r * s + pad[r],
+            n: s - pad[r],
+            p0: 0,
+            np: 0,
+        })
+        .collect();
+    let units = (0..jobs.len()).map(|j| j..j + 1).collect();
+    let n = s - from;
+    let mut sel = Vec::with_capacity(b * n);
+    let mut targets = Vec::with_capacity(b * n);
+    for r in 0..b {
+        for t in from - 1..s - 1 {
+            sel.push(r * s + t);
+            targets.push(ids[r * s + t + 1]);
+        }
+    }
+    forward_core(
+        cfg, p, ids, &positions, jobs, units, sel, targets, None, scale,
+    )
+}
+
+/// Like [`forward`] for GRPO groups, with each prompt computed once and attended to by all of its
+/// completions (instead of once per completion in a padded batch): the same numbers with far fewer
+/// tokens when prompts are long. The log-probs come back as (completions × `c`), each completion's
+/// right-aligned in its row (columns before it are 0), in the groups' order: the layout `forward`
+/// gives for the left-padded rows prompt ++ completion with `from = width − c`.
+pub fn forward_shared(
+    cfg: &ModelConfig,
+    p: &Params,
+    groups: &[SharedGroup],
+    c: usize,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let mut ids = vec![];
+    let mut positions = vec![];
+    let (mut jobs, mut units) = (vec![], vec![]);
+    let (mut sel, mut targets, mut slots) = (vec![], vec![], vec![]);
+    let mut row = 0;
+    for g in groups {
+        let np = g.prompt.len();
+        if np == 0 {
+            return Err(ModelError::Invalid("fused forward: an empty prompt".into()));
+        }
+        let p0 = ids.len();
+        let first_job = jobs.len();
+        ids.extend_from_slice(g.prompt);
+        positions.extend(0..np);
+        jobs.push(AttnJob {
+            q0: p0,
+            n: np,
+            p0: 0,
+            np: 0,
+        });
+        for comp in &g.completions {
+            let n = comp.len();
+            if n > c {
+                return Err(ModelError::Invalid(format!(
+                    "fused forward: a completion of {n} tokens in {c} columns"
+                )));
+            }
+            let q0 = ids.len();
+            ids.extend_from_slice(comp);
+            positions.extend(np..np + n);
+            if n > 0 {
+                jobs.push(AttnJob { q0, n, p0, np });
+            }
+            for (i, &t) in comp.iter().enumerate() {
+                // Token i is predicted at the prompt's last token (i = 0) or at token i − 1.
+                sel.push(if i == 0 { p0 + np - 1 } else { q0 + i - 1 });
+                targets.push(t);
+                slots.push(row * c + c - n + i);
+            }
+            row += 1;
+        }
+        units.push(first_job..jobs.len());
+    }
+    if sel.is_empty() {
+        return Err(ModelError::Invalid(
+            "fused forward: no completion tokens to score".into(),
+        ));
+    }
+    forward_core(
+        cfg,
+        p,
+        &ids,
+        &positions,
+        jobs,
+        units,
+        sel,
+        targets,
+        Some((slots, row * c)),
+        scale,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_core(
+    cfg: &ModelConfig,
+    p: &Params,
+    ids: &[u32],
+    positions: &[usize],
+    jobs: Vec<AttnJob>,
+    units: Vec<std::ops::Range<usize>>,
+    sel: Vec<usize>,
+    targets: Vec<u32>,
+    slots: Option<(Vec<usize>, usize)>,
+    scale: f32,
+) -> Result<(Vec<f32>, Tape)> {
+    let d = Dims::of(cfg);
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= d.vocab) {
+        return Err(ModelError::Invalid(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            d.vocab
+        )));
+    }
+    let t_all = ids.len();
+    let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
+    let (cos, sin) = rope_tables(cfg, positions.iter().copied());
+    let embed = get(p, "model.embed_tokens.weight")?;
+    let mut x = vec![0f32; t_all * h];
+    for (row, &id) in x.chunks_mut(h).zip(ids) {
+        row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
+    }
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for l in 0..cfg.num_hidden_layers {
+        let name = |n: &str| format!("model.layers.{l}.{n}");
+        let w = |n: &str| get(p, &name(n));
+        // The projection `name` (its weight, and its bias when `biased`) of every token of `x`.
+        let proj = |x: &[f32], name: &str, biased: bool, out: usize| -> Result<Vec<f32>> {
+            let bias = if biased {
+                Some(w(&format!("{name}.bias"))?)
+            } else {
+                None
+            };
+            Ok(linear(x, t_all, w(&format!("{name}.weight"))?, bias, out))
+        };
+        let (h1, rstd1) = rms(&x, w("input_layernorm.weight")?, d.eps);
+        let mut q = proj(&h1, "self_attn.q_proj", cfg.qkv_bias, nh * hd)?;
+        let mut k = proj(&h1, "self_attn.k_proj", cfg.qkv_bias, nkv * hd)?;
+        let v = proj(&h1, "self_attn.v_proj", cfg.qkv_bias, nkv * hd)?;
+        let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
+        if cfg.qk_norm {
+            let (qn, rq) = rms(&q, w("self_attn.q_norm.weight")?, d.eps);
+            let (kn, rk) = rms(&k, w("self_attn.k_norm.weight")?, d.eps);
+            q_raw = std::mem::replace(&mut q, qn);
+            k_raw = std::mem::replace(&mut k, kn);
+            (rstd_q, rstd_k) = (rq, rk);
+        }
+        rope(&mut q, nh, hd, &cos, &sin, 1.0);
+        rope(&mut k, nkv, hd, &cos, &sin, 1.0);
+        let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs);
+        let mut x_mid = proj(&att, "self_attn.o_proj", cfg.o_bias, h)?;
+        add_into(&mut x_mid, &x, h);
+        let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
+        let g = proj(&h2, "mlp.gate_proj", cfg.mlp_bias, d.inter)?;
+        let u = proj(&h2, "mlp.up_proj", cfg.mlp_bias, d.inter)?;
+        // σ(g) and a = g · σ(g) · u, a row at a time (the row stays in L1 between the two).
+        let (mut sg, mut a) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        for_row_pairs(&mut sg, &mut a, d.inter, |r, sr, ar| {
+            let range = r * d.inter..(r + 1) * d.inter;
+            let (gr, ur) = (&g[range.clone()], &u[range]);
+            sigmoid(gr, sr);
+            for (i, o) in ar.iter_mut().enumerate() {
+                *o = gr[i] * sr[i] * ur[i];
+            }
+        });
+        let mut x_out = proj(&a, "mlp.down_proj", cfg.mlp_bias, h)?;
+        add_into(&mut x_out, &x_mid, h);
+        let x_in = std::mem::replace(&mut x, x_out);
+        layers.push(LayerTape {
+            x: x_in,
+            rstd1,
+            h1,
+            q_raw,
+            k_raw,
+            rstd_q,
+            rstd_k,
+            q,
+            k,
+            v,
+            probs,
+            att,
+            x_mid,
+            rstd2,
+            h2,
+            g,
+            u,
+            sg,
+            a,
+        });
+    }
+    // Only the scored positions go through the final norm and the head.
+    let mut xf = vec![0f32; sel.len() * h];
+    for (row, &t) in xf.chunks_mut(h).zip(&sel) {
+        row.copy_from_slice(&x[t * h..(t + 1) * h]);
+    }
+    let (hs, rstd_f) = rms(&xf, get(p, "model.norm.weight")?, d.eps);
+    let head = lm_head(cfg, p)?;
+    // The logits are overwritten by exp(scale · logit − max), which the backward pass reuses.
+    let mut exps = logits_buffer(sel.len() * d.vocab);
+    gemm(
+        sel.len(),
+        d.vocab,
+        h,
+        MatRef::rows(&hs, h),
+        MatRef::rows_t(head, h),
+        &mut exps,
+        d.vocab,
+        false,
+        true,
+    );
+    let rows: Vec<(f32, f32)> = exps
+        .par_chunks_mut(d.vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let target = row[t as usize];
+            let (max, total) = exp_shifted(row, scale);
+            (target * scale - max - total.ln(), 1.0 / total)
+        })
+        .collect();
+    let lp = match &slots {
+        None => rows.iter().map(|r| r.0).collect(),
+        Some((at, len)) => {
+            let mut out = vec![0f32; *len];
+            for (&i, r) in at.iter().zip(&rows) {
+                out[i] = r.0;
+            }
+            out
+        }
+    };
+    let inv_sums = rows.iter().map(|r| r.1).collect();
+    Ok((
+        lp,
+        Tape {
+            t_all,
+            jobs,
+            units,
+            slots,
+            ids: ids.to_vec(),
+            scale,
+            cos,
+            sin,
+            layers,
+            sel,
+            targets,
+            xf,
+            rstd_f,
+            hs,
+            exps,
+            inv_sums,
+        },
+    ))
+}
+
+/// The head's logits (positions × vocabulary), the largest buffer of a step, is kept from one
+/// step's backward pass to the next step's forward pass, so that its pages are not handed back to
+/// the system and faulted in (zeroed) again every step.
+static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` values for the logits, with unspecified contents (the head's product
+/// overwrites them).
+pub(super) fn logits_buffer(len: usize) -> Vec<f32> {
+    let mut buf = std::mem::take(&mut *LOGITS.lock().unwrap_or_else(|e| e.into_inner()));
+    buf.resize(len, 0.0);
+    buf
+}
+
+/// Keeps `buf` for the next step's logits (the larger one, when two passes run at once).
+pub(super) fn keep_logits_buffer(buf: Vec<f32>) {
+    let mut kept = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.capacity() > kept.capacity() {
+        *kept = buf;
+    }
+}
+
+/// Attention with grouped-query heads for each job: its queries see the job's prompt (if any) and,
+/// causally, themselves. Returns the probabilities per (job, head), (n × (np + n)), and the output
+/// (tokens, heads · head_dim), zero at tokens no job queries from (padding).
+pub(super) fn attention(
+    d: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t_all: usize,
+    jobs: &[AttnJob],
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let n_rep = nh / nkv;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let mut att = vec![0f32; t_all * qw];
+    let out = Shared(att.as_mut_ptr());
+    let probs = (0..jobs.len() * nh)
+        .into_par_iter()
+        .map(|jh| {
+            let (job, head) = (jobs[jh / nh], jh % nh);
+            let g = head / n_rep;
+            let (n, np) = (job.n, job.np);
+            let w = np + n;
+            let qv = MatRef::rows(&q[job.q0 * qw + head * hd..], qw);
+            let keys = |t0: usize| MatRef {
+                data: &k[t0 * kw + g * hd..],
+                rs: 1,
+                cs: kw,
+            };
+            let mut sc = vec![0f32; n * w];
+            for (t0, len, col) in job.segments() {
+                gemm(n, len, hd, qv, keys(t0), &mut sc[col..], w, false, false);
+            }
+            for (i, row) in sc.chunks_mut(w).enumerate() {
+                softmax_prefix(row, np + i + 1, inv_sqrt);
+            }
+            let dst = out.at(job.q0 * qw + head * hd);
+            for (i, (t0, len, col)) in job.segments().enumerate() {
+                let values = MatRef::rows(&v[t0 * kw + g * hd..], kw);
+                // SAFETY: this job alone writes head `head` of its query tokens.
+                unsafe {
+                    let probs = MatRef::rows(&sc[col..], w);
+                    gemm_into(n, hd, len, probs, values, dst, qw, i > 0, false)
+                };
+            }
+            sc
+        })
+        .collect();
+    (probs, att)
+}

@@ -1,0 +1,317 @@
+//! Inference matrix products `x · wᵀ`: the blocked GEMM for many rows, and a few-row kernel for
+//! decoding that reads the weights in place (prefetching the next rows) instead of packing them. Each
+//! computes a row the same way whatever the number of rows, which keeps sampling batch-invariant when
+//! the kernel is chosen by the kind of step (see `sample::step`). Also the candle custom op the
+//! decoder's CPU inference path calls.
+
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{MatRef, gemm_new};
+use super::vector::{Shared, add_bias, dot};
+
+/// `y = x · wᵀ (+ bias)`, x: (rows, in), w: (out, in).
+pub(super) fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    let inp = w.len() / out;
+    let mut y = gemm_new(
+        rows,
+        out,
+        inp,
+        MatRef::rows(x, inp),
+        MatRef::rows_t(w, inp),
+        true,
+    );
+    if let Some(b) = bias {
+        add_bias(&mut y, b);
+    }
+    y
+}
+
+/// The matrix kernel of an inference `linear`. Each computes every row of its output with the same
+/// arithmetic whatever the number of rows, so a sequence's numbers do not depend on the batch it is
+/// sampled in, provided the kernel is chosen without looking at the row count (see `host::step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Streams the weights once for all rows, without packing them: one new token per sequence.
+    Few,
+    /// The blocked GEMM: prompts.
+    Many,
+}
+
+/// `linear` for inference, choosing the kernel by the row count (rows up to `SMALL_M` take `Few`).
+pub(super) fn infer_linear(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    let kernel = if rows > SMALL_M {
+        Kernel::Many
+    } else {
+        Kernel::Few
+    };
+    infer_linear_with(kernel, x, rows, w, bias, out)
+}
+
+/// `linear` for inference with the given kernel.
+pub(super) fn infer_linear_with(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: usize,
+) -> Vec<f32> {
+    if kernel == Kernel::Many {
+        return linear(x, rows, w, bias, out);
+    }
+    let mut y = small_matmul_t_slices(x, rows, w.len() / out, w, out);
+    if let Some(b) = bias {
+        add_bias(&mut y, b);
+    }
+    y
+}
+
+/// The largest row count the few-row kernel (`small_matmul_t_slices`) is used for.
+pub const SMALL_M: usize = 16;
+
+/// `x · wᵀ` when x has few rows (decoding: one row per sequence of the batch), on row-major slices:
+/// x (m, k), w (n, k); returns (m, n). General matrix-multiply kernels pack `w` on every call, which
+/// dominates when m is small; here each output is a dot product of two contiguous rows, computed in
+/// parallel over chunks of `w`'s rows.
+pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    // Each task owns a block of `w`'s rows, that is a block of output columns in every row.
+    let block = 64;
+    let mut out = vec![0f32; m * n];
+    let dst = Shared(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let zeros = vec![0f32; k];
+        (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+            let (j0, rows) = (c * block, block.min(n - c * block));
+            let w = &w[j0 * k..(j0 + rows) * k];
+            // SAFETY: the CPU has AVX-512F; x is (m, k), w (rows, k); this task alone writes
+            // columns j0 .. j0 + rows of the (m, n) output.
+            unsafe { small_block_avx512(x, m, k, w, rows, dst.at(j0), n, &zeros) };
+        });
+        return out;
+    }
+    (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+        let (j0, rows) = (c * block, block.min(n - c * block));
+        for j in 0..rows {
+            let row = &w[(j0 + j) * k..(j0 + j + 1) * k];
+            for i in 0..m {
+                // SAFETY: this task alone writes columns j0 .. j0 + rows.
+                unsafe { *dst.at(i * n + j0 + j) = dot(&x[i * k..(i + 1) * k], row) };
+            }
+        }
+    });
+    out
+}
+
+/// Pointers to rows `first .. first + 4` of a row-major matrix with `k` columns; rows at or past `end`
+/// point at `zeros`.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn four_rows(
+    m: &[f32],
+    first: usize,
+    end: usize,
+    k: usize,
+    zeros: &[f32],
+) -> [*const f32; 4] {
+    std::array::from_fn(|r| {
+        if first + r < end {
+            m[(first + r) * k..].as_ptr()
+        } else {
+            zeros.as_ptr()
+        }
+    })
+}
+
+/// `out[i, j] = x[i] · w[j]` (out has row stride `ldo`) for `rows` rows of w, four rows of w against
+/// four rows of x at a time, so each loaded vector feeds four multiply-adds; x is walked in tiles of
+/// 16 rows that stay in the L1 cache while every row of w passes. Every output is the same 16-lane
+/// sum over k whatever m is, so a row's result does not depend on the other rows. Rows past the end
+/// read `zeros`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn small_block_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+    zeros: &[f32],
+) {
+    use std::arch::x86_64::*;
+    const TILE: usize = 16;
+    let mut i0 = 0;
+    while i0 < m {
+        let i_end = (i0 + TILE).min(m);
+        let mut j = 0;
+        while j < rows {
+            let wp = four_rows(w, j, rows, k, zeros);
+            // The next four rows of w, fetched into the cache while these are multiplied (the
+            // hardware prefetcher learns each page's streams too late for rows this short).
+            let next = (j + 4 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
+            let mut i = i0;
+            while i < i_end {
+                let xp = four_rows(x, i, i_end, k, zeros);
+                // SAFETY: every pointer addresses k floats; the masked loads stop at k; the
+                // writes stay inside rows i .. i + 4 < m and columns j .. j + 4 < rows of out.
+                unsafe {
+                    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                    let mut p = 0;
+                    while p < k {
+                        let mask: __mmask16 = if k - p >= 16 {
+                            0xFFFF
+                        } else {
+                            (1u16 << (k - p)) - 1
+                        };
+                        if let (Some(next), true) = (next, i == i0) {
+                            // Four cache lines of the next rows per 16 columns of these.
+                            for line in 0..4 {
+                                let at = next.wrapping_add(4 * p + 16 * line);
+                                _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                            }
+                        }
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|a| _mm512_maskz_loadu_ps(mask, xp[a].add(p)));
+                        for b in 0..4 {
+                            let wv = _mm512_maskz_loadu_ps(mask, wp[b].add(p));
+                            for a in 0..4 {
+                                acc[b][a] = _mm512_fmadd_ps(xv[a], wv, acc[b][a]);
+                            }
+                        }
+                        p += 16;
+                    }
+                    // Lane 4a + b of `sums` is out[i + a, j + b]: four contiguous outputs per row.
+                    let sums = reduce_16(acc);
+                    let mut lanes = [0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), sums);
+                    let cols = 4.min(rows - j);
+                    for a in 0..4.min(i_end - i) {
+                        let dst = std::slice::from_raw_parts_mut(out.add((i + a) * ldo + j), cols);
+                        dst.copy_from_slice(&lanes[4 * a..4 * a + cols]);
+                    }
+                }
+                i += 4;
+            }
+            j += 4;
+        }
+        i0 = i_end;
+    }
+}
+
+/// The 16 lane sums of `acc[b][a]` in one vector, lane 4a + b. Each sum is the same tree as
+/// `_mm512_reduce_add_ps` (lanes i + 8, then i + 4, i + 2, i + 1 added pairwise), so every output's
+/// arithmetic is the same whatever its place, but the 16 reductions share their shuffles and adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn reduce_16(acc: [[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let v: [__m512; 16] = std::array::from_fn(|n| acc[n / 4][n % 4]);
+    // Pairs of vectors → one, halving the lanes per sum: 128-bit quarters first, then within them.
+    let l1: [__m512; 8] = std::array::from_fn(|n| {
+        let (x, y) = (v[2 * n], v[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+        )
+    });
+    let l2: [__m512; 4] = std::array::from_fn(|n| {
+        let (x, y) = (l1[2 * n], l1[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    });
+    let l3: [__m512; 2] = std::array::from_fn(|n| {
+        let (x, y) = (l2[2 * n], l2[2 * n + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    });
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
+        _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
+    )
+}
+
+pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("matmul_t expects f32")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("matmul_t expects contiguous inputs")
+    };
+    Ok(&data[a..b])
+}
+
+#[cfg(test)]
+mod small_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn small_matmul_matches_matmul() {
+        for (m, k, n) in [(1, 7, 3), (8, 128, 384), (5, 33, 130)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let (xs, ws): (Vec<f32>, Vec<f32>) = (
+                x.flatten_all().unwrap().to_vec1().unwrap(),
+                w.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            let flat = small_matmul_t_slices(&xs, m, k, &ws, n);
+            let a: Vec<&[f32]> = flat.chunks(n).collect();
+            let b: Vec<Vec<f32>> = x.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
+            for (r, s) in a.iter().zip(&b) {
+                for (p, q) in r.iter().zip(s) {
+                    assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+                }
+            }
+        }
+    }
+}
+
+/// `x · wᵀ` for inference: x: (m, k), w: (n, k), contiguous f32 on the CPU; returns (m, n) without
+/// gradient. Few rows take the kernel that does not pack `w`, more the crate's `gemm`.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &MatmulT)
+}
+
+pub(super) struct MatmulT;
+
+impl candle_core::CustomOp2 for MatmulT {
+    fn name(&self) -> &'static str {
+        "matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("matmul_t: x is ({m}, {k}) but w is ({n}, {k2})");
+        }
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let out = infer_linear(x, m, w, None, n);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}

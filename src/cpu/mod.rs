@@ -1,0 +1,33 @@
+//! The hand-written CPU backend: the same numbers as the candle decoder in `model/` (tested), computed
+//! over the weights' memory without a tensor graph, only faster. `model/` calls it where the weights are
+//! f32 on the CPU and uses candle's ops elsewhere; nothing here is called with tensors on other devices.
+//!
+//! - **Training** ([`forward`], [`forward_shared`], [`backward`]): a forward pass that keeps the
+//!   activations it needs on a [`Tape`], and a backward pass written out layer by layer (RMSNorm, rotary,
+//!   grouped-query attention, SwiGLU, the head's log-softmax at the target). The GRPO loss is composed
+//!   with candle ops on the per-token log-probs; only its gradient with respect to them enters here.
+//! - **Sampling** ([`step`] over a [`HostCache`]): prefill and decode with a preallocated KV cache,
+//!   batch-invariant: prompts always take the GEMM, new tokens always the few-row kernel, and both
+//!   compute a row the same way in any batch.
+//! - **Kernels**: a packed single-precision GEMM with an AVX-512 register tile (`gemm.rs`; the `gemm`
+//!   crate where the CPU lacks AVX-512), a few-row decoding kernel (`matmul.rs`), the fused
+//!   log-softmax at the target (`logsoftmax.rs`), and vectorized element-wise work (`vector.rs`).
+//!
+//! The module depends on the model layer's configuration, errors and rotary tables only.
+
+mod backward;
+mod forward;
+mod gemm;
+mod logsoftmax;
+mod matmul;
+mod sample;
+mod tape;
+mod vector;
+
+pub use backward::backward;
+pub use forward::{forward, forward_shared};
+pub use logsoftmax::target_log_softmax;
+pub use matmul::matmul_t;
+pub use sample::{HostCache, step};
+pub use tape::{FlatGrads, Params, SharedGroup, Tape, with_params};
+pub use vector::{exp_in_place, max_scaled, sum};
