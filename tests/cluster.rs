@@ -11,9 +11,9 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::Result;
 use common::{learned_states, metrics, run, tiny_config, without_placement};
-use rpt::actors::TrainOptions;
 use rpt::config::{ClusterSection, Config};
 use rpt::model::Device;
+use rpt::pipeline::train::TrainOptions;
 use rpt::pipeline::{bootstrap::bootstrap, prepare};
 
 /// The tiny model, its index, and the metrics of a run without workers, made once.

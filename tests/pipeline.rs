@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 use anyhow::Result;
 use candle_core::{D, Tensor};
 use common::{learned_states, metrics, run, tiny_config, without_placement, without_timing};
-use rpt::actors::TrainOptions;
 use rpt::config::Config;
 use rpt::env::Split;
 use rpt::model::{Checkpoint, Device, Mode, attention_mask, positions};
+use rpt::pipeline::train::TrainOptions;
 use rpt::pipeline::{bootstrap::bootstrap, load_texts, prepare, tokenize_splits};
 
 /// The tiny model and its index, built once for this test binary.

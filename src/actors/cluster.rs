@@ -15,12 +15,10 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 
-use super::policy::PolicyMsg;
-use super::supervisor::SupMsg;
+use super::messages::{PolicyMsg, RunShared, SupMsg, Work};
 use super::wire::{
     SampleReply, SampleRequest, WORKER_GROUP, WorkerMsg, WorkerSetup, decode_reply, encode,
 };
-use super::{RunShared, Work};
 use crate::config::ClusterSection;
 use crate::error::{Error, Result};
 use crate::model::{Decoder, weights_to_bytes};

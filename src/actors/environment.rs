@@ -1,18 +1,12 @@
 //! The environment actor: owns an [`Environment`] and hands out states in its seeded order, each tagged
 //! with its index in that order.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::env::{Environment, State};
+use super::messages::EnvMsg;
+use crate::env::Environment;
 
 pub struct EnvironmentActor;
-
-pub enum EnvMsg {
-    /// The next `n` states (fewer when the environment runs out), as (index, state).
-    Take(usize, RpcReplyPort<Vec<(u64, State)>>),
-    /// How many states have been handed out.
-    Cursor(RpcReplyPort<u64>),
-}
 
 impl Actor for EnvironmentActor {
     type Msg = EnvMsg;
@@ -52,5 +46,3 @@ impl Actor for EnvironmentActor {
         Ok(())
     }
 }
-
-impl ractor::Message for EnvMsg {}

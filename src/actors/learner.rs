@@ -5,12 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::RunShared;
-use super::supervisor::SupMsg;
+use super::messages::{LearnerMsg, RunShared, SupMsg, Updated};
 use crate::checkpoint::{self, TrainerState};
-use crate::learn::{Learner, UpdateStats};
+use crate::learn::Learner;
 use crate::model::{Decoder, TensorMap};
-use crate::rollout::ScoredGroup;
 
 pub struct LearnerActor;
 
@@ -24,27 +22,6 @@ pub struct LearnerState {
     learner: Arc<Mutex<Learner>>,
     shared: Arc<RunShared>,
     supervisor: ActorRef<SupMsg>,
-}
-
-pub enum LearnerMsg {
-    /// Update on `batch` (in the environment's order); checkpoint afterwards when `checkpoint`.
-    Update {
-        step: u64,
-        batch: Vec<ScoredGroup>,
-        cursor: u64,
-        checkpoint: bool,
-    },
-    /// Write a checkpoint of the current weights: `steps` updates done, data `cursor`.
-    Checkpoint { steps: u64, cursor: u64 },
-}
-
-/// The result of one update.
-pub struct Updated {
-    pub step: u64,
-    pub stats: UpdateStats,
-    pub weights: Arc<Decoder>,
-    pub ema: Option<Arc<Decoder>>,
-    pub seconds: f64,
 }
 
 impl Actor for LearnerActor {
@@ -152,5 +129,3 @@ fn copy(map: &TensorMap) -> crate::Result<TensorMap> {
         .map(|(k, t)| Ok((k.clone(), t.copy()?)))
         .collect()
 }
-
-impl ractor::Message for LearnerMsg {}

@@ -1,9 +1,89 @@
 //! The metrics actor: one JSON line per step in `metrics.jsonl` (flushed each line), a progress bar, and
-//! a `tracing` event per step.
+//! a `tracing` event per step; and [`step_line`], which makes a step's line from its record.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::messages::{MetricsMsg, RunShared};
+use super::schedule::StepWork;
+use crate::learn::UpdateStats;
+use crate::reward::FormatFailure;
+
+/// Metrics keys that measure time; everything else is deterministic for a given seed.
+pub const TIMING_KEYS: &[&str] = &["rollout_s", "verify_s", "learn_s", "step_s", "tokens_per_s"];
+
+/// Metrics keys that say where work ran (which policy workers were connected); they do not change what
+/// is learned.
+pub const PLACEMENT_KEYS: &[&str] = &["remote_states"];
+
+/// The metrics line of step `step` from its record `w` and its update's statistics `u`.
+pub fn step_line(
+    shared: &RunShared,
+    step: u64,
+    w: &StepWork,
+    u: &UpdateStats,
+    learn_s: f64,
+) -> serde_json::Value {
+    let scored = &w.scored;
+    let rewards: Vec<f64> = scored
+        .values()
+        .flat_map(|g| g.rewards.iter().map(|r| r.value))
+        .collect();
+    let n = rewards.len().max(1) as f64;
+    let mean = rewards.iter().sum::<f64>() / n;
+    let std = (rewards.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / n).sqrt();
+    let correct = scored
+        .values()
+        .flat_map(|g| &g.rewards)
+        .filter(|r| r.correct)
+        .count() as f64
+        / n;
+    let mut failures: BTreeMap<&str, usize> =
+        FormatFailure::ALL.iter().map(|f| (f.as_str(), 0)).collect();
+    for r in scored.values().flat_map(|g| &g.rewards) {
+        if let Some(f) = r.format {
+            *failures.entry(f.as_str()).or_default() += 1;
+        }
+    }
+    let comps: Vec<&crate::rollout::Completion> =
+        scored.values().flat_map(|g| &g.group.completions).collect();
+    let tokens: usize = comps.iter().map(|c| c.tokens.len()).sum();
+    let cn = comps.len().max(1) as f64;
+    serde_json::json!({
+        "step": step + 1,
+        "reward_mean": mean,
+        "reward_std": std,
+        "accuracy": correct,
+        "format_failures": failures,
+        "format_failure_rate": failures.values().sum::<usize>() as f64 / n,
+        "completion_len": tokens as f64 / cn,
+        "thought_len": comps.iter().map(|c| c.thought_len).sum::<usize>() as f64 / cn,
+        "entropy": u.loss.entropy,
+        "approx_kl": u.loss.approx_kl,
+        "kl_ref": u.loss.kl_ref,
+        "clip_low": u.loss.clip_low,
+        "clip_high": u.loss.clip_high,
+        "loss": u.loss.loss,
+        "grad_norm": u.grad_norm,
+        "lr": u.lr,
+        "advantage_mean": u.advantage_mean,
+        "advantage_std": u.advantage_std,
+        "groups": scored.len(),
+        "states": scored.keys().collect::<Vec<_>>(),
+        "groups_dropped": w.dropped,
+        "states_reissued": w.reissued,
+        "remote_states": w.remote_states,
+        "weight_version_lag": step - w.version,
+        "rollout_s": w.rollout_s,
+        "verify_s": w.verify_s,
+        "learn_s": learn_s,
+        "step_s": w.started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0),
+        "tokens_per_s": tokens as f64 / w.rollout_s.max(1e-9),
+        "reward_variant": shared.reward.name(),
+    })
+}
 
 pub struct MetricsActor;
 
@@ -12,15 +92,10 @@ pub struct MetricsState {
     bar: indicatif::ProgressBar,
 }
 
-pub enum MetricsMsg {
-    /// One step's metrics (a JSON object with at least `step`, `reward_mean`, `accuracy`, `tokens_per_s`).
-    Step(serde_json::Value),
-}
-
 pub struct MetricsArgs {
     pub path: std::path::PathBuf,
-    pub total_steps: u64,
-    pub start_step: u64,
+    /// The run's progress bar, at the step the run starts from.
+    pub bar: indicatif::ProgressBar,
 }
 
 impl Actor for MetricsActor {
@@ -37,9 +112,7 @@ impl Actor for MetricsActor {
             .create(true)
             .append(true)
             .open(&a.path)?;
-        let bar = crate::pipeline::progress(a.total_steps, "train");
-        bar.set_position(a.start_step);
-        Ok(MetricsState { file, bar })
+        Ok(MetricsState { file, bar: a.bar })
     }
 
     async fn handle(
@@ -81,5 +154,3 @@ impl Actor for MetricsActor {
         Ok(())
     }
 }
-
-impl ractor::Message for MetricsMsg {}

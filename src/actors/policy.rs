@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::supervisor::SupMsg;
-use super::{RunShared, Work};
-use crate::env::State;
-use crate::rollout::{PolicySnapshot, sample_groups};
+use super::job::{self, Reply};
+use super::messages::{PolicyMsg, RunShared, SupMsg};
+use crate::rollout::sample_groups;
 
 pub struct PolicyActor;
 
@@ -20,17 +19,6 @@ pub struct PolicyArgs {
     pub fail_on_step: Option<u64>,
     /// Test hook: every sampling job from this step on panics, as a deterministic fault does.
     pub panic_from_step: Option<u64>,
-}
-
-pub enum PolicyMsg {
-    /// Sample `group_size` completions for each state with `snapshot`, for optimizer step `step`.
-    Sample {
-        step: u64,
-        snapshot: PolicySnapshot,
-        states: Vec<(u64, State)>,
-    },
-    /// A sampling job failed on its thread: fail this actor so the supervisor restarts it.
-    Failed(String),
 }
 
 impl Actor for PolicyActor {
@@ -61,43 +49,39 @@ impl Actor for PolicyActor {
                 if st.fail_on_step == Some(step) {
                     return Err(format!("policy {}: injected failure at step {step}", st.id).into());
                 }
-                let (shared, sup, id) = (st.shared.clone(), st.supervisor.clone(), st.id);
-                let _span =
-                    tracing::debug_span!("policy.sample", policy = id, step, states = states.len())
-                        .entered();
+                let _span = tracing::debug_span!(
+                    "policy.sample",
+                    policy = st.id,
+                    step,
+                    states = states.len()
+                )
+                .entered();
+                let shared = st.shared.clone();
                 let panic_from = st.panic_from_step;
-                tokio::task::spawn_blocking(move || {
-                    let t0 = std::time::Instant::now();
-                    let cfg = &shared.cfg;
-                    let job = || {
-                        if panic_from.is_some_and(|s| step >= s) {
-                            panic!("injected panic sampling step {step}");
-                        }
-                        sample_groups(
-                            &snapshot,
-                            &shared.tokenizer,
-                            &shared.prompt,
-                            &states,
-                            cfg.rollout.group_size,
-                            &shared.sample_params,
-                            cfg.seed,
-                            step,
-                            true,
-                        )
-                    };
-                    match super::run_job(job) {
-                        Ok(groups) => {
-                            let _ = sup.cast(SupMsg::Sampled(Work {
-                                worker: id,
-                                step,
-                                seconds: t0.elapsed().as_secs_f64(),
-                                items: groups,
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = myself.cast(PolicyMsg::Failed(e));
-                        }
+                let reply = Reply {
+                    actor: myself,
+                    failed: PolicyMsg::Failed,
+                    supervisor: st.supervisor.clone(),
+                    done: SupMsg::Sampled,
+                    worker: st.id,
+                    step,
+                };
+                job::spawn(reply, move || {
+                    if panic_from.is_some_and(|s| step >= s) {
+                        panic!("injected panic sampling step {step}");
                     }
+                    let cfg = &shared.cfg;
+                    sample_groups(
+                        &snapshot,
+                        &shared.tokenizer,
+                        &shared.prompt,
+                        &states,
+                        cfg.rollout.group_size,
+                        &shared.sample_params,
+                        cfg.seed,
+                        step,
+                        true,
+                    )
                 });
             }
             PolicyMsg::Failed(e) => return Err(format!("policy {}: {e}", st.id).into()),
@@ -105,5 +89,3 @@ impl Actor for PolicyActor {
         Ok(())
     }
 }
-
-impl ractor::Message for PolicyMsg {}

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::supervisor::SupMsg;
-use super::{RunShared, Work};
-use crate::model::Decoder;
-use crate::rollout::{Group, ScoredGroup, score_group};
+use super::job::{self, Reply};
+use super::messages::{RunShared, SupMsg, VerifierMsg};
+use crate::rollout::{ScoredGroup, score_group};
 
 pub struct VerifierActor;
 
@@ -16,16 +15,6 @@ pub struct VerifierArgs {
     pub id: usize,
     pub shared: Arc<RunShared>,
     pub supervisor: ActorRef<SupMsg>,
-}
-
-pub enum VerifierMsg {
-    Score {
-        step: u64,
-        group: Group,
-        policy: Arc<Decoder>,
-        ema: Option<Arc<Decoder>>,
-    },
-    Failed(String),
 }
 
 impl Actor for VerifierActor {
@@ -54,32 +43,24 @@ impl Actor for VerifierActor {
                 policy,
                 ema,
             } => {
-                let (shared, sup, id) = (st.shared.clone(), st.supervisor.clone(), st.id);
-                tokio::task::spawn_blocking(move || {
-                    let t0 = std::time::Instant::now();
-                    let job = || {
-                        score_group(
-                            shared.reward.as_ref(),
-                            &group,
-                            &policy,
-                            ema.as_deref(),
-                            &shared.tokenizer,
-                        )
-                    };
-                    match super::run_job(job) {
-                        Ok(rewards) => {
-                            let scored = ScoredGroup { group, rewards };
-                            let _ = sup.cast(SupMsg::Scored(Work {
-                                worker: id,
-                                step,
-                                seconds: t0.elapsed().as_secs_f64(),
-                                items: vec![scored],
-                            }));
-                        }
-                        Err(e) => {
-                            let _ = myself.cast(VerifierMsg::Failed(e));
-                        }
-                    }
+                let shared = st.shared.clone();
+                let reply = Reply {
+                    actor: myself,
+                    failed: VerifierMsg::Failed,
+                    supervisor: st.supervisor.clone(),
+                    done: SupMsg::Scored,
+                    worker: st.id,
+                    step,
+                };
+                job::spawn(reply, move || {
+                    let rewards = score_group(
+                        shared.reward.as_ref(),
+                        &group,
+                        &policy,
+                        ema.as_deref(),
+                        &shared.tokenizer,
+                    )?;
+                    Ok::<_, crate::Error>(vec![ScoredGroup { group, rewards }])
                 });
             }
             VerifierMsg::Failed(e) => return Err(format!("verifier {}: {e}", st.id).into()),
@@ -87,5 +68,3 @@ impl Actor for VerifierActor {
         Ok(())
     }
 }
-
-impl ractor::Message for VerifierMsg {}

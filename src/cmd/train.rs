@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use rpt::actors::{TrainOptions, train};
 use rpt::env::Split;
+use rpt::pipeline::train::{TrainOptions, train};
 
 use super::pipeline::{ensure_builtin, eval_report, load_config, prepare_and_print};
 

@@ -259,32 +259,6 @@ pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f
     Ok(&data[a..b])
 }
 
-#[cfg(test)]
-mod small_tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn small_matmul_matches_matmul() {
-        for (m, k, n) in [(1, 7, 3), (8, 128, 384), (5, 33, 130)] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let (xs, ws): (Vec<f32>, Vec<f32>) = (
-                x.flatten_all().unwrap().to_vec1().unwrap(),
-                w.flatten_all().unwrap().to_vec1().unwrap(),
-            );
-            let flat = small_matmul_t_slices(&xs, m, k, &ws, n);
-            let a: Vec<&[f32]> = flat.chunks(n).collect();
-            let b: Vec<Vec<f32>> = x.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
-            for (r, s) in a.iter().zip(&b) {
-                for (p, q) in r.iter().zip(s) {
-                    assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
-                }
-            }
-        }
-    }
-}
-
 /// `x · wᵀ` for inference: x: (m, k), w: (n, k), contiguous f32 on the CPU; returns (m, n) without
 /// gradient. Few rows take the kernel that does not pack `w`, more the crate's `gemm`.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -313,5 +287,31 @@ impl candle_core::CustomOp2 for MatmulT {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let out = infer_linear(x, m, w, None, n);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+#[cfg(test)]
+mod small_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn small_matmul_matches_matmul() {
+        for (m, k, n) in [(1, 7, 3), (8, 128, 384), (5, 33, 130)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let (xs, ws): (Vec<f32>, Vec<f32>) = (
+                x.flatten_all().unwrap().to_vec1().unwrap(),
+                w.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            let flat = small_matmul_t_slices(&xs, m, k, &ws, n);
+            let a: Vec<&[f32]> = flat.chunks(n).collect();
+            let b: Vec<Vec<f32>> = x.matmul(&w.t().unwrap()).unwrap().to_vec2().unwrap();
+            for (r, s) in a.iter().zip(&b) {
+                for (p, q) in r.iter().zip(s) {
+                    assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+                }
+            }
+        }
     }
 }

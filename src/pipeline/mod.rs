@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod checks;
 pub mod evaluate;
 pub mod prepare;
+pub mod train;
 
 use candle_core::Tensor;
 

@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rpt::actors::{PLACEMENT_KEYS, RunSummary, TIMING_KEYS, TrainOptions, train};
+use rpt::actors::{PLACEMENT_KEYS, RunSummary, TIMING_KEYS};
 use rpt::config::Config;
 use rpt::model::Device;
+use rpt::pipeline::train::{TrainOptions, train};
 
 /// A config small enough that bootstrap and a few training steps take seconds.
 pub fn tiny_config(root: &Path, model: &Path) -> Config {
