@@ -13,6 +13,7 @@ mod learner;
 mod messages;
 mod metrics;
 mod policy;
+mod record;
 mod schedule;
 mod supervisor;
 mod verifier;

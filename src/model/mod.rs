@@ -10,10 +10,11 @@ mod decoder;
 mod entropy;
 pub(crate) mod error;
 mod init;
+mod optim;
 pub(crate) mod rope;
 mod sample;
 mod tokenizer;
-mod train;
+mod trainable;
 mod weights;
 
 use std::path::Path;
@@ -26,11 +27,12 @@ pub use decoder::{Cache, Decoder, MASKED, Mode, Padded, attention_mask, left_pad
 pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
+pub use optim::{AdamW, AdamWConfig};
 pub use sample::{
     Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,
 };
 pub use tokenizer::Tokenizer;
-pub use train::{AdamW, AdamWConfig, GradPath, Grads, Trainable};
+pub use trainable::{GradPath, Grads, Trainable};
 pub use weights::{
     TensorMap, all_finite, load_weights, save_weights, weights_from_bytes, weights_to_bytes,
     write_atomic,

@@ -1,0 +1,375 @@
+//! The run configuration: one TOML tree, unknown keys refused, validated once at load. Knob names follow
+//! TRL and verl (`group_size`/`num_generations`, `beta`, `epsilon_low`, `scale_rewards`,
+//! `loss_agg_mode`, `ppo_epochs`). Every run saves its resolved config beside its output.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::grpo::{LossAgg, ScaleRewards};
+
+mod defaults;
+mod validate;
+
+use defaults::*;
+
+pub use validate::limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The whole configuration of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Seed of every random choice: split, state order, sampling, initialisation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Where the run writes its config, metrics and checkpoints.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub corpus: CorpusSection,
+    #[serde(default)]
+    pub states: StatesSection,
+    #[serde(default)]
+    pub prompt: PromptSection,
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    #[serde(default)]
+    pub reward: RewardSection,
+    #[serde(default)]
+    pub grpo: GrpoSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+    #[serde(default)]
+    pub bootstrap: BootstrapSection,
+    /// Policy workers in other processes or machines (`rpt worker`); absent: everything runs here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// Scale-out over ractor_cluster: the run listens, `rpt worker --connect` processes join it and sample
+/// as extra policy actors. Local policies (`rollout.policies`) keep sampling too.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `IP:PORT` the run listens on for workers, e.g. `"0.0.0.0:4870"`.
+    pub listen: String,
+    /// Shared secret a worker must present (`rpt worker --cookie`).
+    pub cookie: String,
+    /// Workers to wait for before the first step; more may join at any time.
+    #[serde(default)]
+    pub min_workers: usize,
+    /// Seconds to wait for `min_workers`.
+    #[serde(default = "default_cluster_wait")]
+    pub wait_s: f64,
+    /// A worker that leaves a request unanswered this long is dropped and its states re-issued.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: f64,
+}
+
+fn default_cluster_wait() -> f64 {
+    300.0
+}
+
+fn default_request_timeout() -> f64 {
+    600.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face-layout directory of the starting policy.
+    #[serde(default = "default_model_path")]
+    pub path: PathBuf,
+    /// Build the built-in model at `path` (with `rpt bootstrap`'s settings) when it is not there.
+    #[serde(default = "yes")]
+    pub bootstrap_if_missing: bool,
+    /// Proxy model for the difficulty index; empty means the starting policy.
+    #[serde(default)]
+    pub proxy: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusSection {
+    /// `builtin` (generated, no download) or `files` (a file or directory at `path`).
+    #[serde(default = "default_corpus_kind")]
+    pub kind: String,
+    /// File or directory for `kind = "files"`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// JSONL fields joined into one document.
+    #[serde(default = "default_fields")]
+    pub fields: Vec<String>,
+    /// What joins the fields.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Documents the built-in corpus generates.
+    #[serde(default = "default_documents")]
+    pub documents: usize,
+    /// Share of documents held out for evaluation.
+    #[serde(default = "default_heldout")]
+    pub heldout_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StatesSection {
+    /// Context cut on the left to this many tokens.
+    #[serde(default = "default_context")]
+    pub max_context_tokens: usize,
+    /// Continuation window in bytes.
+    #[serde(default = "default_target_bytes")]
+    pub max_target_bytes: usize,
+    /// Training draws only positions whose proxy entropy (nats) is at least this.
+    #[serde(default = "default_min_entropy")]
+    pub min_entropy: f32,
+    /// Top-k of the renormalised entropy.
+    #[serde(default = "default_top_k")]
+    pub entropy_top_k: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSection {
+    /// Prompt around the context; `{context}` marks where it goes. The completion follows it.
+    #[serde(default = "default_template")]
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Completions per state (G; TRL's `num_generations`).
+    #[serde(default = "default_group", alias = "num_generations")]
+    pub group_size: usize,
+    /// States per optimizer step.
+    #[serde(default = "default_states_per_step")]
+    pub states_per_step: usize,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: usize,
+    /// Completion length cap (thought + answer).
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Policy actors sampling in parallel.
+    #[serde(default = "one_usize")]
+    pub policies: usize,
+    /// Verifier actors scoring in parallel.
+    #[serde(default = "one_usize")]
+    pub verifiers: usize,
+    /// 0: strictly on-policy. k: rollouts may come from weights up to k versions old.
+    #[serde(default)]
+    pub max_staleness: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// `prefix_match`, `first_token`, `dense`, `conditional_dense` or `info_gain`.
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    /// EMA rate τ of the `info_gain` baseline model.
+    #[serde(default = "default_tau")]
+    pub ema_tau: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoSection {
+    /// `group`, `batch` or `none`; ignored by `advantage = "rlp"`.
+    #[serde(default = "default_scale")]
+    pub scale_rewards: ScaleRewards,
+    /// `grpo` (scaled by `scale_rewards`) or `rlp` (`G/(G−1)·(r − mean)`).
+    #[serde(default = "default_advantage")]
+    pub advantage: String,
+    #[serde(default = "default_eps")]
+    pub epsilon_low: f64,
+    #[serde(default = "default_eps")]
+    pub epsilon_high: f64,
+    /// KL weight against the starting weights; 0 loads no reference.
+    #[serde(default)]
+    pub beta: f64,
+    #[serde(default = "default_agg")]
+    pub loss_agg_mode: LossAgg,
+    /// `completion` (RPT: thought and answer) or `thought` (RLP: thought tokens only).
+    #[serde(default = "default_loss_tokens")]
+    pub loss_tokens: String,
+    /// Passes over each batch.
+    #[serde(default = "one_usize")]
+    pub ppo_epochs: usize,
+    /// Slices per pass.
+    #[serde(default = "one_usize")]
+    pub mini_batches: usize,
+    /// Drop groups whose rewards are all equal and sample more states.
+    #[serde(default)]
+    pub dynamic_sampling: bool,
+    /// At most this many sampling rounds per step when `dynamic_sampling` is on.
+    #[serde(default = "default_gen_batches")]
+    pub max_gen_batches: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Gradient-norm clip; 0 disables it.
+    #[serde(default = "one")]
+    pub max_grad_norm: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    /// Write a checkpoint every N steps (and always at the end).
+    #[serde(default = "default_ckpt_every")]
+    pub checkpoint_every: u64,
+    /// Evaluate held-out accuracy before and after training.
+    #[serde(default = "yes")]
+    pub eval_before_after: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out positions evaluated (sampled in a seeded order from the easy split).
+    #[serde(default = "default_eval_positions")]
+    pub positions: usize,
+    /// Reasoning-mode temperature; 0 is greedy.
+    #[serde(default)]
+    pub temperature: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSection {
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "default_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    #[serde(default = "default_kv_heads")]
+    pub kv_heads: usize,
+    #[serde(default = "default_mlp")]
+    pub intermediate_size: usize,
+    /// Next-token pre-training steps.
+    #[serde(default = "default_pretrain_steps")]
+    pub pretrain_steps: usize,
+    /// Answer-format warm-up steps.
+    #[serde(default = "default_sft_steps")]
+    pub sft_steps: usize,
+    /// Sequences per step.
+    #[serde(default = "default_boot_batch")]
+    pub batch: usize,
+    /// Tokens per pre-training sequence.
+    #[serde(default = "default_boot_len")]
+    pub seq_len: usize,
+    #[serde(default = "default_boot_lr")]
+    pub lr: f64,
+    /// Bytes of the context's end copied into the warm-up thought (at least its last token).
+    #[serde(default = "default_thought_bytes")]
+    pub thought_bytes: usize,
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("every field has a default")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    Config,
+    ModelSection,
+    CorpusSection,
+    StatesSection,
+    PromptSection,
+    RolloutSection,
+    RewardSection,
+    GrpoSection,
+    OptimSection,
+    TrainSection,
+    EvalSection,
+    BootstrapSection
+);
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// The GRPO loss settings.
+    pub fn loss(&self) -> crate::grpo::LossConfig {
+        crate::grpo::LossConfig {
+            epsilon_low: self.grpo.epsilon_low,
+            epsilon_high: self.grpo.epsilon_high,
+            beta: self.grpo.beta,
+            agg: self.grpo.loss_agg_mode,
+            max_completion_tokens: self.rollout.max_new_tokens,
+        }
+    }
+
+    pub fn advantage_mode(&self) -> crate::grpo::AdvantageMode {
+        match self.grpo.advantage.as_str() {
+            "rlp" => crate::grpo::AdvantageMode::Rlp,
+            _ => crate::grpo::AdvantageMode::Grpo(self.grpo.scale_rewards),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,233 @@
+//! Trainable parameters and their gradients, by the CPU backend's hand-written pass or candle's
+//! autograd (AdamW is in `optim.rs`).
+//!
+//! Parameters live in `Var`s that the optimizer updates in place; policies never read them. A
+//! `snapshot` copies them into fresh tensors, so a policy sampling from a snapshot can never see a
+//! half-applied update ("weights never torn").
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor, Var, backprop::GradStore};
+
+use crate::cpu as fused;
+
+use super::config::ModelConfig;
+use super::decoder::Decoder;
+use super::error::{ModelError, Result};
+use super::weights::TensorMap;
+
+/// Gradients by published parameter name.
+pub type Grads = BTreeMap<String, Tensor>;
+
+/// How gradients are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradPath {
+    /// The hand-written forward and backward pass of the CPU backend (`src/cpu/`): f32 on the CPU.
+    Fused,
+    /// candle's autograd over `Decoder::forward` in `Mode::Train`: any device.
+    Autograd,
+}
+
+/// The parameters being trained, by published name (sorted, so iteration order is stable).
+pub struct Trainable {
+    pub config: ModelConfig,
+    vars: BTreeMap<String, Var>,
+    /// The gradient path; `Fused` on the CPU unless changed.
+    pub path: GradPath,
+}
+
+impl Trainable {
+    /// Copies `weights` into fresh variables.
+    pub fn new(config: &ModelConfig, weights: &TensorMap) -> Result<Self> {
+        let mut vars = BTreeMap::new();
+        for (name, _) in config.tensor_shapes() {
+            let t = weights
+                .get(&name)
+                .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
+            vars.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
+        }
+        let cpu = vars.values().all(|v| v.device().is_cpu());
+        Ok(Trainable {
+            config: config.clone(),
+            vars,
+            path: if cpu {
+                GradPath::Fused
+            } else {
+                GradPath::Autograd
+            },
+        })
+    }
+
+    /// Teacher-forced log-probs of tokens `from..` of a left-padded batch (as `token_logprobs` in
+    /// `Mode::Train`: (b, s − from), at `temperature`), passed to `loss`, which returns the loss tensor
+    /// and anything else; returns that and the loss's gradient for every parameter.
+    pub fn value_and_grad<X, E>(
+        &self,
+        ids: &Tensor,
+        pad: &[usize],
+        from: usize,
+        temperature: f64,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+    ) -> std::result::Result<(X, Grads), E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        let scale = super::sample::logit_scale(temperature);
+        match self.path {
+            GradPath::Autograd => {
+                let lp = super::sample::token_logprobs(
+                    &self.decoder()?,
+                    ids,
+                    pad,
+                    from,
+                    temperature,
+                    super::decoder::Mode::Train,
+                )?;
+                let (l, x) = loss(&lp)?;
+                let store = l.backward()?;
+                Ok((x, self.grads_from_store(&store)))
+            }
+            GradPath::Fused => {
+                let (b, s) = ids.dims2()?;
+                let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                self.fused_value_and_grad(
+                    |flat| fused::forward(&self.config, flat, &id_vec, b, pad, from, scale as f32),
+                    (b, s - from),
+                    ids.device(),
+                    loss,
+                )
+            }
+        }
+    }
+
+    /// `value_and_grad` for GRPO groups (prompt, completions): the log-probs of every completion's
+    /// tokens given its prompt, (completions × `c`), each completion right-aligned in its row with 0
+    /// before it: what `value_and_grad` gives for the left-padded rows prompt ++ completion with
+    /// `from = width − c`. On the fused path each prompt is computed once and attended to by all of
+    /// its completions, which saves most of the work when prompts are long.
+    pub fn value_and_grad_groups<X, E>(
+        &self,
+        groups: &[(&[u32], Vec<&[u32]>)],
+        c: usize,
+        temperature: f64,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+    ) -> std::result::Result<(X, Grads), E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        let device = self.device()?;
+        let rows: usize = groups.iter().map(|g| g.1.len()).sum();
+        match self.path {
+            GradPath::Autograd => {
+                let full: Vec<Vec<u32>> = groups
+                    .iter()
+                    .flat_map(|(p, cs)| cs.iter().map(move |c| [*p, *c].concat()))
+                    .collect();
+                let batch = super::decoder::left_pad(&full, &device)?;
+                self.value_and_grad(&batch.ids, &batch.pad, batch.width - c, temperature, loss)
+            }
+            GradPath::Fused => {
+                let scale = super::sample::logit_scale(temperature);
+                let shared: Vec<fused::SharedGroup> = groups
+                    .iter()
+                    .map(|(p, cs)| fused::SharedGroup {
+                        prompt: p,
+                        completions: cs.clone(),
+                    })
+                    .collect();
+                self.fused_value_and_grad(
+                    |flat| fused::forward_shared(&self.config, flat, &shared, c, scale as f32),
+                    (rows, c),
+                    &device,
+                    loss,
+                )
+            }
+        }
+    }
+
+    /// Runs a fused forward pass (log-probs of shape `shape`), the loss on them, and the fused
+    /// backward pass from the loss's gradient.
+    fn fused_value_and_grad<X, E>(
+        &self,
+        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)>,
+        shape: (usize, usize),
+        device: &candle_core::Device,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+    ) -> std::result::Result<(X, Grads), E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        // The parameters are read in place, read-locked until the gradients are computed.
+        let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
+        fused::with_params(named, |flat| {
+            let (lp, tape) = forward(flat)?;
+            let lp = Var::from_tensor(&Tensor::from_vec(lp, shape, device)?)?;
+            let (l, x) = loss(lp.as_tensor())?;
+            let store = l.backward()?;
+            let dlp: Vec<f32> = match store.get(lp.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1()?,
+                None => vec![0.0; shape.0 * shape.1],
+            };
+            let flat_grads = fused::backward(&self.config, flat, tape, &dlp)?;
+            let mut grads = Grads::new();
+            for (name, g) in flat_grads {
+                let var = self.vars.get(&name).ok_or_else(|| {
+                    ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
+                })?;
+                grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
+            }
+            Ok((x, grads))
+        })
+    }
+
+    /// The gradients of an autograd `backward` by parameter name.
+    pub fn grads_from_store(&self, store: &GradStore) -> Grads {
+        self.vars
+            .iter()
+            .filter_map(|(k, v)| store.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
+            .collect()
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Result<candle_core::Device> {
+        Ok(self
+            .vars
+            .values()
+            .next()
+            .ok_or_else(|| ModelError::Invalid("no parameters".into()))?
+            .device()
+            .clone())
+    }
+
+    pub fn decoder(&self) -> Result<Decoder> {
+        let map: TensorMap = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        Decoder::new(&self.config, &map)
+    }
+
+    /// An immutable copy of the current weights.
+    pub fn snapshot(&self) -> Result<TensorMap> {
+        self.vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?.detach())))
+            .collect()
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    /// Overwrites every variable from `weights` (used when resuming).
+    pub fn load(&mut self, weights: &TensorMap) -> Result<()> {
+        for (name, var) in &self.vars {
+            let t = weights
+                .get(name)
+                .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
+            var.set(t)?;
+        }
+        Ok(())
+    }
+}
