@@ -46,7 +46,10 @@ impl Learner {
         } else {
             None
         };
-        let ema = if cfg.reward.variant == "info_gain" {
+        let ema = if crate::reward::by_name(&cfg.reward.variant)?
+            .needs()
+            .ema_teacher
+        {
             Some(params.snapshot()?)
         } else {
             None
@@ -143,7 +146,7 @@ impl Learner {
         mb: &[ScoredGroup],
         adv: &[Vec<f64>],
     ) -> Result<(f64, LossStats, f64, f64)> {
-        let thought_only = self.cfg.grpo.loss_tokens == "thought";
+        let thought_only = self.cfg.grpo.loss_tokens == crate::config::LossTokens::Thought;
         // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
         let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
         for (g, a) in mb.iter().zip(adv) {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use anyhow::Result;
 use candle_core::{D, Tensor};
 use common::{learned_states, metrics, run, tiny_config, without_placement, without_timing};
-use rpt::config::Config;
+use rpt::config::{Advantage, Config, LossTokens};
 use rpt::env::Split;
 use rpt::model::{Checkpoint, Device, Mode, attention_mask, positions};
 use rpt::pipeline::train::TrainOptions;
@@ -37,7 +37,7 @@ fn run_config(name: &str) -> Config {
     let (root, base) = shared();
     let mut cfg = base.clone();
     cfg.reward.variant = "info_gain".into();
-    cfg.grpo.advantage = "rlp".into();
+    cfg.grpo.advantage = Advantage::Rlp;
     cfg.run_dir = root.join(name);
     std::fs::create_dir_all(cfg.run_dir.join("index")).unwrap();
     for split in ["train", "heldout"] {
@@ -128,11 +128,11 @@ fn every_reward_variant_trains_with_finite_metrics() -> Result<()> {
     ] {
         let mut cfg = run_config(&format!("variant-{variant}"));
         cfg.reward.variant = variant.into();
-        cfg.grpo.advantage = "grpo".into();
+        cfg.grpo.advantage = Advantage::Grpo;
         cfg.train.steps = 2;
         if variant == "info_gain" {
-            cfg.grpo.advantage = "rlp".into();
-            cfg.grpo.loss_tokens = "thought".into();
+            cfg.grpo.advantage = Advantage::Rlp;
+            cfg.grpo.loss_tokens = LossTokens::Thought;
         }
         if variant == "dense" {
             cfg.grpo.beta = 0.05;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::{Advantage, CorpusKind, LossTokens};
 use crate::grpo::{LossAgg, ScaleRewards};
 
 pub(super) fn default_run_dir() -> PathBuf {
@@ -11,8 +12,8 @@ pub(super) fn default_run_dir() -> PathBuf {
 pub(super) fn default_model_path() -> PathBuf {
     PathBuf::from("models/builtin")
 }
-pub(super) fn default_corpus_kind() -> String {
-    "builtin".into()
+pub(super) fn default_corpus_kind() -> CorpusKind {
+    CorpusKind::Builtin
 }
 pub(super) fn default_fields() -> Vec<String> {
     vec!["text".into()]
@@ -62,8 +63,8 @@ pub(super) fn default_tau() -> f64 {
 pub(super) fn default_scale() -> ScaleRewards {
     ScaleRewards::Group
 }
-pub(super) fn default_advantage() -> String {
-    "grpo".into()
+pub(super) fn default_advantage() -> Advantage {
+    Advantage::Grpo
 }
 pub(super) fn default_eps() -> f64 {
     0.2
@@ -71,8 +72,8 @@ pub(super) fn default_eps() -> f64 {
 pub(super) fn default_agg() -> LossAgg {
     LossAgg::TokenMean
 }
-pub(super) fn default_loss_tokens() -> String {
-    "completion".into()
+pub(super) fn default_loss_tokens() -> LossTokens {
+    LossTokens::Completion
 }
 pub(super) fn default_gen_batches() -> usize {
     3

@@ -33,6 +33,36 @@ pub enum ConfigError {
     },
 }
 
+/// `grpo.advantage`: how rewards become advantages.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Advantage {
+    /// Group-normalised, scaled by `grpo.scale_rewards`.
+    Grpo,
+    /// RLP's `G/(G−1)·(r − mean)`.
+    Rlp,
+}
+
+/// `grpo.loss_tokens`: which completion tokens the loss is taken over.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossTokens {
+    /// Thought and answer (RPT).
+    Completion,
+    /// The thought only (RLP).
+    Thought,
+}
+
+/// `corpus.kind`: where the documents come from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CorpusKind {
+    /// Generated here (math worksheets), nothing downloaded.
+    Builtin,
+    /// A text or JSONL file, or a directory of them, at `corpus.path`.
+    Files,
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -117,7 +147,7 @@ pub struct ModelSection {
 pub struct CorpusSection {
     /// `builtin` (generated, no download) or `files` (a file or directory at `path`).
     #[serde(default = "default_corpus_kind")]
-    pub kind: String,
+    pub kind: CorpusKind,
     /// File or directory for `kind = "files"`.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -208,7 +238,7 @@ pub struct GrpoSection {
     pub scale_rewards: ScaleRewards,
     /// `grpo` (scaled by `scale_rewards`) or `rlp` (`G/(G−1)·(r − mean)`).
     #[serde(default = "default_advantage")]
-    pub advantage: String,
+    pub advantage: Advantage,
     #[serde(default = "default_eps")]
     pub epsilon_low: f64,
     #[serde(default = "default_eps")]
@@ -220,7 +250,7 @@ pub struct GrpoSection {
     pub loss_agg_mode: LossAgg,
     /// `completion` (RPT: thought and answer) or `thought` (RLP: thought tokens only).
     #[serde(default = "default_loss_tokens")]
-    pub loss_tokens: String,
+    pub loss_tokens: LossTokens,
     /// Passes over each batch.
     #[serde(default = "one_usize")]
     pub ppo_epochs: usize,
@@ -364,9 +394,9 @@ impl Config {
     }
 
     pub fn advantage_mode(&self) -> crate::grpo::AdvantageMode {
-        match self.grpo.advantage.as_str() {
-            "rlp" => crate::grpo::AdvantageMode::Rlp,
-            _ => crate::grpo::AdvantageMode::Grpo(self.grpo.scale_rewards),
+        match self.grpo.advantage {
+            Advantage::Rlp => crate::grpo::AdvantageMode::Rlp,
+            Advantage::Grpo => crate::grpo::AdvantageMode::Grpo(self.grpo.scale_rewards),
         }
     }
 }

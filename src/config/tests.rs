@@ -136,6 +136,39 @@ mod cases {
         .unwrap();
     }
 
+    /// The string-valued keys are enums now; a wrong value still names the key and the choices.
+    #[test]
+    fn choices_name_their_key_and_values() {
+        for (text, key, choices) in [
+            (
+                "[grpo]\nadvantage = \"ppo\"\n",
+                "advantage",
+                ["grpo", "rlp"],
+            ),
+            (
+                "[grpo]\nloss_tokens = \"all\"\n",
+                "loss_tokens",
+                ["completion", "thought"],
+            ),
+            ("[corpus]\nkind = \"web\"\n", "kind", ["builtin", "files"]),
+        ] {
+            let e = err(text);
+            assert!(
+                e.contains(key) && choices.iter().all(|c| e.contains(c)),
+                "{text}: {e}"
+            );
+        }
+        let c = Config::parse(
+            "[grpo]\nadvantage = \"rlp\"\nloss_tokens = \"thought\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.grpo.advantage, c.grpo.loss_tokens),
+            (Advantage::Rlp, LossTokens::Thought)
+        );
+    }
+
     #[test]
     fn trl_alias_for_group_size() {
         let c = Config::parse("[rollout]\nnum_generations = 4\n", Path::new("x")).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, CorpusKind};
 
 /// Upper bounds of the counts: far above any run this program can do, low enough that no size
 /// computed from them overflows an allocation.
@@ -149,21 +149,6 @@ impl Config {
             Range::Closed(0.0, 1.0),
         )?;
         let g = &self.grpo;
-        if !matches!(g.advantage.as_str(), "grpo" | "rlp") {
-            return v.bad(
-                "grpo.advantage",
-                format!("must be \"grpo\" or \"rlp\", got {:?}", g.advantage),
-            );
-        }
-        if !matches!(g.loss_tokens.as_str(), "completion" | "thought") {
-            return v.bad(
-                "grpo.loss_tokens",
-                format!(
-                    "must be \"completion\" or \"thought\", got {:?}",
-                    g.loss_tokens
-                ),
-            );
-        }
         v.float(
             "grpo.epsilon_low",
             g.epsilon_low,
@@ -264,8 +249,8 @@ impl Config {
                 format!("must contain {{context}}, got {:?}", self.prompt.template),
             );
         }
-        match self.corpus.kind.as_str() {
-            "builtin" => {
+        match self.corpus.kind {
+            CorpusKind::Builtin => {
                 v.count(
                     "corpus.documents",
                     self.corpus.documents,
@@ -273,19 +258,13 @@ impl Config {
                     limits::DOCUMENTS,
                 )?;
             }
-            "files" => match &self.corpus.path {
+            CorpusKind::Files => match &self.corpus.path {
                 None => return v.bad("corpus.path", "is required with kind = \"files\"".into()),
                 Some(p) if !p.exists() => {
                     return v.bad("corpus.path", format!("{} does not exist", p.display()));
                 }
                 Some(_) => {}
             },
-            other => {
-                return v.bad(
-                    "corpus.kind",
-                    format!("must be \"builtin\" or \"files\", got {other:?}"),
-                );
-            }
         }
         v.float(
             "corpus.heldout_fraction",

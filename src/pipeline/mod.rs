@@ -16,7 +16,7 @@ use crate::model::{Decoder, Mode, Tokenizer, left_pad, token_logprobs};
 
 /// The corpus's documents as text, with skipped inputs logged (never silently dropped).
 pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
-    if cfg.corpus.kind == "builtin" {
+    if cfg.corpus.kind == crate::config::CorpusKind::Builtin {
         return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
     }
     let path = cfg

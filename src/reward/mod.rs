@@ -48,7 +48,10 @@ pub struct Reward {
 pub struct Needs {
     pub guess_first_token: bool,
     pub guess_prob: bool,
+    /// The log-probs of the true next token with and without the thought (RLP).
     pub info_gain: bool,
+    /// An EMA teacher of the policy, kept by the learner and used for the no-thought baseline.
+    pub ema_teacher: bool,
 }
 
 /// A reward variant. Scores a whole group (the G completions of one state), so group-level variants

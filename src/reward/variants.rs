@@ -145,6 +145,7 @@ impl RewardFn for InfoGain {
     fn needs(&self) -> Needs {
         Needs {
             info_gain: true,
+            ema_teacher: true,
             ..Needs::default()
         }
     }
