@@ -7,10 +7,11 @@ use rayon::prelude::*;
 
 use super::forward::{keep_logits_buffer, rope};
 use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
-use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get, lm_head};
+use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get};
 use super::vector::{Shared, dot, dot3, for_row_pairs, for_rows};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
+use crate::model::layout::{Layout, Proj};
 
 /// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.
 #[allow(clippy::too_many_arguments)]
@@ -22,9 +23,9 @@ pub(super) fn linear_back(
     out: usize,
     dx: &mut [f32],
     dx_accumulate: bool,
-    bias: bool,
     grads: &mut FlatGrads,
-    name: &str,
+    weight_name: &str,
+    bias_name: Option<&str>,
 ) {
     let inp = w.len() / out;
     // The two products are independent and equally large: run them side by side.
@@ -54,14 +55,43 @@ pub(super) fn linear_back(
             )
         },
     );
-    grads.insert(format!("{name}.weight"), dw);
-    if bias {
+    grads.insert(weight_name.to_string(), dw);
+    if let Some(name) = bias_name {
         let mut db = vec![0f32; out];
         for r in dy.chunks(out) {
             db.iter_mut().zip(r).for_each(|(d, g)| *d += g);
         }
-        grads.insert(format!("{name}.bias"), db);
+        grads.insert(name.to_string(), db);
     }
+}
+
+/// [`linear_back`] of a layer's projection `proj`, its weight read from `p`.
+#[allow(clippy::too_many_arguments)]
+fn proj_back(
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    p: &Params,
+    proj: &Proj,
+    dx: &mut [f32],
+    dx_accumulate: bool,
+    grads: &mut FlatGrads,
+) -> Result<()> {
+    let w = get(p, &proj.weight)?;
+    let bias = proj.bias.as_deref();
+    linear_back(
+        dy,
+        x,
+        rows,
+        w,
+        proj.out(),
+        dx,
+        dx_accumulate,
+        grads,
+        &proj.weight,
+        bias,
+    );
+    Ok(())
 }
 
 /// Backward of `rms`: `dx += ∂/∂x`, and `dw` (the weight gradient) returned.
@@ -86,7 +116,13 @@ pub(super) fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut 
 /// Gradients of every parameter, by published name, from the gradient of the log-probs `forward`
 /// returned (same order and length).
 /// The tape is consumed: its buffers are reused for the gradients.
-pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> Result<FlatGrads> {
+pub fn backward(
+    cfg: &ModelConfig,
+    layout: &Layout,
+    p: &Params,
+    mut tape: Tape,
+    dlp: &[f32],
+) -> Result<FlatGrads> {
     let d = Dims::of(cfg);
     let want = tape.slots.as_ref().map_or(tape.sel.len(), |s| s.1);
     if dlp.len() != want {
@@ -117,7 +153,7 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
         o[tape.targets[i] as usize] += g * scale;
     });
     let nsel = tape.sel.len();
-    let head = lm_head(cfg, p)?;
+    let head = get(p, &layout.head)?;
     let mut dhs = vec![0f32; nsel * h];
     let mut head_grads = FlatGrads::new();
     linear_back(
@@ -128,16 +164,16 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
         v,
         &mut dhs,
         false,
-        false,
         &mut head_grads,
         "head",
+        None,
     );
     keep_logits_buffer(dlogits);
-    let d_head = head_grads.remove("head.weight").expect("weight gradient");
+    let d_head = head_grads.remove("head").expect("weight gradient");
     let mut dxf = vec![0f32; nsel * h];
-    let norm_w = get(p, "model.norm.weight")?;
+    let norm_w = get(p, &layout.norm)?;
     grads.insert(
-        "model.norm.weight".into(),
+        layout.norm.clone(),
         rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
     );
     let mut dx = vec![0f32; t_all * h];
@@ -150,22 +186,19 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
     }
     for l in (0..cfg.num_hidden_layers).rev() {
         let lt = &tape.layers[l];
-        let prefix = format!("model.layers.{l}");
-        let w = |n: &str| get(p, &format!("{prefix}.{n}"));
+        let names = &layout.layers[l];
         // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
         let mut da = vec![0f32; t_all * d.inter];
-        linear_back(
+        proj_back(
             &dx,
             &lt.a,
             t_all,
-            w("mlp.down_proj.weight")?,
-            h,
+            p,
+            &names.down,
             &mut da,
             false,
-            cfg.mlp_bias,
             &mut grads,
-            &format!("{prefix}.mlp.down_proj"),
-        );
+        )?;
         // a = g · σ(g) · u: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g · σ(g) (in place of da).
         let inter = d.inter;
         let mut dg = vec![0f32; da.len()];
@@ -182,107 +215,70 @@ pub fn backward(cfg: &ModelConfig, p: &Params, mut tape: Tape, dlp: &[f32]) -> R
         };
         for_row_pairs(&mut dg, &mut du, inter, grad);
         let mut dh2 = vec![0f32; t_all * h];
-        linear_back(
+        proj_back(
             &dg,
             &lt.h2,
             t_all,
-            w("mlp.gate_proj.weight")?,
-            inter,
+            p,
+            &names.gate,
             &mut dh2,
             false,
-            cfg.mlp_bias,
             &mut grads,
-            &format!("{prefix}.mlp.gate_proj"),
-        );
-        linear_back(
-            &du,
-            &lt.h2,
-            t_all,
-            w("mlp.up_proj.weight")?,
-            inter,
-            &mut dh2,
-            true,
-            cfg.mlp_bias,
-            &mut grads,
-            &format!("{prefix}.mlp.up_proj"),
-        );
+        )?;
+        proj_back(&du, &lt.h2, t_all, p, &names.up, &mut dh2, true, &mut grads)?;
         drop((dg, du));
-        let ln2 = w("post_attention_layernorm.weight")?;
+        let ln2 = get(p, &names.post_norm)?;
         grads.insert(
-            format!("{prefix}.post_attention_layernorm.weight"),
+            names.post_norm.clone(),
             rms_back(&lt.x_mid, ln2, &lt.rstd2, &dh2, &mut dx),
         );
         // Attention: x_mid = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let mut datt = vec![0f32; t_all * nh * hd];
-        linear_back(
-            &dx,
-            &lt.att,
-            t_all,
-            w("self_attn.o_proj.weight")?,
-            h,
-            &mut datt,
-            false,
-            cfg.o_bias,
-            &mut grads,
-            &format!("{prefix}.self_attn.o_proj"),
-        );
+        proj_back(
+            &dx, &lt.att, t_all, p, &names.o, &mut datt, false, &mut grads,
+        )?;
         let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, t_all, &tape.jobs, &tape.units);
         rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
         rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
-        if cfg.qk_norm {
-            let (qn, kn) = (w("self_attn.q_norm.weight")?, w("self_attn.k_norm.weight")?);
+        if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
+            let (qn, kn) = (get(p, q_norm)?, get(p, k_norm)?);
             let mut dq_raw = vec![0f32; dq.len()];
             let mut dk_raw = vec![0f32; dk.len()];
             grads.insert(
-                format!("{prefix}.self_attn.q_norm.weight"),
+                q_norm.clone(),
                 rms_back(&lt.q_raw, qn, &lt.rstd_q, &dq, &mut dq_raw),
             );
             grads.insert(
-                format!("{prefix}.self_attn.k_norm.weight"),
+                k_norm.clone(),
                 rms_back(&lt.k_raw, kn, &lt.rstd_k, &dk, &mut dk_raw),
             );
             (dq, dk) = (dq_raw, dk_raw);
         }
         let mut dh1 = vec![0f32; t_all * h];
-        for (i, (dy, proj, out)) in [
-            (&dq, "q_proj", nh * hd),
-            (&dk, "k_proj", nkv * hd),
-            (&dv, "v_proj", nkv * hd),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (dy, proj)) in [(&dq, &names.q), (&dk, &names.k), (&dv, &names.v)]
+            .into_iter()
+            .enumerate()
         {
-            linear_back(
-                dy,
-                &lt.h1,
-                t_all,
-                w(&format!("self_attn.{proj}.weight"))?,
-                out,
-                &mut dh1,
-                i > 0,
-                cfg.qkv_bias,
-                &mut grads,
-                &format!("{prefix}.self_attn.{proj}"),
-            );
+            proj_back(dy, &lt.h1, t_all, p, proj, &mut dh1, i > 0, &mut grads)?;
         }
-        let ln1 = w("input_layernorm.weight")?;
+        let ln1 = get(p, &names.input_norm)?;
         grads.insert(
-            format!("{prefix}.input_layernorm.weight"),
+            names.input_norm.clone(),
             rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
         );
     }
     // A tied head's gradient is the embedding's starting point (no separate zeroed table to add).
-    let mut d_embed = if cfg.tie_word_embeddings {
+    let mut d_embed = if layout.tied() {
         d_head
     } else {
-        grads.insert("lm_head.weight".into(), d_head);
+        grads.insert(layout.head.clone(), d_head);
         vec![0f32; v * h]
     };
     for (row, &id) in dx.chunks(h).zip(&tape.ids) {
         let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
         dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
     }
-    grads.insert("model.embed_tokens.weight".into(), d_embed);
+    grads.insert(layout.embed.clone(), d_embed);
     Ok(grads)
 }
 

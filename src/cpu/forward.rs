@@ -9,12 +9,13 @@ use rayon::prelude::*;
 
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::matmul::linear;
-use super::tape::{AttnJob, Dims, LayerTape, Params, SharedGroup, Tape, get, lm_head};
+use super::tape::{AttnJob, Dims, LayerTape, Params, SharedGroup, Tape, get};
 use super::vector::{
     Shared, add_into, dot, exp_shifted, for_row_pairs, for_rows, sigmoid, softmax_prefix,
 };
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
+use crate::model::layout::{Layout, Proj};
 use crate::model::rope::rope_tables;
 
 /// RMSNorm over rows of `w.len()`: returns the output and each row's inverse RMS.
@@ -57,8 +58,10 @@ pub(super) fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f
 
 /// Teacher-forced log-probs of tokens `from..s` of each row of a left-padded (b, s) batch under
 /// `softmax(scale · logits)`, as (b · (s − from)) values in row order, with the tape for `backward`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &ModelConfig,
+    layout: &Layout,
     p: &Params,
     ids: &[u32],
     b: usize,
@@ -98,7 +101,7 @@ pub fn forward(
         }
     }
     forward_core(
-        cfg, p, ids, &positions, jobs, units, sel, targets, None, scale,
+        cfg, layout, p, ids, &positions, jobs, units, sel, targets, None, scale,
     )
 }
 
@@ -109,6 +112,7 @@ pub fn forward(
 /// gives for the left-padded rows prompt ++ completion with `from = width − c`.
 pub fn forward_shared(
     cfg: &ModelConfig,
+    layout: &Layout,
     p: &Params,
     groups: &[SharedGroup],
     c: usize,
@@ -164,6 +168,7 @@ pub fn forward_shared(
     }
     forward_core(
         cfg,
+        layout,
         p,
         &ids,
         &positions,
@@ -179,6 +184,7 @@ pub fn forward_shared(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_core(
     cfg: &ModelConfig,
+    layout: &Layout,
     p: &Params,
     ids: &[u32],
     positions: &[usize],
@@ -199,32 +205,27 @@ pub(super) fn forward_core(
     let t_all = ids.len();
     let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
     let (cos, sin) = rope_tables(cfg, positions.iter().copied());
-    let embed = get(p, "model.embed_tokens.weight")?;
+    let embed = get(p, &layout.embed)?;
     let mut x = vec![0f32; t_all * h];
     for (row, &id) in x.chunks_mut(h).zip(ids) {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     }
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
-        let name = |n: &str| format!("model.layers.{l}.{n}");
-        let w = |n: &str| get(p, &name(n));
-        // The projection `name` (its weight, and its bias when `biased`) of every token of `x`.
-        let proj = |x: &[f32], name: &str, biased: bool, out: usize| -> Result<Vec<f32>> {
-            let bias = if biased {
-                Some(w(&format!("{name}.bias"))?)
-            } else {
-                None
-            };
-            Ok(linear(x, t_all, w(&format!("{name}.weight"))?, bias, out))
+        let names = &layout.layers[l];
+        // The projection `pr` (its weight, and its bias when it has one) of every token of `x`.
+        let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> {
+            let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
+            Ok(linear(x, t_all, get(p, &pr.weight)?, bias, pr.out()))
         };
-        let (h1, rstd1) = rms(&x, w("input_layernorm.weight")?, d.eps);
-        let mut q = proj(&h1, "self_attn.q_proj", cfg.qkv_bias, nh * hd)?;
-        let mut k = proj(&h1, "self_attn.k_proj", cfg.qkv_bias, nkv * hd)?;
-        let v = proj(&h1, "self_attn.v_proj", cfg.qkv_bias, nkv * hd)?;
+        let (h1, rstd1) = rms(&x, get(p, &names.input_norm)?, d.eps);
+        let mut q = proj(&h1, &names.q)?;
+        let mut k = proj(&h1, &names.k)?;
+        let v = proj(&h1, &names.v)?;
         let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
-        if cfg.qk_norm {
-            let (qn, rq) = rms(&q, w("self_attn.q_norm.weight")?, d.eps);
-            let (kn, rk) = rms(&k, w("self_attn.k_norm.weight")?, d.eps);
+        if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
+            let (qn, rq) = rms(&q, get(p, q_norm)?, d.eps);
+            let (kn, rk) = rms(&k, get(p, k_norm)?, d.eps);
             q_raw = std::mem::replace(&mut q, qn);
             k_raw = std::mem::replace(&mut k, kn);
             (rstd_q, rstd_k) = (rq, rk);
@@ -232,11 +233,11 @@ pub(super) fn forward_core(
         rope(&mut q, nh, hd, &cos, &sin, 1.0);
         rope(&mut k, nkv, hd, &cos, &sin, 1.0);
         let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs);
-        let mut x_mid = proj(&att, "self_attn.o_proj", cfg.o_bias, h)?;
+        let mut x_mid = proj(&att, &names.o)?;
         add_into(&mut x_mid, &x, h);
-        let (h2, rstd2) = rms(&x_mid, w("post_attention_layernorm.weight")?, d.eps);
-        let g = proj(&h2, "mlp.gate_proj", cfg.mlp_bias, d.inter)?;
-        let u = proj(&h2, "mlp.up_proj", cfg.mlp_bias, d.inter)?;
+        let (h2, rstd2) = rms(&x_mid, get(p, &names.post_norm)?, d.eps);
+        let g = proj(&h2, &names.gate)?;
+        let u = proj(&h2, &names.up)?;
         // σ(g) and a = g · σ(g) · u, a row at a time (the row stays in L1 between the two).
         let (mut sg, mut a) = (vec![0f32; g.len()], vec![0f32; g.len()]);
         for_row_pairs(&mut sg, &mut a, d.inter, |r, sr, ar| {
@@ -247,7 +248,7 @@ pub(super) fn forward_core(
                 *o = gr[i] * sr[i] * ur[i];
             }
         });
-        let mut x_out = proj(&a, "mlp.down_proj", cfg.mlp_bias, h)?;
+        let mut x_out = proj(&a, &names.down)?;
         add_into(&mut x_out, &x_mid, h);
         let x_in = std::mem::replace(&mut x, x_out);
         layers.push(LayerTape {
@@ -277,8 +278,8 @@ pub(super) fn forward_core(
     for (row, &t) in xf.chunks_mut(h).zip(&sel) {
         row.copy_from_slice(&x[t * h..(t + 1) * h]);
     }
-    let (hs, rstd_f) = rms(&xf, get(p, "model.norm.weight")?, d.eps);
-    let head = lm_head(cfg, p)?;
+    let (hs, rstd_f) = rms(&xf, get(p, &layout.norm)?, d.eps);
+    let head = get(p, &layout.head)?;
     // The logits are overwritten by exp(scale · logit − max), which the backward pass reuses.
     let mut exps = logits_buffer(sel.len() * d.vocab);
     gemm(

@@ -10,10 +10,11 @@ use rayon::prelude::*;
 use super::forward::{rms, rope};
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::matmul::{Kernel, infer_linear_with};
-use super::tape::{Params, get, lm_head};
+use super::tape::{Params, get};
 use super::vector::{Shared, dot, sigmoid, softmax_prefix};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
+use crate::model::layout::{Layout, Proj};
 use crate::model::rope::rope_tables;
 
 /// Keys and values of every layer for a batch of `b` rows of up to `cap` tokens:
@@ -49,6 +50,7 @@ impl HostCache {
 /// (rows × vocab).
 pub fn step(
     cfg: &ModelConfig,
+    layout: &Layout,
     p: &Params,
     cache: &mut HostCache,
     ids: &[u32],
@@ -83,7 +85,7 @@ pub fn step(
         cfg.num_key_value_heads,
         cfg.head_dim,
     );
-    let (qw, kw, inter) = (nh * hd, nkv * hd, cfg.intermediate_size);
+    let kw = nkv * hd;
     let eps = cfg.rms_norm_eps as f32;
     let rows = b * s;
     // Chosen by the kind of step, never by the number of rows: a row's numbers are then the same in
@@ -94,31 +96,26 @@ pub fn step(
         cfg,
         (0..b).flat_map(|r| (0..s).map(move |i| (past + i).saturating_sub(pad[r]))),
     );
-    let embed = get(p, "model.embed_tokens.weight")?;
+    let embed = get(p, &layout.embed)?;
     let mut x = vec![0f32; rows * h];
     for (row, &id) in x.chunks_mut(h).zip(ids) {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     }
     for l in 0..cfg.num_hidden_layers {
-        let w = |n: &str| get(p, &format!("model.layers.{l}.{n}"));
-        // The projection `name` (its weight, and its bias when `biased`) of `rows` rows of `x`.
-        let proj = |x: &[f32], name: &str, biased: bool, out: usize| -> Result<Vec<f32>> {
-            let bias = if biased {
-                Some(w(&format!("{name}.bias"))?)
-            } else {
-                None
-            };
-            let weight = w(&format!("{name}.weight"))?;
-            Ok(infer_linear_with(kernel, x, rows, weight, bias, out))
+        let names = &layout.layers[l];
+        // The projection `pr` (its weight, and its bias when it has one) of `rows` rows of `x`.
+        let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> {
+            let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
+            let weight = get(p, &pr.weight)?;
+            Ok(infer_linear_with(kernel, x, rows, weight, bias, pr.out()))
         };
-        let (h1, _) = rms(&x, w("input_layernorm.weight")?, eps);
-        let qkv_bias = cfg.qkv_bias;
-        let mut q = proj(&h1, "self_attn.q_proj", qkv_bias, qw)?;
-        let mut k = proj(&h1, "self_attn.k_proj", qkv_bias, kw)?;
-        let v = proj(&h1, "self_attn.v_proj", qkv_bias, kw)?;
-        if cfg.qk_norm {
-            q = rms(&q, w("self_attn.q_norm.weight")?, eps).0;
-            k = rms(&k, w("self_attn.k_norm.weight")?, eps).0;
+        let (h1, _) = rms(&x, get(p, &names.input_norm)?, eps);
+        let mut q = proj(&h1, &names.q)?;
+        let mut k = proj(&h1, &names.k)?;
+        let v = proj(&h1, &names.v)?;
+        if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
+            q = rms(&q, get(p, q_norm)?, eps).0;
+            k = rms(&k, get(p, k_norm)?, eps).0;
         }
         rope(&mut q, nh, hd, &cos, &sin, 1.0);
         rope(&mut k, nkv, hd, &cos, &sin, 1.0);
@@ -131,18 +128,17 @@ pub fn step(
             }
         }
         let att = attend(cfg, &q, kc, vc, cache.cap, b, s, past, pad);
-        let o = proj(&att, "self_attn.o_proj", cfg.o_bias, h)?;
+        let o = proj(&att, &names.o)?;
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-        let (h2, _) = rms(&x, w("post_attention_layernorm.weight")?, eps);
-        let mlp_bias = cfg.mlp_bias;
-        let g = proj(&h2, "mlp.gate_proj", mlp_bias, inter)?;
-        let mut a = proj(&h2, "mlp.up_proj", mlp_bias, inter)?;
+        let (h2, _) = rms(&x, get(p, &names.post_norm)?, eps);
+        let g = proj(&h2, &names.gate)?;
+        let mut a = proj(&h2, &names.up)?;
         let mut sg = vec![0f32; g.len()];
         sigmoid(&g, &mut sg);
         a.iter_mut()
             .zip(g.iter().zip(&sg))
             .for_each(|(u, (g, s))| *u *= g * s);
-        let down = proj(&a, "mlp.down_proj", mlp_bias, h)?;
+        let down = proj(&a, &names.down)?;
         x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
     }
     cache.len += s;
@@ -150,13 +146,13 @@ pub fn step(
     for (r, row) in last.chunks_mut(h).enumerate() {
         row.copy_from_slice(&x[(r * s + s - 1) * h..(r * s + s) * h]);
     }
-    let (hs, _) = rms(&last, get(p, "model.norm.weight")?, eps);
+    let (hs, _) = rms(&last, get(p, &layout.norm)?, eps);
     // One row per sequence, whatever the step.
     Ok(infer_linear_with(
         Kernel::Few,
         &hs,
         b,
-        lm_head(cfg, p)?,
+        get(p, &layout.head)?,
         None,
         vocab,
     ))

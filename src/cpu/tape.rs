@@ -146,11 +146,3 @@ pub fn with_params<'t, R, E: From<ModelError>>(
     }
     f(&params)
 }
-
-pub(super) fn lm_head<'a>(cfg: &ModelConfig, p: &Params<'a>) -> Result<&'a [f32]> {
-    if cfg.tie_word_embeddings {
-        get(p, "model.embed_tokens.weight")
-    } else {
-        get(p, "lm_head.weight")
-    }
-}

@@ -289,49 +289,9 @@ impl ModelConfig {
         v
     }
 
-    /// Expected `(name, shape)` of every tensor, in checkpoint naming.
+    /// Expected `(name, shape)` of every tensor, in checkpoint naming (see [`super::layout::Layout`]).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, hd, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
-        let (nq, nkv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![self.vocab_size, h],
-        )];
-        for l in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let mut push = |n: &str, s: Vec<usize>| out.push((format!("{p}.{n}"), s));
-            push("input_layernorm.weight", vec![h]);
-            push("post_attention_layernorm.weight", vec![h]);
-            push("self_attn.q_proj.weight", vec![nq, h]);
-            push("self_attn.k_proj.weight", vec![nkv, h]);
-            push("self_attn.v_proj.weight", vec![nkv, h]);
-            push("self_attn.o_proj.weight", vec![h, nq]);
-            if self.qkv_bias {
-                push("self_attn.q_proj.bias", vec![nq]);
-                push("self_attn.k_proj.bias", vec![nkv]);
-                push("self_attn.v_proj.bias", vec![nkv]);
-            }
-            if self.o_bias {
-                push("self_attn.o_proj.bias", vec![h]);
-            }
-            if self.qk_norm {
-                push("self_attn.q_norm.weight", vec![hd]);
-                push("self_attn.k_norm.weight", vec![hd]);
-            }
-            push("mlp.gate_proj.weight", vec![i, h]);
-            push("mlp.up_proj.weight", vec![i, h]);
-            push("mlp.down_proj.weight", vec![h, i]);
-            if self.mlp_bias {
-                push("mlp.gate_proj.bias", vec![i]);
-                push("mlp.up_proj.bias", vec![i]);
-                push("mlp.down_proj.bias", vec![h]);
-            }
-        }
-        out.push(("model.norm.weight".to_string(), vec![h]));
-        if !self.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
-        }
-        out
+        super::layout::Layout::of(self).tensors()
     }
 }
 

@@ -11,6 +11,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::layout::{Layout, Proj};
 use super::weights::TensorMap;
 
 /// Which kernels to use: differentiable (training) or fused (sampling, scoring without gradient).
@@ -105,6 +106,7 @@ pub struct Decoder {
     sin: Tensor,
     /// Every weight by published name, for the hand-written CPU paths.
     named: Vec<(String, Tensor)>,
+    layout: Layout,
 }
 
 impl Decoder {
@@ -116,51 +118,39 @@ impl Decoder {
                 .cloned()
                 .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
         };
-        let lin = |p: &str, bias: bool| -> Result<Linear> {
+        let layout = Layout::of(cfg);
+        let lin = |p: &Proj| -> Result<Linear> {
             Ok(Linear {
-                w: get(&format!("{p}.weight"))?,
-                b: if bias {
-                    Some(get(&format!("{p}.bias"))?)
-                } else {
-                    None
-                },
+                w: get(&p.weight)?,
+                b: p.bias.as_deref().map(get).transpose()?,
             })
         };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                ln1: get(&format!("{p}.input_layernorm.weight"))?,
-                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                q: lin(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias)?,
-                k: lin(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias)?,
-                v: lin(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias)?,
-                o: lin(&format!("{p}.self_attn.o_proj"), cfg.o_bias)?,
-                q_norm: if cfg.qk_norm {
-                    Some(get(&format!("{p}.self_attn.q_norm.weight"))?)
-                } else {
-                    None
-                },
-                k_norm: if cfg.qk_norm {
-                    Some(get(&format!("{p}.self_attn.k_norm.weight"))?)
-                } else {
-                    None
-                },
-                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias)?,
-                up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias)?,
-                down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias)?,
-            });
-        }
-        let embed = get("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            get("lm_head.weight")?
-        };
+        let norm = |n: &Option<String>| n.as_deref().map(get).transpose();
+        let layers = layout
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    ln1: get(&l.input_norm)?,
+                    ln2: get(&l.post_norm)?,
+                    q: lin(&l.q)?,
+                    k: lin(&l.k)?,
+                    v: lin(&l.v)?,
+                    o: lin(&l.o)?,
+                    q_norm: norm(&l.q_norm)?,
+                    k_norm: norm(&l.k_norm)?,
+                    gate: lin(&l.gate)?,
+                    up: lin(&l.up)?,
+                    down: lin(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<Layer>>>()?;
+        let embed = get(&layout.embed)?;
+        let lm_head = get(&layout.head)?;
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
-        let named = cfg
-            .tensor_shapes()
+        let named = layout
+            .tensors()
             .into_iter()
             .map(|(name, _)| Ok((name.clone(), get(&name)?)))
             .collect::<Result<_>>()?;
@@ -169,11 +159,17 @@ impl Decoder {
             cfg: cfg.clone(),
             embed,
             layers,
-            norm: get("model.norm.weight")?,
+            norm: get(&layout.norm)?,
             lm_head,
+            layout,
             cos,
             sin,
         })
+    }
+
+    /// The names of the weights, resolved once for this model.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -10,6 +10,7 @@ mod decoder;
 mod entropy;
 pub(crate) mod error;
 mod init;
+pub(crate) mod layout;
 mod optim;
 pub(crate) mod rope;
 mod sample;
@@ -27,6 +28,7 @@ pub use decoder::{Cache, Decoder, MASKED, Mode, Padded, attention_mask, left_pad
 pub use entropy::{sequence_entropies, topk_entropy};
 pub use error::{ModelError, Result};
 pub use init::init_weights;
+pub use layout::{LayerLayout, Layout, Proj};
 pub use optim::{AdamW, AdamWConfig};
 pub use sample::{
     Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,

@@ -200,7 +200,7 @@ pub fn generate_on(
                     let cap = s + params.max_new_tokens;
                     crate::cpu::HostCache::new(model.config(), pad.len(), cap)
                 });
-                let logits = crate::cpu::step(model.config(), p, cache, ids, pad)?;
+                let logits = crate::cpu::step(model.config(), model.layout(), p, cache, ids, pad)?;
                 Ok(logits
                     .chunks(model.config().vocab_size)
                     .map(<[f32]>::to_vec)

@@ -14,6 +14,7 @@ use crate::cpu as fused;
 use super::config::ModelConfig;
 use super::decoder::Decoder;
 use super::error::{ModelError, Result};
+use super::layout::Layout;
 use super::weights::TensorMap;
 
 /// Gradients by published parameter name.
@@ -31,6 +32,7 @@ pub enum GradPath {
 /// The parameters being trained, by published name (sorted, so iteration order is stable).
 pub struct Trainable {
     pub config: ModelConfig,
+    layout: Layout,
     vars: BTreeMap<String, Var>,
     /// The gradient path; `Fused` on the CPU unless changed.
     pub path: GradPath,
@@ -39,8 +41,9 @@ pub struct Trainable {
 impl Trainable {
     /// Copies `weights` into fresh variables.
     pub fn new(config: &ModelConfig, weights: &TensorMap) -> Result<Self> {
+        let layout = Layout::of(config);
         let mut vars = BTreeMap::new();
-        for (name, _) in config.tensor_shapes() {
+        for (name, _) in layout.tensors() {
             let t = weights
                 .get(&name)
                 .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
@@ -49,6 +52,7 @@ impl Trainable {
         let cpu = vars.values().all(|v| v.device().is_cpu());
         Ok(Trainable {
             config: config.clone(),
+            layout,
             vars,
             path: if cpu {
                 GradPath::Fused
@@ -91,7 +95,18 @@ impl Trainable {
                 let (b, s) = ids.dims2()?;
                 let id_vec: Vec<u32> = ids.flatten_all()?.to_vec1()?;
                 self.fused_value_and_grad(
-                    |flat| fused::forward(&self.config, flat, &id_vec, b, pad, from, scale as f32),
+                    |flat| {
+                        fused::forward(
+                            &self.config,
+                            &self.layout,
+                            flat,
+                            &id_vec,
+                            b,
+                            pad,
+                            from,
+                            scale as f32,
+                        )
+                    },
                     (b, s - from),
                     ids.device(),
                     loss,
@@ -136,7 +151,16 @@ impl Trainable {
                     })
                     .collect();
                 self.fused_value_and_grad(
-                    |flat| fused::forward_shared(&self.config, flat, &shared, c, scale as f32),
+                    |flat| {
+                        fused::forward_shared(
+                            &self.config,
+                            &self.layout,
+                            flat,
+                            &shared,
+                            c,
+                            scale as f32,
+                        )
+                    },
                     (rows, c),
                     &device,
                     loss,
@@ -168,7 +192,7 @@ impl Trainable {
                 Some(g) => g.flatten_all()?.to_vec1()?,
                 None => vec![0.0; shape.0 * shape.1],
             };
-            let flat_grads = fused::backward(&self.config, flat, tape, &dlp)?;
+            let flat_grads = fused::backward(&self.config, &self.layout, flat, tape, &dlp)?;
             let mut grads = Grads::new();
             for (name, g) in flat_grads {
                 let var = self.vars.get(&name).ok_or_else(|| {

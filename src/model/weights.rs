@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::layout::Layout;
 
 /// Every tensor of a checkpoint by its published name, f32 on `device`.
 pub type TensorMap = HashMap<String, Tensor>;
@@ -94,8 +95,9 @@ fn select(
     first: &Path,
 ) -> Result<TensorMap> {
     let first = first.to_path_buf();
+    let layout = Layout::of(cfg);
     let mut out = TensorMap::new();
-    for (name, shape) in cfg.tensor_shapes() {
+    for (name, shape) in layout.tensors() {
         let (t, file) = found
             .remove(&name)
             .ok_or_else(|| ModelError::MissingTensor {
@@ -119,16 +121,16 @@ fn select(
     // Buffers transformers may save that carry no weights.
     found.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
     // A tied head saved anyway is the embedding itself, or the file disagrees with its config.
-    if cfg.tie_word_embeddings
-        && let Some((head, file)) = found.remove("lm_head.weight")
+    if layout.tied()
+        && let Some((head, file)) = found.remove(Layout::UNTIED_HEAD)
     {
-        let embed = &out["model.embed_tokens.weight"];
+        let embed = &out[&layout.embed];
         let same = head.dims() == embed.dims()
             && head.sub(embed)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
         if !same {
             return Err(ModelError::UnusedTensor {
                 path: file,
-                name: "lm_head.weight".into(),
+                name: Layout::UNTIED_HEAD.into(),
                 more: 0,
                 why: "config.json says tie_word_embeddings = true, but this head differs from the \
                       embedding"
@@ -154,11 +156,7 @@ fn select(
 
 /// Why the config does not use a tensor the file holds, in the config's own terms.
 fn unused_reason(name: &str, cfg: &ModelConfig) -> String {
-    let layer = name
-        .strip_prefix("model.layers.")
-        .and_then(|r| r.split('.').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    match layer {
+    match Layout::layer_of(name) {
         Some(l) if l >= cfg.num_hidden_layers => format!(
             "config.json says num_hidden_layers = {}, but the weights have layer {l}",
             cfg.num_hidden_layers
