@@ -119,6 +119,9 @@ fn config_json_numbers_are_bounded_and_finite() {
         ("rms_norm_eps", json!(-1.0)),
         ("rope_theta", json!("big")),
         ("num_attention_heads", json!(2.5)),
+        ("num_experts", json!(8)),
+        ("num_local_experts", json!(4)),
+        ("eos_token_id", json!("end")),
     ] {
         let mut v = base.clone();
         v[field] = value.clone();

@@ -1,11 +1,15 @@
 //! `config.json` of the Qwen2, Qwen3 and Llama families, read as Hugging Face writes it.
 //!
+//! Read with serde (the field that fails to parse is named, by `serde_path_to_error`), then validated
+//! into the resolved [`ModelConfig`].
+//!
 //! `rope_theta` is accepted at the top level (published checkpoints) or under `rope_parameters`
 //! (transformers 5). Anything this decoder does not compute — rope scaling, another activation, another
 //! architecture — is refused with the field and value rather than silently computed differently.
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ModelError, Result};
@@ -68,175 +72,19 @@ impl ModelConfig {
 
     /// Validates an already parsed `config.json`; `path` is only used in messages.
     pub fn from_value(v: &Value, path: &Path) -> Result<Self> {
-        let err = |field: &str, reason: String| ModelError::Config {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            reason,
-        };
-        // Far above any published model, low enough that no product of sizes overflows.
-        let limit = |field: &str| -> u64 {
-            match field {
-                "vocab_size" | "max_position_embeddings" => 1 << 24,
-                "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" => 1 << 12,
-                _ => 1 << 20,
+        let raw: RawConfig = serde_path_to_error::deserialize(v).map_err(|e| {
+            let field = e.path().to_string();
+            ModelError::Config {
+                path: path.to_path_buf(),
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                reason: e.into_inner().to_string(),
             }
-        };
-        let usize_field = |field: &str| -> Result<usize> {
-            let max = limit(field);
-            match v.get(field) {
-                Some(Value::Number(n)) if n.as_u64().is_some_and(|x| x > 0 && x <= max) => {
-                    Ok(n.as_u64().unwrap_or_default() as usize)
-                }
-                Some(other) => Err(err(
-                    field,
-                    format!("must be an integer in 1..={max}, got {other}"),
-                )),
-                None => Err(err(field, "is missing".into())),
-            }
-        };
-        let float_field = |field: &str, value: Option<&Value>, default: f64| -> Result<f64> {
-            match value {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Number(n)) if n.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) => {
-                    Ok(n.as_f64().unwrap_or(default))
-                }
-                Some(other) => Err(err(
-                    field,
-                    format!("must be a positive finite number, got {other}"),
-                )),
-            }
-        };
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let family = match model_type {
-            "qwen2" => Family::Qwen2,
-            "qwen3" => Family::Qwen3,
-            "llama" => Family::Llama,
-            other => {
-                return Err(err(
-                    "model_type",
-                    format!("is {other:?}; supported: \"qwen2\", \"qwen3\", \"llama\""),
-                ));
-            }
-        };
-        let act = v
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
-        if act != "silu" {
-            return Err(err(
-                "hidden_act",
-                format!("is {act:?}; only \"silu\" is supported"),
-            ));
-        }
-        if let Some(scaling) = v.get("rope_scaling")
-            && !scaling.is_null()
-        {
-            return Err(err(
-                "rope_scaling",
-                format!("is {scaling}; rope scaling is not supported (expected null)"),
-            ));
-        }
-        let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
-        if let Some(kind) = rope_params
-            .and_then(|p| p.get("rope_type"))
-            .and_then(Value::as_str)
-            && kind != "default"
-        {
-            return Err(err(
-                "rope_parameters.rope_type",
-                format!("is {kind:?}; only \"default\" rope is supported"),
-            ));
-        }
-        let rope_theta = float_field(
-            "rope_theta",
-            rope_params
-                .and_then(|p| p.get("rope_theta"))
-                .or_else(|| v.get("rope_theta")),
-            10_000.0,
-        )?;
-        if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(err(
-                "use_sliding_window",
-                "is true; sliding-window attention is not supported".into(),
-            ));
-        }
-
-        let hidden_size = usize_field("hidden_size")?;
-        let num_attention_heads = usize_field("num_attention_heads")?;
-        let num_key_value_heads = match v.get("num_key_value_heads") {
-            None | Some(Value::Null) => num_attention_heads,
-            Some(_) => usize_field("num_key_value_heads")?,
-        };
-        if num_attention_heads % num_key_value_heads != 0 {
-            return Err(err(
-                "num_key_value_heads",
-                format!(
-                    "is {num_key_value_heads}, which does not divide num_attention_heads = {num_attention_heads}"
-                ),
-            ));
-        }
-        let head_dim = match v.get("head_dim") {
-            None | Some(Value::Null) => {
-                if hidden_size % num_attention_heads != 0 {
-                    return Err(err(
-                        "hidden_size",
-                        format!(
-                            "is {hidden_size}, not divisible by num_attention_heads = {num_attention_heads}"
-                        ),
-                    ));
-                }
-                hidden_size / num_attention_heads
-            }
-            Some(_) => usize_field("head_dim")?,
-        };
-        if head_dim % 2 != 0 {
-            return Err(err(
-                "head_dim",
-                format!("is {head_dim}; rotary embeddings need an even head_dim"),
-            ));
-        }
-        let attention_bias = v
-            .get("attention_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let ids = |field: &str| -> Vec<u32> {
-            match v.get(field) {
-                Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .map(|x| x as u32)
-                    .collect(),
-                _ => vec![],
-            }
-        };
-        Ok(ModelConfig {
-            family,
-            vocab_size: usize_field("vocab_size")?,
-            hidden_size,
-            intermediate_size: usize_field("intermediate_size")?,
-            num_hidden_layers: usize_field("num_hidden_layers")?,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
-            rms_norm_eps: float_field("rms_norm_eps", v.get("rms_norm_eps"), 1e-6)?,
-            rope_theta,
-            max_position_embeddings: match v.get("max_position_embeddings") {
-                None | Some(Value::Null) => 32_768,
-                Some(_) => usize_field("max_position_embeddings")?,
-            },
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            qkv_bias: family == Family::Qwen2 || attention_bias,
-            o_bias: family != Family::Qwen2 && attention_bias,
-            mlp_bias: v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
-            qk_norm: family == Family::Qwen3,
-            eos_token_ids: ids("eos_token_id"),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            pad_token_id: ids("pad_token_id").first().copied(),
-        })
+        })?;
+        raw.validate(path)
     }
 
     /// The `config.json` this configuration is saved as (transformers-compatible).
@@ -292,6 +140,206 @@ impl ModelConfig {
     /// Expected `(name, shape)` of every tensor, in checkpoint naming (see [`super::layout::Layout`]).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         super::layout::Layout::of(self).tensors()
+    }
+}
+
+/// `config.json` as transformers writes it: the fields this decoder reads (others are ignored).
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    model_type: String,
+    hidden_act: Option<String>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<RopeParameters>,
+    rope_theta: Option<f64>,
+    use_sliding_window: Option<bool>,
+    hidden_size: Option<u64>,
+    num_attention_heads: Option<u64>,
+    num_key_value_heads: Option<u64>,
+    head_dim: Option<u64>,
+    vocab_size: Option<u64>,
+    intermediate_size: Option<u64>,
+    num_hidden_layers: Option<u64>,
+    max_position_embeddings: Option<u64>,
+    rms_norm_eps: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    eos_token_id: Option<Ids>,
+    bos_token_id: Option<Ids>,
+    pad_token_id: Option<Ids>,
+    /// Mixture-of-experts checkpoints name their experts with one of these.
+    num_experts: Option<Value>,
+    num_local_experts: Option<Value>,
+    moe_intermediate_size: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    rope_type: Option<String>,
+    rope_theta: Option<f64>,
+}
+
+/// A token id, or a list of them (`eos_token_id` may be either).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Ids {
+    fn all(self) -> Vec<u32> {
+        match self {
+            Ids::One(x) => vec![x],
+            Ids::Many(v) => v,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Everything the decoder does not compute is refused, naming the field; every size is bounded.
+    fn validate(self, path: &Path) -> Result<ModelConfig> {
+        let err = |field: &str, reason: String| ModelError::Config {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        // Far above any published model, low enough that no product of sizes overflows.
+        let size = |field: &str, v: Option<u64>, max: u64| -> Result<usize> {
+            match v {
+                Some(x) if (1..=max).contains(&x) => Ok(x as usize),
+                Some(x) => Err(err(
+                    field,
+                    format!("must be an integer in 1..={max}, got {x}"),
+                )),
+                None => Err(err(field, "is missing".into())),
+            }
+        };
+        let positive = |field: &str, v: Option<f64>, default: f64| -> Result<f64> {
+            match v {
+                None => Ok(default),
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                Some(x) => Err(err(
+                    field,
+                    format!("must be a positive finite number, got {x}"),
+                )),
+            }
+        };
+        let family = match self.model_type.as_str() {
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "llama" => Family::Llama,
+            other => {
+                return Err(err(
+                    "model_type",
+                    format!("is {other:?}; supported: \"qwen2\", \"qwen3\", \"llama\""),
+                ));
+            }
+        };
+        let act = self.hidden_act.as_deref().unwrap_or("silu");
+        if act != "silu" {
+            return Err(err(
+                "hidden_act",
+                format!("is {act:?}; only \"silu\" is supported"),
+            ));
+        }
+        if let Some(scaling) = self.rope_scaling.filter(|s| !s.is_null()) {
+            return Err(err(
+                "rope_scaling",
+                format!("is {scaling}; rope scaling is not supported (expected null)"),
+            ));
+        }
+        let rope = self.rope_parameters.unwrap_or(RopeParameters {
+            rope_type: None,
+            rope_theta: None,
+        });
+        if let Some(kind) = rope.rope_type.as_deref()
+            && kind != "default"
+        {
+            return Err(err(
+                "rope_parameters.rope_type",
+                format!("is {kind:?}; only \"default\" rope is supported"),
+            ));
+        }
+        let rope_theta = positive("rope_theta", rope.rope_theta.or(self.rope_theta), 10_000.0)?;
+        if self.use_sliding_window == Some(true) {
+            return Err(err(
+                "use_sliding_window",
+                "is true; sliding-window attention is not supported".into(),
+            ));
+        }
+        for (field, v) in [
+            ("num_experts", &self.num_experts),
+            ("num_local_experts", &self.num_local_experts),
+            ("moe_intermediate_size", &self.moe_intermediate_size),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_null() && v.as_u64() != Some(0)) {
+                return Err(err(
+                    field,
+                    format!("is {v}; mixture-of-experts models are not supported"),
+                ));
+            }
+        }
+        let hidden_size = size("hidden_size", self.hidden_size, 1 << 20)?;
+        let num_attention_heads = size("num_attention_heads", self.num_attention_heads, 1 << 12)?;
+        let num_key_value_heads = match self.num_key_value_heads {
+            None => num_attention_heads,
+            v => size("num_key_value_heads", v, 1 << 12)?,
+        };
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(err(
+                "num_key_value_heads",
+                format!(
+                    "is {num_key_value_heads}, which does not divide num_attention_heads = {num_attention_heads}"
+                ),
+            ));
+        }
+        let head_dim = match self.head_dim {
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(err(
+                        "hidden_size",
+                        format!(
+                            "is {hidden_size}, not divisible by num_attention_heads = {num_attention_heads}"
+                        ),
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+            v => size("head_dim", v, 1 << 20)?,
+        };
+        if head_dim % 2 != 0 {
+            return Err(err(
+                "head_dim",
+                format!("is {head_dim}; rotary embeddings need an even head_dim"),
+            ));
+        }
+        let attention_bias = self.attention_bias.unwrap_or(false);
+        Ok(ModelConfig {
+            family,
+            vocab_size: size("vocab_size", self.vocab_size, 1 << 24)?,
+            hidden_size,
+            intermediate_size: size("intermediate_size", self.intermediate_size, 1 << 20)?,
+            num_hidden_layers: size("num_hidden_layers", self.num_hidden_layers, 1 << 12)?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: positive("rms_norm_eps", self.rms_norm_eps, 1e-6)?,
+            rope_theta,
+            max_position_embeddings: match self.max_position_embeddings {
+                None => 32_768,
+                v => size("max_position_embeddings", v, 1 << 24)?,
+            },
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: family == Family::Qwen2 || attention_bias,
+            o_bias: family != Family::Qwen2 && attention_bias,
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            qk_norm: family == Family::Qwen3,
+            eos_token_ids: self.eos_token_id.map(Ids::all).unwrap_or_default(),
+            bos_token_id: self.bos_token_id.and_then(|i| i.all().first().copied()),
+            pad_token_id: self.pad_token_id.and_then(|i| i.all().first().copied()),
+        })
     }
 }
 

@@ -183,16 +183,29 @@ mod tests {
     #[test]
     fn each_family_has_its_weights_and_only_those() {
         let names = |c: &ModelConfig| -> Vec<String> {
-            Layout::of(c).tensors().into_iter().map(|(n, _)| n).collect()
+            Layout::of(c)
+                .tensors()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
         };
         let q2 = names(&cfg("qwen2", json!({})));
         assert!(q2.contains(&"model.layers.1.self_attn.q_proj.bias".to_string()));
-        assert!(!q2.iter().any(|n| n.contains("o_proj.bias") || n.contains("q_norm")));
+        assert!(
+            !q2.iter()
+                .any(|n| n.contains("o_proj.bias") || n.contains("q_norm"))
+        );
         assert_eq!(q2.last().unwrap(), "lm_head.weight");
         let q3 = names(&cfg("qwen3", json!({"tie_word_embeddings": true})));
         assert!(q3.contains(&"model.layers.0.self_attn.k_norm.weight".to_string()));
-        assert!(!q3.iter().any(|n| n.ends_with(".bias") || n == "lm_head.weight"));
-        let ll = names(&cfg("llama", json!({"attention_bias": true, "mlp_bias": true})));
+        assert!(
+            !q3.iter()
+                .any(|n| n.ends_with(".bias") || n == "lm_head.weight")
+        );
+        let ll = names(&cfg(
+            "llama",
+            json!({"attention_bias": true, "mlp_bias": true}),
+        ));
         assert!(ll.contains(&"model.layers.0.self_attn.o_proj.bias".to_string()));
         assert!(ll.contains(&"model.layers.1.mlp.down_proj.bias".to_string()));
         // 1 embedding + 2 layers × (2 norms + 7 weights + 4 + 3 biases) + norm + head.
@@ -200,7 +213,10 @@ mod tests {
         let l = Layout::of(&cfg("llama", json!({})));
         assert_eq!(l.layers[1].down.shape, [8, 12]);
         assert_eq!(l.layers[0].k.shape, [4, 8]);
-        assert_eq!(Layout::layer_of("model.layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(
+            Layout::layer_of("model.layers.12.mlp.up_proj.weight"),
+            Some(12)
+        );
         assert_eq!(Layout::layer_of("model.norm.weight"), None);
     }
 }
