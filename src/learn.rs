@@ -1,8 +1,6 @@
 //! The learner's update (METHOD §4) as a plain struct the learner actor drives: scored groups in,
 //! advantages, the clipped GRPO loss over each mini-batch for `ppo_epochs` passes, gradient-norm clip,
-//! AdamW, and (for `info_gain`) the EMA teacher. Also the checkpoint of everything needed to resume.
-
-use std::path::Path;
+//! AdamW, and (for `info_gain`) the EMA teacher. Its state is saved and restored by `checkpoint.rs`.
 
 use candle_core::Tensor;
 
@@ -241,42 +239,5 @@ impl Learner {
     /// An immutable copy of the current weights for the policies.
     pub fn snapshot(&self) -> Result<TensorMap> {
         Ok(self.params.snapshot()?)
-    }
-
-    /// Writes optimizer moments and the EMA teacher into `dir` (weights are saved by the caller).
-    pub fn save_state(&self, dir: &Path) -> Result<()> {
-        let mut state = self.opt.state()?;
-        if let Some(phi) = &self.ema {
-            for (k, t) in phi {
-                state.insert(format!("ema.{k}"), t.clone());
-            }
-        }
-        let tmp = dir.join("optimizer.safetensors.tmp");
-        candle_core::safetensors::save(&state, &tmp)?;
-        std::fs::rename(&tmp, dir.join("optimizer.safetensors"))
-            .map_err(|e| crate::Error::io(dir, e))
-    }
-
-    /// Restores weights, optimizer moments (at `opt_step`) and the EMA teacher.
-    pub fn load_state(&mut self, dir: &Path, weights: &TensorMap, opt_step: u64) -> Result<()> {
-        self.params.load(weights)?;
-        let path = dir.join("optimizer.safetensors");
-        let device = self.params.decoder()?.device().clone();
-        let state = candle_core::safetensors::load(&path, &device).map_err(|e| {
-            crate::Error::Run(format!(
-                "{}: not a readable optimizer state ({e}); the checkpoint is damaged, resume from an \
-                 earlier one by pointing `checkpoints/latest` at it",
-                path.display()
-            ))
-        })?;
-        let (ema, opt): (TensorMap, TensorMap) =
-            state.into_iter().partition(|(k, _)| k.starts_with("ema."));
-        self.opt.restore(&opt, opt_step)?;
-        if let Some(phi) = &mut self.ema {
-            for (k, t) in ema {
-                phi.insert(k.trim_start_matches("ema.").to_string(), t);
-            }
-        }
-        Ok(())
     }
 }

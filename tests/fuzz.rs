@@ -145,7 +145,7 @@ proptest! {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         if let Ok(c) = ModelConfig::from_value(&v, Path::new("config.json")) {
             prop_assert!(c.head_dim % 2 == 0 && c.num_attention_heads % c.num_key_value_heads == 0);
-            prop_assert!(!c.tensor_shapes().is_empty());
+            prop_assert!(!rpt::model::Layout::of(&c).tensors().is_empty());
             prop_assert!(c.rope_theta.is_finite() && c.rms_norm_eps > 0.0);
         }
     }
@@ -178,7 +178,7 @@ proptest! {
         {
             // Accepted: every size is usable and the tensor list can be built.
             prop_assert!(c.head_dim % 2 == 0 && c.num_attention_heads % c.num_key_value_heads == 0);
-            prop_assert!(!c.tensor_shapes().is_empty());
+            prop_assert!(!rpt::model::Layout::of(&c).tensors().is_empty());
             prop_assert!(c.rope_theta.is_finite() && c.rms_norm_eps > 0.0);
         }
     }

@@ -91,7 +91,7 @@ impl AttnJob {
     }
 }
 
-/// A prompt and the completions sampled from it, for [`forward_shared`].
+/// A prompt and the completions sampled from it, for [`super::forward_shared`].
 pub struct SharedGroup<'a> {
     pub prompt: &'a [u32],
     pub completions: Vec<&'a [u32]>,

@@ -136,11 +136,6 @@ impl ModelConfig {
         }
         v
     }
-
-    /// Expected `(name, shape)` of every tensor, in checkpoint naming (see [`super::layout::Layout`]).
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        super::layout::Layout::of(self).tensors()
-    }
 }
 
 /// `config.json` as transformers writes it: the fields this decoder reads (others are ignored).

@@ -12,7 +12,11 @@ use super::weights::TensorMap;
 /// Fresh weights for `cfg`; `std` is the initializer range (0.02 in transformers).
 pub fn init_weights(cfg: &ModelConfig, seed: u64, std: f64, device: &Device) -> Result<TensorMap> {
     let mut out = TensorMap::new();
-    for (i, (name, shape)) in cfg.tensor_shapes().into_iter().enumerate() {
+    for (i, (name, shape)) in super::layout::Layout::of(cfg)
+        .tensors()
+        .into_iter()
+        .enumerate()
+    {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
             vec![1.0; n]

@@ -255,7 +255,7 @@ pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<think>", "</think>"];
 
 impl Tokenizer {
     /// Trains a byte-level BPE tokenizer of `vocab_size` ids on `texts` (deterministic for the same
-    /// input). Ids 0–2 are [`SPECIAL_TOKENS`].
+    /// input). Ids 0–2 are the special tokens (`<|endoftext|>`, `<think>`, `</think>`).
     pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
         use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
         use tokenizers::models::{ModelWrapper, TrainerWrapper};

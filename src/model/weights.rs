@@ -230,7 +230,7 @@ pub fn weights_from_bytes(
 /// Writes `model.safetensors` (f32, names as published, a tied head not duplicated) atomically.
 pub fn save_weights(dir: &Path, cfg: &ModelConfig, tensors: &TensorMap) -> Result<()> {
     let mut out: HashMap<String, Tensor> = HashMap::new();
-    for (name, shape) in cfg.tensor_shapes() {
+    for (name, shape) in Layout::of(cfg).tensors() {
         let t = tensors
             .get(&name)
             .ok_or_else(|| ModelError::MissingTensor {

@@ -137,7 +137,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
 
     let mut learner = Learner::new(cfg, &base.weights, &base.config)?;
     if let (Some(dir), true) = (&latest, opts.resume) {
-        learner.load_state(dir, &weights, opt_step)?;
+        checkpoint::restore(dir, &mut learner, &weights, opt_step)?;
     }
     let current = Arc::new(Decoder::new(&base.config, &weights)?);
     let ema = match &learner.ema {
