@@ -143,7 +143,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let cfg = load_config(a.config.config.as_deref())?;
     let dir = a.model.clone().unwrap_or_else(|| cfg.model.path.clone());
     let ck = super::load_checkpoint(&dir)?;
-    let report = eval_report(&cfg, &ck).context("evaluation")?;
+    let report = eval_report(&cfg, &ck, &dir).context("evaluation")?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -152,12 +152,14 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Held-out accuracy of checkpoint `ck`, loaded from `dir` (named in errors).
 pub fn eval_report(
     cfg: &Config,
     ck: &rpt::model::Checkpoint,
+    dir: &Path,
 ) -> Result<rpt::pipeline::evaluate::EvalReport> {
     let prompt = Prompt::new(&cfg.prompt.template, &ck.tokenizer)?;
-    rpt::pipeline::checks::check_lengths(cfg, &ck.config, &prompt, Path::new("the model"))?;
+    rpt::pipeline::checks::check_lengths(cfg, &ck.config, &prompt, dir)?;
     let items = eval_items(cfg, &ck.tokenizer)?;
     let params = SampleParams {
         temperature: cfg.eval.temperature,

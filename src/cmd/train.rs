@@ -48,7 +48,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let device = super::device();
     let before = if cfg.train.eval_before_after && !a.resume {
         let ck = super::load_checkpoint(&cfg.model.path)?;
-        let r = eval_report(&cfg, &ck).context("evaluation before training")?;
+        let r = eval_report(&cfg, &ck, &cfg.model.path).context("evaluation before training")?;
         println!(
             "held-out accuracy before training ({}):\n{}",
             cfg.model.path.display(),
@@ -81,7 +81,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if cfg.train.eval_before_after {
         let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
         let ck = super::load_checkpoint(&dir)?;
-        let after = eval_report(&cfg, &ck).context("evaluation after training")?;
+        let after = eval_report(&cfg, &ck, &dir).context("evaluation after training")?;
         println!(
             "held-out accuracy after training ({}):\n{}",
             dir.display(),

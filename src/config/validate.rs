@@ -54,6 +54,15 @@ impl Range {
     }
 }
 
+/// A float as a person reads it: exponent form when very large or very small.
+fn show(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
 /// The checks of [`Config::validate`], each naming its key.
 struct Validator<'a> {
     path: &'a Path,
@@ -73,11 +82,18 @@ impl Validator<'_> {
         if !x.is_finite() {
             return self.bad(
                 key,
-                format!("must be a finite number {}, got {x}", range.describe()),
+                format!(
+                    "must be a finite number {}, got {}",
+                    range.describe(),
+                    show(x)
+                ),
             );
         }
         if !range.contains(x) {
-            return self.bad(key, format!("must be {}, got {x}", range.describe()));
+            return self.bad(
+                key,
+                format!("must be {}, got {}", range.describe(), show(x)),
+            );
         }
         Ok(())
     }
