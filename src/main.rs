@@ -60,6 +60,8 @@ enum Command {
     Logprobs(cmd::generate::LogprobsArgs),
     /// Score completions with a reward variant.
     Reward(cmd::reward::RewardArgs),
+    /// Write a checkpoint of any supported config.json with random weights (benchmarks at real sizes).
+    Init(cmd::init::InitArgs),
     /// Measure generation and training speed on the benchmark shapes.
     Bench(cmd::bench::BenchArgs),
     /// Join a run as a policy worker (the run's config has a [cluster] section).
@@ -86,6 +88,7 @@ fn main() -> Result<()> {
         Command::Generate(a) => cmd::generate::run_generate(a),
         Command::Logprobs(a) => cmd::generate::run_logprobs(a),
         Command::Reward(a) => cmd::reward::run(a),
+        Command::Init(a) => cmd::init::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     }

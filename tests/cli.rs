@@ -152,3 +152,66 @@ fn reward_scores_lines_with_reasons() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn init_writes_a_loadable_random_checkpoint_of_any_shape() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for family in ["qwen2", "qwen3", "llama"] {
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hf-parity")
+            .join(family)
+            .join("config.json");
+        let out = dir.path().join(family);
+        let (ok, stdout, err) = rpt(&[
+            "init",
+            "--config-json",
+            &cfg.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--json",
+        ])?;
+        assert!(ok, "{err}");
+        let r: Value = serde_json::from_str(&stdout)?;
+        let ck = rpt::model::Checkpoint::load(&out, &rpt::model::Device::Cpu)?;
+        let want: usize = ck.weights.values().map(|t| t.elem_count()).sum();
+        assert_eq!(r["parameters"].as_u64(), Some(want as u64));
+        assert_eq!(ck.config, rpt::model::ModelConfig::from_file(&cfg)?);
+        // Never over an existing checkpoint.
+        let (ok, _, err) = rpt(&[
+            "init",
+            "--config-json",
+            &cfg.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ])?;
+        assert!(!ok && err.contains("config.json"), "{err}");
+    }
+    // With a given tokenizer, and the same seed: the same weights.
+    let cfg = fixture().join("config.json").display().to_string();
+    let tok = fixture().join("tokenizer.json").display().to_string();
+    for name in ["a", "b"] {
+        let out = dir.path().join(name).display().to_string();
+        let (ok, _, err) = rpt(&[
+            "init",
+            "--config-json",
+            &cfg,
+            "--out",
+            &out,
+            "--tokenizer",
+            &tok,
+            "--seed",
+            "7",
+        ])?;
+        assert!(ok, "{err}");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("a/model.safetensors"))?,
+        std::fs::read(dir.path().join("b/model.safetensors"))?
+    );
+    let given = rpt::model::Tokenizer::from_file(&fixture().join("tokenizer.json"))?;
+    let shipped = rpt::model::Tokenizer::from_file(&dir.path().join("a/tokenizer.json"))?;
+    let text = "def f(x):\n    return x + 12";
+    assert_eq!(given.encode(text)?, shipped.encode(text)?);
+    assert_eq!(given.vocab_size(), shipped.vocab_size());
+    Ok(())
+}

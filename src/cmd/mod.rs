@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod init;
 pub mod pipeline;
 pub mod reward;
 pub mod train;

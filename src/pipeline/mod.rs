@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod checks;
 pub mod evaluate;
+pub mod init;
 pub mod prepare;
 pub mod train;
 
