@@ -6,9 +6,9 @@ use candle_core::Tensor;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::grpo::{LossStats, advantages, ema_update, grpo_loss};
+use crate::grpo::{LossAgg, LossStats, advantages, ema_update, grpo_loss};
 use crate::model::{
-    AdamW, AdamWConfig, Decoder, Mode, TensorMap, Trainable, left_pad, token_logprobs,
+    AdamW, AdamWConfig, Decoder, Grads, Mode, TensorMap, Trainable, left_pad, token_logprobs,
 };
 use crate::rollout::ScoredGroup;
 
@@ -144,12 +144,102 @@ impl Learner {
         mb: &[ScoredGroup],
         adv: &[Vec<f64>],
     ) -> Result<(f64, LossStats, f64, f64)> {
+        if mb
+            .iter()
+            .all(|g| g.group.completions.iter().all(|c| c.tokens.is_empty()))
+        {
+            return Ok((0.0, LossStats::default(), 0.0, 0.0));
+        }
+        let (ls, grads) = self.gradients(mb, adv)?;
+        let norm = AdamW::grad_norm(&grads)?;
+        if !ls.loss.is_finite() || !norm.is_finite() {
+            return Err(crate::Error::Run(format!(
+                "the loss ({}) or the gradient norm ({norm}) is not finite; the update was not applied",
+                ls.loss
+            )));
+        }
+        let clip = self.cfg.optim.max_grad_norm;
+        let scale = if clip > 0.0 && norm > clip {
+            clip / norm
+        } else {
+            1.0
+        };
+        let lr = self.lr(self.opt.step);
+        self.opt.step(&self.params, &grads, lr, scale)?;
+        Ok((ls.loss, ls, norm, lr))
+    }
+
+    /// The loss of one mini-batch and its gradient, computed over micro-batches of at most
+    /// `grpo.micro_batch_tokens` tokens (each prompt once, plus its completions) and summed, so that
+    /// memory is set by the budget and not by the mini-batch. Each micro-batch's loss is weighted by
+    /// its share of the mini-batch's denominator (loss tokens, sequences with loss tokens, or
+    /// sequences, by `loss_agg_mode`): the sum is the mini-batch's loss, and its gradient the
+    /// gradient of one big batch, to float rounding.
+    pub fn gradients(&self, mb: &[ScoredGroup], adv: &[Vec<f64>]) -> Result<(LossStats, Grads)> {
         let thought_only = self.cfg.grpo.loss_tokens == crate::config::LossTokens::Thought;
+        let counted = |c: &crate::rollout::Completion| {
+            if thought_only {
+                c.thought_len
+            } else {
+                c.tokens.len()
+            }
+        };
+        let comps = || mb.iter().flat_map(|g| &g.group.completions);
+        let denominator = |cs: &mut dyn Iterator<Item = &crate::rollout::Completion>| -> f64 {
+            match self.cfg.grpo.loss_agg_mode {
+                LossAgg::TokenMean => cs.map(counted).sum::<usize>() as f64,
+                LossAgg::SeqMeanTokenMean => cs.filter(|c| counted(c) > 0).count() as f64,
+                LossAgg::SeqMeanTokenSumNorm => cs.count() as f64,
+            }
+        };
+        let total = denominator(&mut comps());
+        let pieces = micro_batches(mb, self.cfg.grpo.micro_batch_tokens);
+        let single = pieces.len() == 1;
+        let mut acc: Option<(LossStats, Grads)> = None;
+        for piece in &pieces {
+            let share = if single {
+                1.0
+            } else {
+                let mut cs = piece
+                    .iter()
+                    .flat_map(|(g, r)| mb[*g].group.completions[r.clone()].iter());
+                let d = denominator(&mut cs);
+                if total > 0.0 { d / total } else { 0.0 }
+            };
+            let (ls, grads) = self.piece_gradients(mb, adv, piece, share, thought_only)?;
+            acc = Some(match acc {
+                None => (ls, grads),
+                Some((sum, mut g)) => {
+                    for (name, t) in grads {
+                        let s = match g.remove(&name) {
+                            Some(prev) => (prev + t)?,
+                            None => t,
+                        };
+                        g.insert(name, s);
+                    }
+                    (combine(&sum, &ls), g)
+                }
+            });
+        }
+        Ok(acc.unwrap_or_default())
+    }
+
+    /// Loss and gradient of one micro-batch (`piece`: group index and range of its completions), the
+    /// loss weighted by `share`.
+    fn piece_gradients(
+        &self,
+        mb: &[ScoredGroup],
+        adv: &[Vec<f64>],
+        piece: &[(usize, std::ops::Range<usize>)],
+        share: f64,
+        thought_only: bool,
+    ) -> Result<(LossStats, Grads)> {
         // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
         let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
-        for (g, a) in mb.iter().zip(adv) {
-            for (c, &ai) in g.group.completions.iter().zip(a) {
-                rows.push((&g.group.prompt, c, ai));
+        for (g, r) in piece {
+            let group = &mb[*g].group;
+            for (c, &ai) in group.completions[r.clone()].iter().zip(&adv[*g][r.clone()]) {
+                rows.push((&group.prompt, c, ai));
             }
         }
         let c = rows
@@ -158,7 +248,7 @@ impl Learner {
             .max()
             .unwrap_or(0);
         if c == 0 {
-            return Ok((0.0, LossStats::default(), 0.0, 0.0));
+            return Ok((LossStats::default(), Grads::new()));
         }
         let n = rows.len();
         let device = self.params.device()?;
@@ -200,44 +290,84 @@ impl Learner {
             None => None,
         };
         // Each group's prompt once, with its completions (the update attends to one shared copy).
-        let groups: Vec<(&[u32], Vec<&[u32]>)> = mb
+        let groups: Vec<(&[u32], Vec<&[u32]>)> = piece
             .iter()
-            .map(|g| {
-                let comps = g.group.completions.iter().map(|c| c.tokens.as_slice());
-                (g.group.prompt.as_slice(), comps.collect())
+            .map(|(g, r)| {
+                let group = &mb[*g].group;
+                let comps = group.completions[r.clone()]
+                    .iter()
+                    .map(|c| c.tokens.as_slice());
+                (group.prompt.as_slice(), comps.collect())
             })
             .collect();
         let loss_cfg = self.cfg.loss();
         let (ls, grads) = self.params.value_and_grad_groups(&groups, c, t, |logp| {
-            Ok::<_, crate::Error>(grpo_loss(
-                logp,
-                &old,
-                reference.as_ref(),
-                &advs,
-                &mask,
-                &loss_cfg,
-            )?)
+            let (loss, ls) = grpo_loss(logp, &old, reference.as_ref(), &advs, &mask, &loss_cfg)?;
+            let loss = if share == 1.0 { loss } else { (loss * share)? };
+            Ok::<_, crate::Error>((loss, ls))
         })?;
-        let norm = AdamW::grad_norm(&grads)?;
-        if !ls.loss.is_finite() || !norm.is_finite() {
-            return Err(crate::Error::Run(format!(
-                "the loss ({}) or the gradient norm ({norm}) is not finite; the update was not applied",
-                ls.loss
-            )));
-        }
-        let clip = self.cfg.optim.max_grad_norm;
-        let scale = if clip > 0.0 && norm > clip {
-            clip / norm
-        } else {
-            1.0
+        let ls = LossStats {
+            loss: ls.loss * share,
+            ..ls
         };
-        let lr = self.lr(self.opt.step);
-        self.opt.step(&self.params, &grads, lr, scale)?;
-        Ok((ls.loss, ls, norm, lr))
+        Ok((ls, grads))
     }
 
     /// An immutable copy of the current weights for the policies.
     pub fn snapshot(&self) -> Result<TensorMap> {
         Ok(self.params.snapshot()?)
+    }
+}
+
+/// Splits a mini-batch into micro-batches of at most `budget` tokens: pieces of groups (a group's
+/// prompt once, plus a run of its completions), in order. A piece holds at least one completion, so a
+/// single completion longer than the budget still makes a micro-batch.
+pub fn micro_batches(
+    mb: &[ScoredGroup],
+    budget: usize,
+) -> Vec<Vec<(usize, std::ops::Range<usize>)>> {
+    let mut out: Vec<Vec<(usize, std::ops::Range<usize>)>> = vec![];
+    let (mut cur, mut used) = (vec![], 0usize);
+    for (g, sg) in mb.iter().enumerate() {
+        let prompt = sg.group.prompt.len();
+        let mut start = 0;
+        for (i, c) in sg.group.completions.iter().enumerate() {
+            let open = start < i;
+            let cost = c.tokens.len() + if open { 0 } else { prompt };
+            if used + cost > budget && (used > 0) {
+                if open {
+                    cur.push((g, start..i));
+                    start = i;
+                }
+                out.push(std::mem::take(&mut cur));
+                used = prompt;
+            } else if !open {
+                used += prompt;
+            }
+            used += c.tokens.len();
+        }
+        if start < sg.group.completions.len() {
+            cur.push((g, start..sg.group.completions.len()));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Loss statistics of two micro-batches together: losses add (each is already weighted by its
+/// share), per-token means are weighted by token counts.
+fn combine(a: &LossStats, b: &LossStats) -> LossStats {
+    let n = (a.tokens + b.tokens).max(1) as f64;
+    let mean = |x: f64, y: f64| (x * a.tokens as f64 + y * b.tokens as f64) / n;
+    LossStats {
+        loss: a.loss + b.loss,
+        clip_low: mean(a.clip_low, b.clip_low),
+        clip_high: mean(a.clip_high, b.clip_high),
+        approx_kl: mean(a.approx_kl, b.approx_kl),
+        kl_ref: mean(a.kl_ref, b.kl_ref),
+        entropy: mean(a.entropy, b.entropy),
+        tokens: a.tokens + b.tokens,
     }
 }

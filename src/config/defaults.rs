@@ -138,3 +138,6 @@ pub(super) fn one() -> f64 {
 pub(super) fn one_usize() -> usize {
     1
 }
+pub(super) fn default_micro_batch_tokens() -> usize {
+    8192
+}

@@ -257,6 +257,12 @@ pub struct GrpoSection {
     /// Slices per pass.
     #[serde(default = "one_usize")]
     pub mini_batches: usize,
+    /// Tokens per micro-batch of the update (each prompt counted once, plus its completions): the
+    /// gradient of a mini-batch is accumulated over micro-batches of at most this many tokens, so the
+    /// update's memory is set by it and not by `states_per_step`, `group_size` or the completion
+    /// length. The result equals one big batch to float rounding.
+    #[serde(default = "default_micro_batch_tokens")]
+    pub micro_batch_tokens: usize,
     /// Drop groups whose rewards are all equal and sample more states.
     #[serde(default)]
     pub dynamic_sampling: bool,

@@ -173,6 +173,12 @@ impl Config {
         v.float("grpo.epsilon_high", g.epsilon_high, Range::Closed(0.0, 1e3))?;
         v.float("grpo.beta", g.beta, Range::Closed(0.0, 1e6))?;
         v.count("grpo.ppo_epochs", g.ppo_epochs, 1, limits::EPOCHS)?;
+        v.count(
+            "grpo.micro_batch_tokens",
+            g.micro_batch_tokens,
+            1,
+            limits::TOKENS,
+        )?;
         v.count("grpo.mini_batches", g.mini_batches, 1, r.states_per_step)?;
         if g.dynamic_sampling {
             v.count("grpo.max_gen_batches", g.max_gen_batches, 1, limits::EPOCHS)?;

@@ -1,0 +1,220 @@
+//! The update in micro-batches: gradients accumulated over micro-batches of a token budget equal those
+//! of one big batch (every family, both gradient paths, every loss aggregation), and a real-vocabulary
+//! model takes a GRPO step with a small budget.
+
+use std::path::Path;
+
+use anyhow::Result;
+use rpt::config::Config;
+use rpt::env::State;
+use rpt::grpo::LossAgg;
+use rpt::learn::{Learner, micro_batches};
+use rpt::model::{Checkpoint, Device, GradPath, Rng};
+use rpt::reward::Reward;
+use rpt::rollout::{Completion, Group, ScoredGroup};
+
+fn fixture(family: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf-parity")
+        .join(family)
+}
+
+/// `groups` groups of `g` completions of varied lengths (one empty), ids below `vocab`.
+fn batch(groups: usize, g: usize, vocab: u32, seed: u64) -> Vec<ScoredGroup> {
+    let mut rng = Rng::new(seed);
+    (0..groups)
+        .map(|k| {
+            let prompt: Vec<u32> = (0..5 + k * 3)
+                .map(|_| 1 + rng.below(vocab as usize - 1) as u32)
+                .collect();
+            let completions = (0..g)
+                .map(|i| {
+                    let n = if i == 1 { 0 } else { 2 + (i * 3 + k) % 7 };
+                    let tokens: Vec<u32> = (0..n)
+                        .map(|_| 1 + rng.below(vocab as usize - 1) as u32)
+                        .collect();
+                    Completion {
+                        logprobs: tokens
+                            .iter()
+                            .map(|_| -0.5 - rng.below(100) as f32 / 50.0)
+                            .collect(),
+                        thought_len: n.saturating_sub(2),
+                        tokens,
+                    }
+                })
+                .collect();
+            let rewards = (0..g)
+                .map(|i| Reward {
+                    value: ((i + k) % 3) as f64 / 2.0,
+                    correct: i % 2 == 0,
+                    format: None,
+                })
+                .collect();
+            ScoredGroup {
+                group: Group {
+                    seq: k as u64,
+                    state: State {
+                        doc: 0,
+                        pos: k,
+                        context: prompt.clone(),
+                        continuation: b"x".to_vec(),
+                        boundaries: vec![1],
+                        next_token: 1,
+                    },
+                    prompt,
+                    completions,
+                    version: 0,
+                },
+                rewards,
+            }
+        })
+        .collect()
+}
+
+fn advantages(b: &[ScoredGroup]) -> Vec<Vec<f64>> {
+    let r: Vec<Vec<f64>> = b
+        .iter()
+        .map(|g| g.rewards.iter().map(|r| r.value).collect())
+        .collect();
+    rpt::grpo::advantages(
+        &r,
+        rpt::grpo::AdvantageMode::Grpo(rpt::grpo::ScaleRewards::Group),
+    )
+}
+
+#[test]
+fn micro_batches_cover_every_completion_once_within_the_budget() {
+    let b = batch(4, 6, 500, 1);
+    for budget in [1, 8, 20, 50, 10_000] {
+        let pieces = micro_batches(&b, budget);
+        let mut seen = vec![];
+        for piece in &pieces {
+            let mut used = 0;
+            for (g, r) in piece {
+                used += b[*g].group.prompt.len();
+                for i in r.clone() {
+                    used += b[*g].group.completions[i].tokens.len();
+                    seen.push((*g, i));
+                }
+            }
+            let single = piece.len() == 1 && piece[0].1.len() == 1;
+            assert!(
+                used <= budget || single,
+                "budget {budget}: {used} tokens in {piece:?}"
+            );
+        }
+        let want: Vec<(usize, usize)> = (0..4).flat_map(|g| (0..6).map(move |i| (g, i))).collect();
+        assert_eq!(seen, want, "budget {budget}");
+        if budget == 10_000 {
+            assert_eq!(pieces.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn micro_batched_gradients_equal_one_batch() -> Result<()> {
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let b = batch(3, 4, 500, 7);
+        let adv = advantages(&b);
+        for path in [GradPath::Fused, GradPath::Autograd] {
+            for agg in [
+                LossAgg::TokenMean,
+                LossAgg::SeqMeanTokenMean,
+                LossAgg::SeqMeanTokenSumNorm,
+            ] {
+                let mut cfg = Config::default();
+                cfg.grpo.loss_agg_mode = agg;
+                cfg.rollout.max_new_tokens = 10;
+                let grads = |budget: usize| -> Result<_> {
+                    let mut c = cfg.clone();
+                    c.grpo.micro_batch_tokens = budget;
+                    let mut l = Learner::new(&c, &ck.weights, &ck.config)?;
+                    l.params.path = path;
+                    Ok(l.gradients(&b, &adv)?)
+                };
+                let (one, g1) = grads(100_000)?;
+                let (many, gm) = grads(12)?;
+                assert!(micro_batches(&b, 12).len() > 3);
+                let what = format!("{family} {path:?} {agg:?}");
+                assert!(
+                    (one.loss - many.loss).abs() < 1e-5,
+                    "{what}: {} vs {}",
+                    one.loss,
+                    many.loss
+                );
+                assert_eq!(one.tokens, many.tokens, "{what}");
+                assert!((one.clip_low - many.clip_low).abs() < 1e-9, "{what}");
+                assert!((one.entropy - many.entropy).abs() < 1e-5, "{what}");
+                assert_eq!(g1.len(), gm.len(), "{what}");
+                for (name, a) in &g1 {
+                    let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+                    let b: Vec<f32> = gm[name].flatten_all()?.to_vec1()?;
+                    let scale = a.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+                    for (x, y) in a.iter().zip(&b) {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * scale,
+                            "{what} {name}: {x} vs {y} (largest {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_real_vocabulary_model_steps_within_a_small_budget() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg_json = dir.path().join("config.json");
+    std::fs::write(
+        &cfg_json,
+        serde_json::json!({"model_type": "qwen3", "vocab_size": 32768, "hidden_size": 512,
+            "intermediate_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 8,
+            "num_key_value_heads": 4, "head_dim": 64, "tie_word_embeddings": true,
+            "max_position_embeddings": 512})
+        .to_string(),
+    )?;
+    let out = dir.path().join("model");
+    let r = rpt::pipeline::init::random_checkpoint(&cfg_json, &out, None, 3)?;
+    assert!(r.parameters >= 20_000_000, "{}", r.parameters);
+    let ck = Checkpoint::load(&out, &Device::Cpu)?;
+    let b = batch(2, 4, 32_000, 11);
+    let adv = advantages(&b);
+    let mut cfg = Config::default();
+    cfg.grpo.micro_batch_tokens = 16;
+    cfg.optim.lr = 1e-3;
+    let mut l = Learner::new(&cfg, &ck.weights, &ck.config)?;
+    // The same gradients as one batch, at a real vocabulary.
+    assert!(micro_batches(&b, 16).len() > 2);
+    let (_, small) = l.gradients(&b, &adv)?;
+    let mut whole = cfg.clone();
+    whole.grpo.micro_batch_tokens = 100_000;
+    let (_, one) = Learner::new(&whole, &ck.weights, &ck.config)?.gradients(&b, &adv)?;
+    for (name, t) in &one {
+        let d = (t - &small[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let m = t.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        assert!(d <= 1e-4 * m, "{name}: {d} of {m}");
+    }
+    let before = l.snapshot()?;
+    let stats = l.update(&b)?;
+    assert!(
+        stats.loss.loss.is_finite() && stats.grad_norm > 0.0,
+        "{stats:?}"
+    );
+    let after = l.snapshot()?;
+    let moved = before.iter().any(|(k, t)| {
+        (t - &after[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    });
+    assert!(moved, "no weight changed");
+    Ok(())
+}
