@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Prompts per GRPO step.
     #[arg(long, default_value_t = 1)]
     pub prompts_per_step: usize,
+    /// `grpo.micro_batch_tokens` of the GRPO update (default: the config's default).
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
     /// Gradient path for `train`: `fused` (hand-written CPU pass, the default on the CPU) or
     /// `autograd` (candle's).
     #[arg(long, default_value = "fused")]
@@ -106,6 +109,10 @@ fn grpo(a: &BenchArgs) -> Result<()> {
     cfg.rollout.states_per_step = a.prompts_per_step;
     cfg.rollout.max_new_tokens = a.new;
     cfg.optim.lr = 1e-6;
+    if let Some(t) = a.micro_batch_tokens {
+        anyhow::ensure!(t >= 1, "--micro-batch-tokens must be >= 1, got 0");
+        cfg.grpo.micro_batch_tokens = t;
+    }
     let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
     let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
     let reward = rpt::reward::by_name("prefix_match")?;
