@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::grpo::{LossAgg, LossStats, advantages, ema_update, grpo_loss};
 use crate::model::{
-    AdamW, AdamWConfig, Decoder, Grads, Mode, TensorMap, Trainable, left_pad, token_logprobs,
+    AdamW, AdamWConfig, Decoder, GradSum, Grads, Mode, TensorMap, Trainable, left_pad,
+    token_logprobs,
 };
 use crate::rollout::ScoredGroup;
 
@@ -195,7 +196,8 @@ impl Learner {
         let total = denominator(&mut comps());
         let pieces = micro_batches(mb, self.cfg.grpo.micro_batch_tokens);
         let single = pieces.len() == 1;
-        let mut acc: Option<(LossStats, Grads)> = None;
+        let mut sum = GradSum::default();
+        let mut stats: Option<LossStats> = None;
         for piece in &pieces {
             let share = if single {
                 1.0
@@ -206,26 +208,17 @@ impl Learner {
                 let d = denominator(&mut cs);
                 if total > 0.0 { d / total } else { 0.0 }
             };
-            let (ls, grads) = self.piece_gradients(mb, adv, piece, share, thought_only)?;
-            acc = Some(match acc {
-                None => (ls, grads),
-                Some((sum, mut g)) => {
-                    for (name, t) in grads {
-                        let s = match g.remove(&name) {
-                            Some(prev) => (prev + t)?,
-                            None => t,
-                        };
-                        g.insert(name, s);
-                    }
-                    (combine(&sum, &ls), g)
-                }
+            let ls = self.piece_gradients(mb, adv, piece, share, thought_only, &mut sum)?;
+            stats = Some(match stats {
+                None => ls,
+                Some(prev) => combine(&prev, &ls),
             });
         }
-        Ok(acc.unwrap_or_default())
+        Ok((stats.unwrap_or_default(), self.params.finish(sum)?))
     }
 
-    /// Loss and gradient of one micro-batch (`piece`: group index and range of its completions), the
-    /// loss weighted by `share`.
+    /// Loss of one micro-batch (`piece`: group index and range of its completions), weighted by
+    /// `share`, its gradient added into `sum`.
     fn piece_gradients(
         &self,
         mb: &[ScoredGroup],
@@ -233,7 +226,8 @@ impl Learner {
         piece: &[(usize, std::ops::Range<usize>)],
         share: f64,
         thought_only: bool,
-    ) -> Result<(LossStats, Grads)> {
+        sum: &mut GradSum,
+    ) -> Result<LossStats> {
         // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
         let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
         for (g, r) in piece {
@@ -248,7 +242,7 @@ impl Learner {
             .max()
             .unwrap_or(0);
         if c == 0 {
-            return Ok((LossStats::default(), Grads::new()));
+            return Ok(LossStats::default());
         }
         let n = rows.len();
         let device = self.params.device()?;
@@ -301,16 +295,16 @@ impl Learner {
             })
             .collect();
         let loss_cfg = self.cfg.loss();
-        let (ls, grads) = self.params.value_and_grad_groups(&groups, c, t, |logp| {
+        let loss_fn = |logp: &Tensor| {
             let (loss, ls) = grpo_loss(logp, &old, reference.as_ref(), &advs, &mask, &loss_cfg)?;
             let loss = if share == 1.0 { loss } else { (loss * share)? };
             Ok::<_, crate::Error>((loss, ls))
-        })?;
-        let ls = LossStats {
+        };
+        let ls = self.params.accumulate_groups(&groups, c, t, loss_fn, sum)?;
+        Ok(LossStats {
             loss: ls.loss * share,
             ..ls
-        };
-        Ok((ls, grads))
+        })
     }
 
     /// An immutable copy of the current weights for the policies.

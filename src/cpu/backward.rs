@@ -13,6 +13,20 @@ use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layout::{Layout, Proj};
 
+/// Adds `g` into the gradient `name` of `grads`, or inserts it when absent: passes over several
+/// micro-batches sum their gradients in place, with no second set of them.
+pub(super) fn put(grads: &mut FlatGrads, name: String, g: Vec<f32>) {
+    match grads.get_mut(&name) {
+        Some(acc) => acc
+            .par_chunks_mut(1 << 16)
+            .zip(g.par_chunks(1 << 16))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b)),
+        None => {
+            grads.insert(name, g);
+        }
+    }
+}
+
 /// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_back(
@@ -55,13 +69,13 @@ pub(super) fn linear_back(
             )
         },
     );
-    grads.insert(weight_name.to_string(), dw);
+    put(grads, weight_name.to_string(), dw);
     if let Some(name) = bias_name {
         let mut db = vec![0f32; out];
         for r in dy.chunks(out) {
             db.iter_mut().zip(r).for_each(|(d, g)| *d += g);
         }
-        grads.insert(name.to_string(), db);
+        put(grads, name.to_string(), db);
     }
 }
 
@@ -114,7 +128,8 @@ pub(super) fn rms_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut 
 }
 
 /// Gradients of every parameter, by published name, from the gradient of the log-probs `forward`
-/// returned (same order and length).
+/// returned (same order and length), added into `grads` (an empty map gets them as they are; a map
+/// holding an earlier micro-batch's gradients gets the sum, in place).
 /// The tape is consumed: its buffers are reused for the gradients.
 pub fn backward(
     cfg: &ModelConfig,
@@ -122,7 +137,8 @@ pub fn backward(
     p: &Params,
     mut tape: Tape,
     dlp: &[f32],
-) -> Result<FlatGrads> {
+    grads: &mut FlatGrads,
+) -> Result<()> {
     let d = Dims::of(cfg);
     let want = tape.slots.as_ref().map_or(tape.sel.len(), |s| s.1);
     if dlp.len() != want {
@@ -141,7 +157,6 @@ pub fn backward(
     };
     let t_all = tape.t_all;
     let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
-    let mut grads = FlatGrads::new();
     // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
     let scale = tape.scale;
     // Computed in place of the stored exponentials.
@@ -172,7 +187,8 @@ pub fn backward(
     let d_head = head_grads.remove("head").expect("weight gradient");
     let mut dxf = vec![0f32; nsel * h];
     let norm_w = get(p, &layout.norm)?;
-    grads.insert(
+    put(
+        grads,
         layout.norm.clone(),
         rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
     );
@@ -189,16 +205,7 @@ pub fn backward(
         let names = &layout.layers[l];
         // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
         let mut da = vec![0f32; t_all * d.inter];
-        proj_back(
-            &dx,
-            &lt.a,
-            t_all,
-            p,
-            &names.down,
-            &mut da,
-            false,
-            &mut grads,
-        )?;
+        proj_back(&dx, &lt.a, t_all, p, &names.down, &mut da, false, grads)?;
         // a = g · σ(g) · u: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g · σ(g) (in place of da).
         let inter = d.inter;
         let mut dg = vec![0f32; da.len()];
@@ -215,28 +222,18 @@ pub fn backward(
         };
         for_row_pairs(&mut dg, &mut du, inter, grad);
         let mut dh2 = vec![0f32; t_all * h];
-        proj_back(
-            &dg,
-            &lt.h2,
-            t_all,
-            p,
-            &names.gate,
-            &mut dh2,
-            false,
-            &mut grads,
-        )?;
-        proj_back(&du, &lt.h2, t_all, p, &names.up, &mut dh2, true, &mut grads)?;
+        proj_back(&dg, &lt.h2, t_all, p, &names.gate, &mut dh2, false, grads)?;
+        proj_back(&du, &lt.h2, t_all, p, &names.up, &mut dh2, true, grads)?;
         drop((dg, du));
         let ln2 = get(p, &names.post_norm)?;
-        grads.insert(
+        put(
+            grads,
             names.post_norm.clone(),
             rms_back(&lt.x_mid, ln2, &lt.rstd2, &dh2, &mut dx),
         );
         // Attention: x_mid = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let mut datt = vec![0f32; t_all * nh * hd];
-        proj_back(
-            &dx, &lt.att, t_all, p, &names.o, &mut datt, false, &mut grads,
-        )?;
+        proj_back(&dx, &lt.att, t_all, p, &names.o, &mut datt, false, grads)?;
         let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, t_all, &tape.jobs, &tape.units);
         rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
         rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
@@ -244,11 +241,13 @@ pub fn backward(
             let (qn, kn) = (get(p, q_norm)?, get(p, k_norm)?);
             let mut dq_raw = vec![0f32; dq.len()];
             let mut dk_raw = vec![0f32; dk.len()];
-            grads.insert(
+            put(
+                grads,
                 q_norm.clone(),
                 rms_back(&lt.q_raw, qn, &lt.rstd_q, &dq, &mut dq_raw),
             );
-            grads.insert(
+            put(
+                grads,
                 k_norm.clone(),
                 rms_back(&lt.k_raw, kn, &lt.rstd_k, &dk, &mut dk_raw),
             );
@@ -259,10 +258,11 @@ pub fn backward(
             .into_iter()
             .enumerate()
         {
-            proj_back(dy, &lt.h1, t_all, p, proj, &mut dh1, i > 0, &mut grads)?;
+            proj_back(dy, &lt.h1, t_all, p, proj, &mut dh1, i > 0, grads)?;
         }
         let ln1 = get(p, &names.input_norm)?;
-        grads.insert(
+        put(
+            grads,
             names.input_norm.clone(),
             rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
         );
@@ -271,15 +271,15 @@ pub fn backward(
     let mut d_embed = if layout.tied() {
         d_head
     } else {
-        grads.insert(layout.head.clone(), d_head);
+        put(grads, layout.head.clone(), d_head);
         vec![0f32; v * h]
     };
     for (row, &id) in dx.chunks(h).zip(&tape.ids) {
         let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
         dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
     }
-    grads.insert(layout.embed.clone(), d_embed);
-    Ok(grads)
+    put(grads, layout.embed.clone(), d_embed);
+    Ok(())
 }
 
 /// Backward of `attention`: gradients of the post-rotary q and k and of v.

@@ -34,7 +34,7 @@ pub use sample::{
     Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,
 };
 pub use tokenizer::Tokenizer;
-pub use trainable::{GradPath, Grads, Trainable};
+pub use trainable::{GradPath, GradSum, Grads, Trainable};
 pub use weights::{
     TensorMap, all_finite, load_weights, save_weights, weights_from_bytes, weights_to_bytes,
     write_atomic,

@@ -29,6 +29,13 @@ pub enum GradPath {
     Autograd,
 }
 
+/// Gradients summed over several passes; see [`Trainable::accumulate_groups`].
+#[derive(Default)]
+pub struct GradSum {
+    flat: fused::FlatGrads,
+    tensors: Grads,
+}
+
 /// The parameters being trained, by published name (sorted, so iteration order is stable).
 pub struct Trainable {
     pub config: ModelConfig,
@@ -181,6 +188,23 @@ impl Trainable {
     where
         E: From<ModelError> + From<candle_core::Error>,
     {
+        let mut flat = fused::FlatGrads::new();
+        let x = self.fused_pass(forward, shape, device, loss, &mut flat)?;
+        Ok((x, self.flat_to_grads(flat, device)?))
+    }
+
+    /// The fused forward pass, the loss, and the backward pass, whose gradients are added into `acc`.
+    fn fused_pass<X, E>(
+        &self,
+        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)>,
+        shape: (usize, usize),
+        device: &candle_core::Device,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+        acc: &mut fused::FlatGrads,
+    ) -> std::result::Result<X, E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
         // The parameters are read in place, read-locked until the gradients are computed.
         let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
         fused::with_params(named, |flat| {
@@ -192,16 +216,74 @@ impl Trainable {
                 Some(g) => g.flatten_all()?.to_vec1()?,
                 None => vec![0.0; shape.0 * shape.1],
             };
-            let flat_grads = fused::backward(&self.config, &self.layout, flat, tape, &dlp)?;
-            let mut grads = Grads::new();
-            for (name, g) in flat_grads {
-                let var = self.vars.get(&name).ok_or_else(|| {
-                    ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
-                })?;
-                grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
-            }
-            Ok((x, grads))
+            fused::backward(&self.config, &self.layout, flat, tape, &dlp, acc)?;
+            Ok(x)
         })
+    }
+
+    /// Flat gradients as tensors of their parameters' shapes (the buffers are moved, not copied).
+    fn flat_to_grads(&self, flat: fused::FlatGrads, device: &candle_core::Device) -> Result<Grads> {
+        let mut grads = Grads::new();
+        for (name, g) in flat {
+            let var = self.vars.get(&name).ok_or_else(|| {
+                ModelError::Invalid(format!("gradient for unknown tensor `{name}`"))
+            })?;
+            grads.insert(name, Tensor::from_vec(g, var.shape(), device)?);
+        }
+        Ok(grads)
+    }
+
+    /// [`Self::value_and_grad_groups`] with the gradients added into `sum` (the micro-batches of one
+    /// update). On the fused path they are summed in place, in the buffers the backward pass writes,
+    /// so a second micro-batch costs no second set of gradients; on the autograd path, as tensors.
+    pub fn accumulate_groups<X, E>(
+        &self,
+        groups: &[(&[u32], Vec<&[u32]>)],
+        c: usize,
+        temperature: f64,
+        loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
+        sum: &mut GradSum,
+    ) -> std::result::Result<X, E>
+    where
+        E: From<ModelError> + From<candle_core::Error>,
+    {
+        if self.path == GradPath::Autograd {
+            let (x, grads) = self.value_and_grad_groups(groups, c, temperature, loss)?;
+            for (name, t) in grads {
+                let t = match sum.tensors.remove(&name) {
+                    Some(prev) => (prev + t)?,
+                    None => t,
+                };
+                sum.tensors.insert(name, t);
+            }
+            return Ok(x);
+        }
+        let device = self.device()?;
+        let rows: usize = groups.iter().map(|g| g.1.len()).sum();
+        let scale = super::sample::logit_scale(temperature);
+        let shared: Vec<fused::SharedGroup> = groups
+            .iter()
+            .map(|(p, cs)| fused::SharedGroup {
+                prompt: p,
+                completions: cs.clone(),
+            })
+            .collect();
+        self.fused_pass(
+            |flat| {
+                fused::forward_shared(&self.config, &self.layout, flat, &shared, c, scale as f32)
+            },
+            (rows, c),
+            &device,
+            loss,
+            &mut sum.flat,
+        )
+    }
+
+    /// The gradients summed in `sum`, as tensors.
+    pub fn finish(&self, sum: GradSum) -> Result<Grads> {
+        let mut grads = self.flat_to_grads(sum.flat, &self.device()?)?;
+        grads.extend(sum.tensors);
+        Ok(grads)
     }
 
     /// The gradients of an autograd `backward` by parameter name.
