@@ -49,9 +49,11 @@ pub struct PolicySnapshot {
     pub model: Arc<Decoder>,
 }
 
-/// Samples `group_size` completions for each state in one batch. With `until_answer`, a completion
+/// Samples `group_size` completions for each state. With `until_answer`, a completion
 /// ends at EOS or when its `\boxed{}` answer closes (training); without, every completion runs to
-/// `max_new_tokens` (benchmarks that must match a fixed-length workload).
+/// `max_new_tokens` (benchmarks that must match a fixed-length workload). Rows are sampled in
+/// sub-batches whose KV cache holds at most `kv_cache_tokens` tokens (`rollout.kv_cache_tokens`), so
+/// cache memory is set by the budget, not by how many states and completions a step has.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_groups(
     snap: &PolicySnapshot,
@@ -63,6 +65,7 @@ pub fn sample_groups(
     seed: u64,
     step: u64,
     until_answer: bool,
+    kv_cache_tokens: usize,
 ) -> Result<Vec<Group>> {
     let think_end = tok.token_id("</think>");
     let mut prompts = Vec::with_capacity(states.len() * group_size);
@@ -79,9 +82,17 @@ pub fn sample_groups(
     } else {
         vec![]
     };
-    let samples = generate(&snap.model, &prompts, params, &seeds, &eos, &|_, toks| {
-        until_answer && answer_closed(&tok.decode_bytes(toks))
-    })?;
+    // Sub-batches of rows whose KV cache (longest prompt + new tokens, per row) fits the budget.
+    // Sampling is batch-invariant on the CPU, so the rows come out the same bits in any sub-batch.
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let per_row = width.saturating_add(params.max_new_tokens).max(1);
+    let rows = (kv_cache_tokens / per_row).max(1);
+    let mut samples = Vec::with_capacity(prompts.len());
+    for (ps, ss) in prompts.chunks(rows).zip(seeds.chunks(rows)) {
+        samples.extend(generate(&snap.model, ps, params, ss, &eos, &|_, toks| {
+            until_answer && answer_closed(&tok.decode_bytes(toks))
+        })?);
+    }
     let mut it = samples.into_iter();
     Ok(states
         .iter()

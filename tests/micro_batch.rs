@@ -218,3 +218,51 @@ fn a_real_vocabulary_model_steps_within_a_small_budget() -> Result<()> {
     assert!(moved, "no weight changed");
     Ok(())
 }
+
+#[test]
+fn sub_batched_sampling_gives_the_same_bits_as_one_batch() -> Result<()> {
+    use rpt::model::SampleParams;
+    use rpt::rollout::{PolicySnapshot, sample_groups};
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let snap = PolicySnapshot {
+            version: 0,
+            model: std::sync::Arc::new(ck.decoder()?),
+        };
+        let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
+        let states: Vec<(u64, State)> = batch(4, 1, 500, 5)
+            .into_iter()
+            .map(|g| (g.group.seq, g.group.state))
+            .collect();
+        let params = SampleParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 12,
+        };
+        for until_answer in [false, true] {
+            let run = |budget: usize| {
+                sample_groups(
+                    &snap,
+                    &ck.tokenizer,
+                    &prompt,
+                    &states,
+                    3,
+                    &params,
+                    9,
+                    2,
+                    until_answer,
+                    budget,
+                )
+            };
+            let one = run(1 << 20)?;
+            // One row at a time, and sub-batches that cut through groups.
+            for budget in [1, 60] {
+                let sub = run(budget)?;
+                assert_eq!(one, sub, "{family}, budget {budget}");
+            }
+            assert!(one.iter().all(|g| g.completions.len() == 3));
+        }
+    }
+    Ok(())
+}

@@ -120,6 +120,7 @@ impl Outbox {
             top_p: shared.sample_params.top_p,
             max_new_tokens: shared.sample_params.max_new_tokens,
             keep_versions: cfg.rollout.max_staleness as usize + 2,
+            kv_cache_tokens: cfg.rollout.kv_cache_tokens,
         };
         Ok(Outbox {
             keep: setup.keep_versions,

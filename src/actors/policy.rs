@@ -81,6 +81,7 @@ impl Actor for PolicyActor {
                         cfg.seed,
                         step,
                         true,
+                        cfg.rollout.kv_cache_tokens,
                     )
                 });
             }

@@ -44,6 +44,13 @@ pub struct WorkerSetup {
     pub max_new_tokens: usize,
     /// Weight versions the worker keeps (the run never asks for older ones).
     pub keep_versions: usize,
+    /// The run's `rollout.kv_cache_tokens`.
+    #[serde(default = "default_kv_cache_tokens")]
+    pub kv_cache_tokens: usize,
+}
+
+fn default_kv_cache_tokens() -> usize {
+    16_384
 }
 
 /// Sample `group_size` completions for each state with weight version `version`, for step `step`.

@@ -52,6 +52,7 @@ struct Ready {
     group_size: usize,
     seed: u64,
     keep: usize,
+    kv_cache_tokens: usize,
 }
 
 struct WorkerActor;
@@ -89,6 +90,7 @@ fn setup(bytes: &[u8]) -> std::result::Result<Ready, String> {
         group_size: s.group_size,
         seed: s.seed,
         keep: s.keep_versions.max(1),
+        kv_cache_tokens: s.kv_cache_tokens.max(1),
     })
 }
 
@@ -191,6 +193,7 @@ impl Actor for WorkerActor {
                                     ready.seed,
                                     req.step,
                                     true,
+                                    ready.kv_cache_tokens,
                                 )
                             })
                             .await

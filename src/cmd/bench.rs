@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// `grpo.micro_batch_tokens` of the GRPO update (default: the config's default).
     #[arg(long)]
     pub micro_batch_tokens: Option<usize>,
+    /// `rollout.kv_cache_tokens` of the sampling (default: the config's default).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// Gradient path for `train`: `fused` (hand-written CPU pass, the default on the CPU) or
     /// `autograd` (candle's).
     #[arg(long, default_value = "fused")]
@@ -113,6 +116,10 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         anyhow::ensure!(t >= 1, "--micro-batch-tokens must be >= 1, got 0");
         cfg.grpo.micro_batch_tokens = t;
     }
+    if let Some(t) = a.kv_cache_tokens {
+        anyhow::ensure!(t >= 1, "--kv-cache-tokens must be >= 1, got 0");
+        cfg.rollout.kv_cache_tokens = t;
+    }
     let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
     let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
     let reward = rpt::reward::by_name("prefix_match")?;
@@ -163,6 +170,7 @@ fn grpo(a: &BenchArgs) -> Result<()> {
             0,
             step,
             false,
+            cfg.rollout.kv_cache_tokens,
         )?;
         let scored: Vec<ScoredGroup> = groups
             .into_iter()

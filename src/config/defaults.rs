@@ -141,3 +141,6 @@ pub(super) fn one_usize() -> usize {
 pub(super) fn default_micro_batch_tokens() -> usize {
     8192
 }
+pub(super) fn default_kv_cache_tokens() -> usize {
+    16_384
+}

@@ -214,6 +214,12 @@ pub struct RolloutSection {
     /// Verifier actors scoring in parallel.
     #[serde(default = "one_usize")]
     pub verifiers: usize,
+    /// KV-cache budget of a policy, in tokens: rows are sampled in sub-batches of at most this many
+    /// rows × (longest prompt + `max_new_tokens`), so cache memory is set here and not by
+    /// `states_per_step × group_size`. Sampling is batch-invariant on the CPU: the same bits in any
+    /// sub-batch.
+    #[serde(default = "default_kv_cache_tokens")]
+    pub kv_cache_tokens: usize,
     /// 0: strictly on-policy. k: rollouts may come from weights up to k versions old.
     #[serde(default)]
     pub max_staleness: u64,

@@ -149,6 +149,12 @@ impl Config {
             limits::TOKENS,
         )?;
         v.count("rollout.policies", r.policies, 1, limits::ACTORS)?;
+        v.count(
+            "rollout.kv_cache_tokens",
+            r.kv_cache_tokens,
+            1,
+            limits::ROLLOUTS,
+        )?;
         v.count("rollout.verifiers", r.verifiers, 1, limits::ACTORS)?;
         v.count_u64(
             "rollout.max_staleness",
