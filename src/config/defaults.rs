@@ -144,3 +144,6 @@ pub(super) fn default_micro_batch_tokens() -> usize {
 pub(super) fn default_kv_cache_tokens() -> usize {
     16_384
 }
+pub(super) fn default_chunk_bytes() -> usize {
+    2048
+}

@@ -160,6 +160,11 @@ pub struct CorpusSection {
     /// Documents the built-in corpus generates.
     #[serde(default = "default_documents")]
     pub documents: usize,
+    /// Plain-text files are cut into documents of whole paragraphs of at most this many bytes (a
+    /// longer paragraph at whitespace), so that the held-out share is a share of documents; 0 keeps
+    /// one document per file. JSONL lines are one document each.
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: usize,
     /// Share of documents held out for evaluation.
     #[serde(default = "default_heldout")]
     pub heldout_fraction: f64,

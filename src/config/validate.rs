@@ -294,6 +294,7 @@ impl Config {
                 Some(_) => {}
             },
         }
+        v.count("corpus.chunk_bytes", self.corpus.chunk_bytes, 0, 1 << 30)?;
         v.float(
             "corpus.heldout_fraction",
             self.corpus.heldout_fraction,

@@ -1,5 +1,6 @@
-//! Corpus readers: plain UTF-8 files of any extension (one document per file), directories (recursive,
-//! sorted), and JSONL (one document per line, from one field or several joined). Bad input is skipped,
+//! Corpus readers: plain UTF-8 files of any extension (cut into documents of whole paragraphs, at most
+//! `chunk_bytes` each, so that a held-out share is a share of documents and not of files), directories
+//! (recursive, sorted), and JSONL (one document per line, from one field or several joined). Bad input is skipped,
 //! counted and reported with its file and line; an empty corpus is an error.
 
 use std::path::{Path, PathBuf};
@@ -49,8 +50,79 @@ pub struct JsonlFields {
     pub separator: String,
 }
 
-/// Reads a file or a directory tree. Files ending in `.jsonl` are read line by line with `fields`.
-pub fn read_corpus(path: &Path, fields: &JsonlFields) -> Result<Corpus, CorpusError> {
+/// Cuts a plain text into documents: runs of whole paragraphs (split at blank lines) of at most
+/// `max_bytes` bytes each, joined by a blank line; a paragraph longer than that is cut at whitespace
+/// (or, for a word longer than `max_bytes`, at a character boundary). No document is empty or only
+/// whitespace. `max_bytes = 0` keeps the text as one document.
+pub fn cut_text(text: &str, max_bytes: usize) -> Vec<String> {
+    if max_bytes == 0 {
+        return if text.trim().is_empty() {
+            vec![]
+        } else {
+            vec![text.to_string()]
+        };
+    }
+    // Paragraphs, then each cut into pieces of at most `max_bytes`.
+    let mut pieces: Vec<&str> = vec![];
+    let mut para_start = None;
+    let mut offset = 0;
+    let mut paragraphs: Vec<&str> = vec![];
+    for line in text.split_inclusive('\n') {
+        let blank = line.trim().is_empty();
+        if blank {
+            if let Some(s) = para_start.take() {
+                paragraphs.push(&text[s..offset]);
+            }
+        } else if para_start.is_none() {
+            para_start = Some(offset);
+        }
+        offset += line.len();
+    }
+    if let Some(s) = para_start {
+        paragraphs.push(&text[s..]);
+    }
+    for p in paragraphs {
+        let mut rest = p.trim();
+        while rest.len() > max_bytes {
+            let mut cut = max_bytes;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if let Some(ws) = rest[..cut].rfind(char::is_whitespace).filter(|&w| w > 0) {
+                cut = ws;
+            }
+            if cut == 0 {
+                // A first character wider than the limit: take it whole.
+                cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+            }
+            pieces.push(rest[..cut].trim_end());
+            rest = rest[cut..].trim_start();
+        }
+        if !rest.is_empty() {
+            pieces.push(rest);
+        }
+    }
+    // Whole pieces packed into documents.
+    let mut docs: Vec<String> = vec![];
+    for piece in pieces {
+        match docs.last_mut() {
+            Some(d) if d.len() + 2 + piece.len() <= max_bytes => {
+                d.push_str("\n\n");
+                d.push_str(piece);
+            }
+            _ => docs.push(piece.to_string()),
+        }
+    }
+    docs
+}
+
+/// Reads a file or a directory tree. Files ending in `.jsonl` are read line by line with `fields`;
+/// other files are cut into documents of at most `chunk_bytes` ([`cut_text`]).
+pub fn read_corpus(
+    path: &Path,
+    fields: &JsonlFields,
+    chunk_bytes: usize,
+) -> Result<Corpus, CorpusError> {
     if fields.fields.is_empty() {
         return Err(CorpusError::NoFields);
     }
@@ -72,7 +144,14 @@ pub fn read_corpus(path: &Path, fields: &JsonlFields) -> Result<Corpus, CorpusEr
                     source: name,
                     reason: "empty file".into(),
                 }),
-                Ok(text) => corpus.docs.push(Document { text, source: name }),
+                Ok(text) => {
+                    for (k, text) in cut_text(&text, chunk_bytes).into_iter().enumerate() {
+                        corpus.docs.push(Document {
+                            text,
+                            source: format!("{name}#{}", k + 1),
+                        });
+                    }
+                }
                 Err(e) => corpus.skipped.push(Skip {
                     source: name,
                     reason: format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
@@ -205,7 +284,7 @@ mod tests {
         std::fs::write(dir.path().join("b.md"), "second").unwrap();
         std::fs::write(dir.path().join("a.txt"), "first").unwrap();
         std::fs::write(dir.path().join("sub/c.jsonl"), "{\"problem\":\"p1\",\"solution\":\"s1\"}\n\n{\"problem\":\"p2\",\"solution\":\"s2\"}\n").unwrap();
-        let c = read_corpus(dir.path(), &fields(&["problem", "solution"])).unwrap();
+        let c = read_corpus(dir.path(), &fields(&["problem", "solution"]), 0).unwrap();
         let texts: Vec<&str> = c.docs.iter().map(|d| d.text.as_str()).collect();
         assert_eq!(texts, vec!["first", "second", "p1\n\ns1", "p2\n\ns2"]);
         assert!(
@@ -225,7 +304,7 @@ mod tests {
             b"{\"text\":\"good\"}\n{\"other\":1}\n{\"text\":5}\n\xff\n{broken\n".as_slice(),
         )
         .unwrap();
-        let c = read_corpus(dir.path(), &fields(&["text"])).unwrap();
+        let c = read_corpus(dir.path(), &fields(&["text"]), 0).unwrap();
         assert_eq!(c.docs.len(), 1);
         let reasons: Vec<String> = c
             .skipped
@@ -259,16 +338,67 @@ mod tests {
     fn an_empty_corpus_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("x.jsonl"), "{\"a\":1}\n").unwrap();
-        let e = read_corpus(dir.path(), &fields(&["text"]))
+        let e = read_corpus(dir.path(), &fields(&["text"]), 0)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("no usable document") && e.contains("1 skipped") && e.contains("x.jsonl:1"),
             "{e}"
         );
-        let e = read_corpus(Path::new("/no/such/corpus"), &fields(&["text"]))
+        let e = read_corpus(Path::new("/no/such/corpus"), &fields(&["text"]), 0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("/no/such/corpus"), "{e}");
+    }
+
+    #[test]
+    fn plain_text_is_cut_into_whole_paragraphs_within_the_size() {
+        let para = |i: usize| {
+            format!(
+                "Paragraph {i} has some words in it, {}.",
+                "more ".repeat(i % 7)
+            )
+        };
+        let text: String = (0..40).map(|i| para(i) + "\n\n").collect::<String>()
+            + &"long ".repeat(200)
+            + "\n\n \n\n"
+            + &"x".repeat(500)
+            + "\n";
+        for max in [64, 300, 2048] {
+            let docs = cut_text(&text, max);
+            assert!(!docs.is_empty());
+            for d in &docs {
+                assert!(!d.trim().is_empty(), "an empty document");
+                assert!(d.len() <= max, "{} bytes > {max}", d.len());
+            }
+            // Every word, in order, once.
+            let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+            let cut: Vec<String> = docs.iter().flat_map(|d| words(d)).collect();
+            let whole = words(&text);
+            if max >= 500 {
+                assert_eq!(cut, whole, "max {max}");
+            }
+            assert_eq!(cut_text(&text, max), docs, "not deterministic");
+        }
+        // A paragraph that fits is never split; paragraphs are packed up to the size.
+        let docs = cut_text(&text, 2048);
+        assert!(
+            docs.iter()
+                .any(|d| d.contains(&para(3)) && d.contains(&para(4)))
+        );
+        assert_eq!(cut_text(&text, 0), vec![text.clone()]);
+        assert!(cut_text(" \n\n \n", 100).is_empty());
+        assert_eq!(cut_text("é".repeat(10).as_str(), 3), vec!["é"; 10]);
+        // Through the reader: one file, many documents, each named by its place.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("book.txt"), &text).unwrap();
+        let c = read_corpus(dir.path(), &fields(&["text"]), 300).unwrap();
+        assert_eq!(c.docs.len(), cut_text(&text, 300).len());
+        assert!(c.docs.len() > 10);
+        assert!(
+            c.docs[2].source.ends_with("book.txt#3"),
+            "{}",
+            c.docs[2].source
+        );
     }
 }

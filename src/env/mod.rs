@@ -8,7 +8,7 @@ mod index;
 mod state;
 
 pub use builtin::generate_corpus;
-pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, read_corpus};
+pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, cut_text, read_corpus};
 pub use index::{Difficulty, DocEntropies, EntropyIndex, IndexError, Split, fingerprint};
 pub use state::{State, TokenizedDoc, continuation_window, make_state};
 

@@ -29,7 +29,7 @@ pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
         fields: cfg.corpus.fields.clone(),
         separator: cfg.corpus.separator.clone(),
     };
-    let corpus = read_corpus(path, &fields)?;
+    let corpus = read_corpus(path, &fields, cfg.corpus.chunk_bytes)?;
     if !corpus.skipped.is_empty() {
         tracing::warn!(
             skipped = corpus.skipped.len(),
