@@ -1,8 +1,9 @@
 //! The commands a user runs to check a checkpoint and a reward: `rpt generate`, `rpt logprobs` and
 //! `rpt reward`, through the built binary, on the qwen2 fixture.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -12,15 +13,7 @@ fn fixture() -> PathBuf {
 }
 
 fn rpt(args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_rpt"))
-        .args(args)
-        .env("RPT_LOG", "error")
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8(out.stdout)?,
-        String::from_utf8(out.stderr)?,
-    ))
+    common::rpt_cli(args, &[])
 }
 
 fn ids(v: &Value) -> Vec<u64> {

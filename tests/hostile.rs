@@ -3,8 +3,9 @@
 //! that need a training run are in `tests/pipeline.rs`; the config's own checks are unit tests in
 //! `src/config.rs`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use rpt::model::{Checkpoint, Device, ModelConfig, Tokenizer, load_weights, save_weights};
@@ -16,20 +17,7 @@ fn fixture(family: &str) -> PathBuf {
         .join(family)
 }
 
-fn rpt(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_rpt"))
-        .args(args)
-        .env("RPT_LOG", "error")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .envs(envs.iter().copied())
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8(out.stdout)?,
-        String::from_utf8(out.stderr)?,
-    ))
-}
+use common::rpt_cli as rpt;
 
 /// A copy of a fixture checkpoint with its `config.json` edited.
 fn with_config(family: &str, edit: impl FnOnce(&mut Value)) -> Result<tempfile::TempDir> {

@@ -60,7 +60,6 @@ pub struct SupState {
     verifiers: Vec<ActorRef<VerifierMsg>>,
     by_id: HashMap<ActorId, Role>,
     reply: Option<RpcReplyPort<Result<Summary, String>>>,
-    fault_pending: Option<u64>,
 }
 
 /// A policy actor: local, or the proxy of a worker in another process.
@@ -256,13 +255,17 @@ impl Actor for Supervisor {
             verifiers: vec![],
             by_id: HashMap::new(),
             reply: None,
-            fault_pending: a.hooks.fail_policy_at_step,
             myself: myself.clone(),
             a,
         };
         st.by_id.insert(st.learner.get_id(), Role::Learner);
         for i in 0..cfg.rollout.policies {
-            let fail = if i == 0 { st.fault_pending } else { None };
+            // The injected failure hits the first policy once; a restarted one runs clean.
+            let fail = if i == 0 {
+                st.a.hooks.fail_policy_at_step
+            } else {
+                None
+            };
             let p = st.spawn_policy(i, fail).await?;
             let slot = st.sched.add_policy(false);
             st.by_id.insert(p.get_id(), Role::Policy(slot));
@@ -362,7 +365,6 @@ impl Actor for Supervisor {
                 }
                 Ok(cmds) => {
                     tracing::warn!(policy = i, reason = %why, "policy failed; restarting it and re-issuing its states");
-                    st.fault_pending = None;
                     let p = st.spawn_policy(i, None).await?;
                     st.by_id.insert(p.get_id(), Role::Policy(i));
                     st.policies[i].actor = p;

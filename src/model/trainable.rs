@@ -138,7 +138,6 @@ impl Trainable {
         E: From<ModelError> + From<candle_core::Error>,
     {
         let device = self.device()?;
-        let rows: usize = groups.iter().map(|g| g.1.len()).sum();
         match self.path {
             GradPath::Autograd => {
                 let full: Vec<Vec<u32>> = groups
@@ -149,29 +148,9 @@ impl Trainable {
                 self.value_and_grad(&batch.ids, &batch.pad, batch.width - c, temperature, loss)
             }
             GradPath::Fused => {
-                let scale = super::sample::logit_scale(temperature);
-                let shared: Vec<fused::SharedGroup> = groups
-                    .iter()
-                    .map(|(p, cs)| fused::SharedGroup {
-                        prompt: p,
-                        completions: cs.clone(),
-                    })
-                    .collect();
-                self.fused_value_and_grad(
-                    |flat| {
-                        fused::forward_shared(
-                            &self.config,
-                            &self.layout,
-                            flat,
-                            &shared,
-                            c,
-                            scale as f32,
-                        )
-                    },
-                    (rows, c),
-                    &device,
-                    loss,
-                )
+                let mut sum = GradSum::default();
+                let x = self.accumulate_groups(groups, c, temperature, loss, &mut sum)?;
+                Ok((x, self.finish(sum)?))
             }
         }
     }

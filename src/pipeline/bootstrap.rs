@@ -216,6 +216,44 @@ pub fn check_target(out: &Path) -> Result<()> {
     )))
 }
 
+/// Refuses `out` unless a new model directory may go there: new, empty, or (with `replace_builtin`) an
+/// earlier built-in model ([`check_target`]).
+pub(super) fn check_new_model_dir(out: &Path, replace_builtin: bool) -> Result<()> {
+    check_target(out)?;
+    if !replace_builtin && out.join("bootstrap.json").exists() {
+        return Err(crate::Error::Run(format!(
+            "{}: holds a built-in model; only a new or empty directory is written here",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a model directory with `write` into the sibling `OUT.partial`, then puts it in place of
+/// `out`, checked again first (something may have been written there meanwhile), so that `out` never
+/// holds half a model and never anyone else's files.
+pub(super) fn write_model_dir<T>(
+    out: &Path,
+    replace_builtin: bool,
+    write: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| crate::Error::Run(format!("{}: not a directory name", out.display())))?;
+    let tmp = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
+    }
+    let written = write(&tmp)?;
+    check_new_model_dir(out, replace_builtin)?;
+    if out.exists() {
+        // As checked: empty, or an earlier built-in model's own files.
+        std::fs::remove_dir_all(out).map_err(|e| crate::Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| crate::Error::io(out, e))?;
+    Ok(written)
+}
+
 /// Builds the built-in model into `out` and reports what it measured. The model is written into a
 /// sibling `.partial` directory and renamed into place, so `out` never holds half a model; `out` must be
 /// new, empty, or an earlier built-in model ([`check_target`]).
@@ -339,17 +377,6 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let report = evaluate(&model, &tok, &prompt, &items, &params_sample, cfg.seed, 32)?;
     let all = report.splits.get("all").cloned().unwrap_or_default();
 
-    let name = out.file_name().ok_or_else(|| {
-        crate::Error::Run(format!(
-            "{}: not a directory name to bootstrap into",
-            out.display()
-        ))
-    })?;
-    let tmp = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
-    }
-    Checkpoint::save(&tmp, &model_cfg, &tok, &weights)?;
     let r = BootstrapReport {
         parameters,
         vocab_size: tok.vocab_size(),
@@ -365,13 +392,11 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         seconds: t0.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_vec_pretty(&r).expect("report serialises");
-    crate::model::write_atomic(&tmp.join("bootstrap.json"), &json)?;
-    // Checked again: something may have been written there while the model was built.
-    check_target(out)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| crate::Error::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| crate::Error::io(out, e))?;
+    write_model_dir(out, true, |tmp| {
+        Checkpoint::save(tmp, &model_cfg, &tok, &weights)?;
+        crate::model::write_atomic(&tmp.join("bootstrap.json"), &json)?;
+        Ok(())
+    })?;
     Ok(r)
 }
 

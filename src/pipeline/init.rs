@@ -28,13 +28,7 @@ pub fn random_checkpoint(
     seed: u64,
 ) -> Result<InitReport> {
     let cfg = ModelConfig::from_file(config_json)?;
-    super::bootstrap::check_target(out)?;
-    if out.join("bootstrap.json").exists() {
-        return Err(Error::Run(format!(
-            "{}: holds a built-in model; `rpt init` writes only into a new or empty directory",
-            out.display()
-        )));
-    }
+    super::bootstrap::check_new_model_dir(out, false)?;
     let (tok, source) = match tokenizer {
         Some(p) => (Tokenizer::from_file(p)?, p.display().to_string()),
         None => {
@@ -62,21 +56,10 @@ pub fn random_checkpoint(
         .iter()
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::Run(format!("{}: not a directory name", out.display())))?;
-    let tmp = out.with_file_name(format!("{}.partial", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    Checkpoint::save(&tmp, &cfg, &tok, &weights)?;
+    super::bootstrap::write_model_dir(out, false, |tmp| {
+        Ok(Checkpoint::save(tmp, &cfg, &tok, &weights)?)
+    })?;
     drop(weights);
-    super::bootstrap::check_target(out)?;
-    if out.exists() {
-        // New or empty, as checked: nothing of anyone's is removed.
-        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     Ok(InitReport {
         out: out.to_path_buf(),
         parameters,

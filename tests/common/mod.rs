@@ -53,6 +53,23 @@ seq_len = 32
     toml::from_str(&text).unwrap()
 }
 
+/// Runs the built `rpt` binary with `args` (and `envs` on top of a plain environment): success, stdout,
+/// stderr.
+pub fn rpt_cli(args: &[&str], envs: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rpt"))
+        .args(args)
+        .env("RPT_LOG", "error")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(envs.iter().copied())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
 pub fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
