@@ -311,6 +311,20 @@ impl Learner {
     pub fn snapshot(&self) -> Result<TensorMap> {
         Ok(self.params.snapshot()?)
     }
+
+    /// The weights for the policy. With `max_staleness = 0` the policy never samples while the
+    /// learner updates (a step is launched only once the previous update is done), so where the
+    /// policy's dtype is the learner's, the policy reads the learner's own tensors: no second copy
+    /// of the weights per step ([`Trainable::shared_weights`]; each update writes them in place).
+    /// Otherwise a copy in the policy's dtype ([`Trainable::policy_weights`]).
+    pub fn policy_weights(&self) -> Result<TensorMap> {
+        if self.cfg.rollout.max_staleness == 0 {
+            if let Some(shared) = self.params.shared_weights() {
+                return Ok(shared);
+            }
+        }
+        Ok(self.params.policy_weights()?)
+    }
 }
 
 /// Splits a mini-batch into micro-batches of at most `budget` tokens: pieces of groups (a group's

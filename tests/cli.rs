@@ -208,3 +208,66 @@ fn init_writes_a_loadable_random_checkpoint_of_any_shape() -> Result<()> {
     assert_eq!(given.vocab_size(), shipped.vocab_size());
     Ok(())
 }
+
+/// A GPU asked for by name and absent is an error that says why, never a silent CPU run; `cpu` and
+/// `auto` run; a misspelt device is named.
+#[test]
+fn rpt_device_chooses_the_device_or_says_why_not() -> Result<()> {
+    let model = fixture().display().to_string();
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+    ];
+    for ok_device in ["cpu", "auto"] {
+        let (ok, _, err) = common::rpt_cli(&args, &[("RPT_DEVICE", ok_device)])?;
+        assert!(ok, "RPT_DEVICE={ok_device}: {err}");
+    }
+    let (ok, _, err) = common::rpt_cli(&args, &[("RPT_DEVICE", "gpu")])?;
+    assert!(
+        !ok && err.contains("RPT_DEVICE=\"gpu\"") && err.contains("cuda:N"),
+        "{err}"
+    );
+    if !cfg!(feature = "cuda") {
+        let (ok, _, err) = common::rpt_cli(&args, &[("RPT_DEVICE", "cuda")])?;
+        assert!(
+            !ok && err.contains("RPT_DEVICE=cuda:0") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
+/// `scripts/gpu-check` stops at once with a clear message where no CUDA device answers, before
+/// building or writing anything: here an `nvidia-smi` that cannot reach a driver, as on a machine
+/// with the tools but no GPU.
+#[test]
+fn gpu_check_fails_fast_without_a_device() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = tempfile::tempdir()?;
+    let smi = bin.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n",
+    )?;
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755))?;
+    let out_dir = bin.path().join("out");
+    let out = std::process::Command::new("/bin/bash")
+        .arg(root.join("scripts/gpu-check"))
+        .arg(&out_dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no CUDA device: nvidia-smi failed") && err.contains("NVIDIA driver"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing is written without a device");
+    Ok(())
+}

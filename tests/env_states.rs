@@ -124,3 +124,49 @@ fn the_environment_order_is_seeded_and_resumable() {
     let mut bounded = make(1).with_max_epochs(1);
     assert_eq!(std::iter::from_fn(|| bounded.next_state()).count(), n);
 }
+
+/// The teacher-thought path: a document whose corpus offers thoughts yields warm-up rows that contain
+/// the thought and box the whole result; the same text with no thoughts gets the generic thought only.
+#[test]
+fn warm_up_rows_carry_the_teacher_thought_where_the_corpus_offers_one() {
+    use rpt::config::Config;
+    use rpt::env::arithmetic_thoughts;
+    use rpt::pipeline::bootstrap::{sft_example, teacher_positions};
+    use rpt::prompt::Prompt;
+
+    let texts = rpt::env::generate_corpus(30, 5);
+    let tok = Tokenizer::train_bpe(&texts, 400).unwrap();
+    let cfg = Config::default();
+    let prompt = Prompt::new(&cfg.prompt.template, &tok).unwrap();
+    let text = &texts[0];
+    let taught = TokenizedDoc::new(0, text, &tok)
+        .unwrap()
+        .with_thoughts(arithmetic_thoughts(text));
+    let plain = TokenizedDoc::new(0, text, &tok).unwrap();
+    assert!(teacher_positions(std::slice::from_ref(&plain)).is_empty());
+    let positions = teacher_positions(std::slice::from_ref(&taught));
+    assert!(!positions.is_empty(), "a worksheet states some arithmetic");
+
+    let decode = |ids: &[u32]| String::from_utf8(tok.decode_bytes(ids)).unwrap();
+    for &(_, t) in &positions {
+        let (thought, end) = taught.teacher_at(t).unwrap();
+        let (row, from) = sft_example(&taught, t, true, &tok, &prompt, &cfg).unwrap();
+        let completion = decode(&row[from..]);
+        let rest = decode(&taught.ids[t..end]);
+        assert_eq!(completion, format!("{thought}</think>\\boxed{{{rest}}}"));
+        // The box holds the rest of the number the thought computes (its digits end the thought).
+        let number = rest.trim().trim_start_matches('-');
+        assert!(
+            !number.is_empty() && thought.ends_with(number),
+            "{thought} / {rest}"
+        );
+
+        // The same position in a corpus with no thoughts, or with teaching off: the generic thought.
+        for (doc, teach) in [(&plain, true), (&taught, false)] {
+            let (row, from) = sft_example(doc, t, teach, &tok, &prompt, &cfg).unwrap();
+            let generic = decode(&row[from..]);
+            assert!(!generic.contains(thought), "{generic}");
+            assert!(generic.ends_with(&format!("\\boxed{{{}}}", decode(&doc.ids[t..t + 1]))));
+        }
+    }
+}

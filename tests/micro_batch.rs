@@ -197,6 +197,18 @@ fn a_real_vocabulary_model_steps_within_a_small_budget() -> Result<()> {
         let m = t.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
         assert!(d <= 1e-4 * m, "{name}: {d} of {m}");
     }
+    // And with the head in chunks of 3 rows of the 32,768-word vocabulary.
+    let mut chunked = Learner::new(&cfg, &ck.weights, &ck.config)?;
+    chunked.params.head_chunk_floats = 3 * 32_768;
+    let (_, in_chunks) = chunked.gradients(&b, &adv)?;
+    for (name, t) in &one {
+        let d = (t - &in_chunks[name])?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let m = t.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        assert!(d <= 1e-4 * m, "{name} in head chunks: {d} of {m}");
+    }
     let before = l.snapshot()?;
     let stats = l.update(&b)?;
     assert!(
@@ -263,6 +275,67 @@ fn sub_batched_sampling_gives_the_same_bits_as_one_batch() -> Result<()> {
             }
             assert!(one.iter().all(|g| g.completions.len() == 3));
         }
+    }
+    Ok(())
+}
+
+/// The head's log-softmax and its gradient in chunks of rows (the fused path never holds a whole
+/// batch's logits) equal one chunk's, on every family, through both fused entry points: the GRPO
+/// update's shared-prompt pass and the padded pass.
+#[test]
+fn chunked_head_gradients_equal_one_chunk() -> Result<()> {
+    use rpt::model::Tensor;
+    let close = |what: &str, a: &rpt::model::Grads, b: &rpt::model::Grads| -> Result<()> {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (name, t) in a {
+            let d = (t - &b[name])?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let m = t.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+            assert!(d <= 1e-5 * m, "{what} {name}: {d} of {m}");
+        }
+        Ok(())
+    };
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let vocab = ck.config.vocab_size;
+        let b = batch(3, 4, 500, 5);
+        let adv = advantages(&b);
+        let mut cfg = Config::default();
+        cfg.rollout.max_new_tokens = 10;
+        let grads = |floats: usize| -> Result<_> {
+            let mut l = Learner::new(&cfg, &ck.weights, &ck.config)?;
+            assert_eq!(l.params.path, GradPath::Fused);
+            l.params.head_chunk_floats = floats;
+            Ok(l.gradients(&b, &adv)?)
+        };
+        let (one, g1) = grads(usize::MAX)?;
+        for rows in [1, 3, 7] {
+            let (many, gm) = grads(rows * vocab)?;
+            assert!((one.loss - many.loss).abs() < 1e-6, "{family} {rows}");
+            assert!((one.entropy - many.entropy).abs() < 1e-6, "{family} {rows}");
+            close(&format!("{family} shared, {rows} rows a chunk"), &g1, &gm)?;
+        }
+
+        // The padded pass: log-probs identical, gradients equal.
+        let ids: Vec<u32> = (0..3 * 12).map(|i| 1 + (i * 37 % 499) as u32).collect();
+        let ids = Tensor::from_vec(ids, (3, 12), &Device::Cpu)?;
+        let pad = [0, 4, 9];
+        let run = |floats: usize| -> Result<(Vec<f32>, rpt::model::Grads)> {
+            let mut p = rpt::model::Trainable::new(&ck.config, &ck.weights)?;
+            p.head_chunk_floats = floats;
+            let loss = |lp: &Tensor| -> std::result::Result<(Tensor, Vec<f32>), rpt::Error> {
+                let w = Tensor::arange(0f32, lp.elem_count() as f32, &Device::Cpu)?
+                    .reshape(lp.shape())?;
+                Ok(((lp * w)?.sum_all()?, lp.flatten_all()?.to_vec1::<f32>()?))
+            };
+            Ok(p.value_and_grad(&ids, &pad, 2, 0.8, loss)?)
+        };
+        let (lp1, p1) = run(usize::MAX)?;
+        let (lp2, p2) = run(2 * vocab)?;
+        assert_eq!(
+            lp1, lp2,
+            "{family}: the log-probs are the same bits in chunks"
+        );
+        close(&format!("{family} padded"), &p1, &p2)?;
     }
     Ok(())
 }

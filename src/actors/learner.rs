@@ -84,7 +84,7 @@ impl Actor for LearnerActor {
             let mut l = learner.lock().expect("learner lock");
             let stats = l.update(&batch)?;
             let cfg_model = l.params.config.clone();
-            let weights = Arc::new(Decoder::new(&cfg_model, &l.snapshot()?)?);
+            let weights = Arc::new(Decoder::new(&cfg_model, &l.policy_weights()?)?);
             let ema = match &l.ema {
                 Some(phi) => Some(Arc::new(Decoder::new(&cfg_model, &copy(phi)?)?)),
                 None => None,

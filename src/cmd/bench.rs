@@ -43,17 +43,18 @@ pub struct BenchArgs {
     /// `rollout.kv_cache_tokens` of the sampling (default: the config's default).
     #[arg(long)]
     pub kv_cache_tokens: Option<usize>,
-    /// Gradient path for `train`: `fused` (hand-written CPU pass, the default on the CPU) or
-    /// `autograd` (candle's).
-    #[arg(long, default_value = "fused")]
+    /// Gradient path for `train`: `auto` (the device's route: `fused` on the CPU, `autograd`
+    /// elsewhere), `fused` (the hand-written CPU pass) or `autograd` (candle's).
+    #[arg(long, default_value = "auto")]
     pub grad_path: String,
 }
 
-fn grad_path(name: &str) -> Result<GradPath> {
+fn grad_path(name: &str) -> Result<Option<GradPath>> {
     match name {
-        "fused" => Ok(GradPath::Fused),
-        "autograd" => Ok(GradPath::Autograd),
-        other => anyhow::bail!("--grad-path must be fused or autograd, got {other:?}"),
+        "auto" => Ok(None),
+        "fused" => Ok(Some(GradPath::Fused)),
+        "autograd" => Ok(Some(GradPath::Autograd)),
+        other => anyhow::bail!("--grad-path must be auto, fused or autograd, got {other:?}"),
     }
 }
 
@@ -157,7 +158,10 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         let t0 = Instant::now();
         let snap = PolicySnapshot {
             version: step,
-            model: std::sync::Arc::new(rpt::model::Decoder::new(&ck.config, &learner.snapshot()?)?),
+            model: std::sync::Arc::new(rpt::model::Decoder::new(
+                &ck.config,
+                &learner.policy_weights()?,
+            )?),
         };
         // Fixed-length completions, as the peer's (no EOS, no stop rule).
         let groups = sample_groups(
@@ -221,10 +225,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     for name in shapes {
         let cfg = shape(name)?;
-        let device = super::device();
+        let device = super::device()?;
         let weights = init_weights(&cfg, 0, 0.02, &device)?;
         if a.work == "all" || a.work == "generate" {
-            let model = rpt::model::Decoder::new(&cfg, &weights)?;
+            // The policy's dtype on this device (bf16 on CUDA), as a run samples.
+            let dtype = rpt::model::Route::for_device(&device).policy_dtype;
+            let policy = weights
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?)))
+                .collect::<Result<rpt::model::TensorMap>>()?;
+            let model = rpt::model::Decoder::new(&cfg, &policy)?;
             let prompts: Vec<Vec<u32>> = (0..a.batch)
                 .map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64))
                 .collect();
@@ -248,12 +258,20 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({"rpt": "generate", "shape": name, "batch": a.batch, "prompt": a.prompt,
-                    "new": a.new, "tokens_per_s": tps, "threads": threads, "samples": a.repeat})
+                    "new": a.new, "tokens_per_s": tps, "threads": threads, "samples": a.repeat,
+                    "device": format!("{device:?}"), "dtype": format!("{dtype:?}")})
             );
         }
         if a.work == "all" || a.work == "train" {
             let mut params = Trainable::new(&cfg, &weights)?;
-            params.path = path;
+            if let Some(path) = path {
+                if path == GradPath::Fused && !device.is_cpu() {
+                    anyhow::bail!(
+                        "--grad-path fused runs on the CPU only; this device is {device:?}"
+                    );
+                }
+                params.path = path;
+            }
             let mut opt = AdamW::new(AdamWConfig {
                 lr: 1e-4,
                 ..Default::default()
@@ -287,7 +305,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "{}",
                 serde_json::json!({"rpt": "train step", "shape": name, "batch": a.batch, "len": a.len,
                     "ms_per_step": 1000.0 * median(times), "forward_backward_ms": phase(0),
-                    "optimizer_ms": phase(1), "grad_path": a.grad_path, "threads": threads, "samples": a.repeat})
+                    "optimizer_ms": phase(1), "grad_path": format!("{:?}", params.path), "threads": threads, "samples": a.repeat})
             );
         }
     }

@@ -11,19 +11,21 @@ pub mod worker;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use rpt::model::{Checkpoint, Device};
+use rpt::model::{Checkpoint, Device, DeviceChoice};
 
-/// The device policies compute on: the first CUDA GPU in a `cuda` build when one is present, else CPU.
-pub fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    Device::Cpu
+/// The device commands compute on, from `RPT_DEVICE` (`auto`, `cpu`, `cuda`, `cuda:N`; see
+/// `rpt::model::DeviceChoice`): a GPU asked for by name and absent is an error, not the CPU.
+pub fn device() -> Result<Device> {
+    let choice = std::env::var("RPT_DEVICE").unwrap_or_default();
+    let device = DeviceChoice::parse(&choice)
+        .and_then(DeviceChoice::open)
+        .map_err(anyhow::Error::msg)?;
+    tracing::debug!(?device, "device");
+    Ok(device)
 }
 
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    Checkpoint::load(dir, &device())
+    Checkpoint::load(dir, &device()?)
         .with_context(|| format!("loading model from {}", dir.display()))
 }
 

@@ -52,7 +52,7 @@ pub fn ensure_builtin(cfg: &Config, out: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     eprintln!("building the built-in model in {} ...", out.display());
-    let r = bootstrap::bootstrap(cfg, out, &super::device())?;
+    let r = bootstrap::bootstrap(cfg, out, &super::device()?)?;
     println!(
         "bootstrap: {} parameters, vocab {}, {} train / {} held-out documents, {:.0} s\n  \
          loss: train {:.3}, held-out {:.3} (warm-up {:.3})\n  \
@@ -82,7 +82,7 @@ pub fn run_prepare(a: &ConfigArgs) -> Result<()> {
 }
 
 pub fn prepare_and_print(cfg: &Config) -> Result<()> {
-    for r in prepare::prepare(cfg, &super::device())? {
+    for r in prepare::prepare(cfg, &super::device()?)? {
         println!(
             "index {:<7} {:>4} documents {:>7} positions  easy {:>6}  medium {:>6}  hard {:>6}  (min_entropy {}: {} trainable)  {:.0} positions/s -> {}",
             r.split.as_str(),
@@ -133,6 +133,7 @@ pub fn eval_items(cfg: &Config, tok: &rpt::model::Tokenizer) -> Result<Vec<EvalI
             items.push(EvalItem {
                 state,
                 entropy: Some(index.docs[d].entropy[t]),
+                taught: splits.heldout[d].teacher_at(t).is_some(),
             });
         }
     }

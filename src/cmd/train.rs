@@ -45,7 +45,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         eprintln!("difficulty index: {e}; building it now");
         prepare_and_print(&cfg)?;
     }
-    let device = super::device();
+    let device = super::device()?;
     let before = if cfg.train.eval_before_after && !a.resume {
         let ck = super::load_checkpoint(&cfg.model.path)?;
         let r = eval_report(&cfg, &ck, &cfg.model.path).context("evaluation before training")?;

@@ -39,7 +39,7 @@ pub fn run(a: &WorkerArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{}-{}", rpt::actors::hostname(), std::process::id())),
         wait: Duration::from_secs_f64(a.wait),
-        device: super::device(),
+        device: super::device()?,
         exit_after_samples: a.exit_after_samples,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Advantage, CorpusKind, LossTokens};
+use super::{Advantage, CorpusKind, LossTokens, TeacherKind};
 use crate::grpo::{LossAgg, ScaleRewards};
 
 pub(super) fn default_run_dir() -> PathBuf {
@@ -112,10 +112,10 @@ pub(super) fn default_mlp() -> usize {
     384
 }
 pub(super) fn default_pretrain_steps() -> usize {
-    360
+    1200
 }
 pub(super) fn default_sft_steps() -> usize {
-    180
+    900
 }
 pub(super) fn default_boot_batch() -> usize {
     16
@@ -146,4 +146,10 @@ pub(super) fn default_kv_cache_tokens() -> usize {
 }
 pub(super) fn default_chunk_bytes() -> usize {
     2048
+}
+pub(super) fn default_teacher() -> TeacherKind {
+    TeacherKind::Arithmetic
+}
+pub(super) fn default_teacher_share() -> f64 {
+    0.0
 }

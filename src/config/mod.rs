@@ -63,6 +63,17 @@ pub enum CorpusKind {
     Files,
 }
 
+/// `corpus.teacher`: which solver offers teacher thoughts for the warm-up (see `env::teacher`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherKind {
+    /// Column arithmetic for every correct integer `X + Y = Z`, `X - Y = Z`, `X \times Y = Z` in a
+    /// document (the built-in corpus is full of them; ordinary prose has none).
+    Arithmetic,
+    /// No teacher thoughts: every warm-up position gets the generic thought.
+    None,
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +179,9 @@ pub struct CorpusSection {
     /// Share of documents held out for evaluation.
     #[serde(default = "default_heldout")]
     pub heldout_fraction: f64,
+    /// The solver whose worked thoughts the warm-up teaches where it offers one.
+    #[serde(default = "default_teacher")]
+    pub teacher: TeacherKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -350,9 +364,15 @@ pub struct BootstrapSection {
     pub seq_len: usize,
     #[serde(default = "default_boot_lr")]
     pub lr: f64,
-    /// Bytes of the context's end copied into the warm-up thought (at least its last token).
+    /// Bytes of the context's end copied into the generic warm-up thought (at least its last token).
     #[serde(default = "default_thought_bytes")]
     pub thought_bytes: usize,
+    /// Share of answer-format warm-up rows drawn from positions with a teacher thought (when the
+    /// corpus offers any), each teaching that thought; the rest are uniform positions with the
+    /// generic thought. 0 (the default) teaches no teacher thought: on the built-in model it cost
+    /// reasoning-mode accuracy (README, Results).
+    #[serde(default = "default_teacher_share")]
+    pub teacher_share: f64,
 }
 
 macro_rules! default_from_serde {

@@ -333,6 +333,9 @@ mod shipped {
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue; // configs/shapes/: Hugging Face config.json files for `rpt init`
+            }
             let text = std::fs::read_to_string(&path).unwrap();
             let cfg: Config =
                 toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

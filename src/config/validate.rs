@@ -342,6 +342,11 @@ impl Config {
             limits::TOKENS,
         )?;
         v.float("bootstrap.lr", b.lr, Range::OpenClosed(0.0, 1.0))?;
+        v.float(
+            "bootstrap.teacher_share",
+            b.teacher_share,
+            Range::Closed(0.0, 1.0),
+        )?;
         if !b.heads.is_multiple_of(b.kv_heads)
             || !b.hidden_size.is_multiple_of(b.heads)
             || !(b.hidden_size / b.heads).is_multiple_of(2)

@@ -5,10 +5,10 @@
 
 use rayon::prelude::*;
 
-use super::forward::{keep_logits_buffer, rope};
+use super::forward::{head_exps, keep_logits_buffer, logits_buffer, rope};
 use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
 use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get};
-use super::vector::{Shared, dot, dot3, for_row_pairs, for_rows};
+use super::vector::{Shared, dot, dot3, exp_shifted, for_row_pairs, for_rows};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layout::{Layout, Proj};
@@ -159,30 +159,47 @@ pub fn backward(
     let (h, nh, nkv, hd, v) = (d.h, d.nh, d.nkv, d.hd, d.vocab);
     // Head: d logit_j = dlp · scale · (δ(j = target) − softmax_j).
     let scale = tape.scale;
-    // Computed in place of the stored exponentials.
-    let mut dlogits = std::mem::take(&mut tape.exps);
-    dlogits.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
-        let g = dlp[i];
-        let c = -g * scale * tape.inv_sums[i];
-        o.iter_mut().for_each(|x| *x *= c);
-        o[tape.targets[i] as usize] += g * scale;
-    });
     let nsel = tape.sel.len();
     let head = get(p, &layout.head)?;
     let mut dhs = vec![0f32; nsel * h];
     let mut head_grads = FlatGrads::new();
-    linear_back(
-        &dlogits,
-        &tape.hs,
-        nsel,
-        head,
-        v,
-        &mut dhs,
-        false,
-        &mut head_grads,
-        "head",
-        None,
-    );
+    let rows = tape.head_rows.min(nsel).max(1);
+    // One chunk: the stored exponentials; several: each chunk's recomputed (see `forward_core`).
+    let mut dlogits = if rows < nsel {
+        logits_buffer(rows * v)
+    } else {
+        std::mem::take(&mut tape.exps)
+    };
+    for (ci, dh) in dhs.chunks_mut(rows * h).enumerate() {
+        let r0 = ci * rows;
+        let n = dh.len() / h;
+        let chunk = &mut dlogits[..n * v];
+        if rows < nsel {
+            head_exps(chunk, &tape.hs[r0 * h..(r0 + n) * h], head, h, v);
+            chunk.par_chunks_mut(v).for_each(|row| {
+                exp_shifted(row, scale);
+            });
+        }
+        // In place of the exponentials.
+        chunk.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+            let g = dlp[r0 + i];
+            let c = -g * scale * tape.inv_sums[r0 + i];
+            o.iter_mut().for_each(|x| *x *= c);
+            o[tape.targets[r0 + i] as usize] += g * scale;
+        });
+        linear_back(
+            chunk,
+            &tape.hs[r0 * h..(r0 + n) * h],
+            n,
+            head,
+            v,
+            dh,
+            false,
+            &mut head_grads,
+            "head",
+            None,
+        );
+    }
     keep_logits_buffer(dlogits);
     let d_head = head_grads.remove("head").expect("weight gradient");
     let mut dxf = vec![0f32; nsel * h];

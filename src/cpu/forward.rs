@@ -68,6 +68,7 @@ pub fn forward(
     pad: &[usize],
     from: usize,
     scale: f32,
+    head_floats: usize,
 ) -> Result<(Vec<f32>, Tape)> {
     let s = ids.len() / b.max(1);
     if from == 0 || from >= s || pad.len() != b || ids.len() != b * s || pad.iter().any(|&p| p > s)
@@ -101,7 +102,18 @@ pub fn forward(
         }
     }
     forward_core(
-        cfg, layout, p, ids, &positions, jobs, units, sel, targets, None, scale,
+        cfg,
+        layout,
+        p,
+        ids,
+        &positions,
+        jobs,
+        units,
+        sel,
+        targets,
+        None,
+        scale,
+        head_floats,
     )
 }
 
@@ -117,6 +129,7 @@ pub fn forward_shared(
     groups: &[SharedGroup],
     c: usize,
     scale: f32,
+    head_floats: usize,
 ) -> Result<(Vec<f32>, Tape)> {
     let mut ids = vec![];
     let mut positions = vec![];
@@ -178,6 +191,7 @@ pub fn forward_shared(
         targets,
         Some((slots, row * c)),
         scale,
+        head_floats,
     )
 }
 
@@ -194,6 +208,7 @@ pub(super) fn forward_core(
     targets: Vec<u32>,
     slots: Option<(Vec<usize>, usize)>,
     scale: f32,
+    head_floats: usize,
 ) -> Result<(Vec<f32>, Tape)> {
     let d = Dims::of(cfg);
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= d.vocab) {
@@ -280,28 +295,32 @@ pub(super) fn forward_core(
     }
     let (hs, rstd_f) = rms(&xf, get(p, &layout.norm)?, d.eps);
     let head = get(p, &layout.head)?;
-    // The logits are overwritten by exp(scale · logit − max), which the backward pass reuses.
-    let mut exps = logits_buffer(sel.len() * d.vocab);
-    gemm(
-        sel.len(),
-        d.vocab,
-        h,
-        MatRef::rows(&hs, h),
-        MatRef::rows_t(head, h),
-        &mut exps,
-        d.vocab,
-        false,
-        true,
-    );
-    let rows: Vec<(f32, f32)> = exps
-        .par_chunks_mut(d.vocab)
-        .zip(targets.par_iter())
-        .map(|(row, &t)| {
-            let target = row[t as usize];
-            let (max, total) = exp_shifted(row, scale);
-            (target * scale - max - total.ln(), 1.0 / total)
-        })
-        .collect();
+    // The head in chunks of at most `head_rows` scored rows, so that no (rows × vocabulary) matrix
+    // larger than `head_floats` exists. With one chunk (every small model), the logits are overwritten
+    // by exp(scale · logit − max) and kept for the backward pass; with several, only each row's
+    // log-prob and 1 / sum are kept, and the backward pass recomputes each chunk's logits (the same
+    // bits: the GEMM computes a row the same way in any number of rows).
+    let head_rows = head_chunk_rows(head_floats, d.vocab, sel.len());
+    let mut exps = logits_buffer(head_rows.min(sel.len()) * d.vocab);
+    let mut rows: Vec<(f32, f32)> = Vec::with_capacity(sel.len());
+    for (c, tgt) in hs.chunks(head_rows * h).zip(targets.chunks(head_rows)) {
+        let n = tgt.len();
+        head_exps(&mut exps[..n * d.vocab], c, head, h, d.vocab);
+        rows.extend(
+            exps[..n * d.vocab]
+                .par_chunks_mut(d.vocab)
+                .zip(tgt.par_iter())
+                .map(|(row, &t)| {
+                    let target = row[t as usize];
+                    let (max, total) = exp_shifted(row, scale);
+                    (target * scale - max - total.ln(), 1.0 / total)
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    if head_rows < sel.len() {
+        keep_logits_buffer(std::mem::take(&mut exps));
+    }
     let lp = match &slots {
         None => rows.iter().map(|r| r.0).collect(),
         Some((at, len)) => {
@@ -332,8 +351,33 @@ pub(super) fn forward_core(
             hs,
             exps,
             inv_sums,
+            head_rows,
         },
     ))
+}
+
+/// The largest head chunk a step makes, in floats, unless told otherwise: 16 M (64 MB). Any model
+/// whose scored rows × vocabulary fit is never chunked.
+pub const HEAD_CHUNK_FLOATS: usize = 1 << 24;
+
+/// Rows per head chunk: as many as `floats` allows, at least one, at most `rows`.
+pub(super) fn head_chunk_rows(floats: usize, vocab: usize, rows: usize) -> usize {
+    (floats / vocab.max(1)).clamp(1, rows.max(1))
+}
+
+/// `out` (n × vocab) = `hs` (n × h) · headᵀ: one chunk of the head's logits.
+pub(super) fn head_exps(out: &mut [f32], hs: &[f32], head: &[f32], h: usize, vocab: usize) {
+    gemm(
+        hs.len() / h,
+        vocab,
+        h,
+        MatRef::rows(hs, h),
+        MatRef::rows_t(head, h),
+        out,
+        vocab,
+        false,
+        true,
+    );
 }
 
 /// The head's logits (positions × vocabulary), the largest buffer of a step, is kept from one

@@ -66,9 +66,12 @@ pub struct Tape {
     pub(super) xf: Vec<f32>,
     pub(super) rstd_f: Vec<f32>,
     pub(super) hs: Vec<f32>,
-    /// exp(scale · logit − max) of each scored row, and 1 / its sum (softmax = product of both).
+    /// exp(scale · logit − max) of each scored row (empty when the head ran in chunks), and 1 / its
+    /// sum (softmax = product of both).
     pub(super) exps: Vec<f32>,
     pub(super) inv_sums: Vec<f32>,
+    /// Scored rows per head chunk; `sel.len()` or more: one chunk, whose exponentials are in `exps`.
+    pub(super) head_rows: usize,
 }
 
 /// One attention problem: the `n` query tokens from token `q0` see, causally, themselves, and all `np`

@@ -6,11 +6,13 @@ mod builtin;
 mod corpus;
 mod index;
 mod state;
+mod teacher;
 
 pub use builtin::generate_corpus;
 pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, cut_text, read_corpus};
 pub use index::{Difficulty, DocEntropies, EntropyIndex, IndexError, Split, fingerprint};
 pub use state::{State, TokenizedDoc, continuation_window, make_state};
+pub use teacher::{TeacherThought, arithmetic_thoughts};
 
 use crate::model::{Rng, Tokenizer};
 

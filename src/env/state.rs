@@ -2,6 +2,7 @@
 //! valid boundaries, and the next token. Everything is compared as bytes: byte-level BPE tokens need not
 //! end on UTF-8 character boundaries.
 
+use super::TeacherThought;
 use crate::model::Tokenizer;
 
 /// A document tokenized once: ids and each token's start offset in `bytes`.
@@ -12,6 +13,8 @@ pub struct TokenizedDoc {
     /// `offsets[i]` is the byte offset of token i; `offsets[len]` is the end.
     pub offsets: Vec<usize>,
     pub bytes: Vec<u8>,
+    /// Worked thoughts the corpus offers for spans of this document (byte offsets into `bytes`).
+    pub thoughts: Vec<TeacherThought>,
 }
 
 impl TokenizedDoc {
@@ -33,7 +36,30 @@ impl TokenizedDoc {
             ids,
             offsets,
             bytes,
+            thoughts: vec![],
         }
+    }
+
+    /// The document with the teacher thoughts its corpus offers.
+    pub fn with_thoughts(mut self, thoughts: Vec<TeacherThought>) -> Self {
+        self.thoughts = thoughts;
+        self
+    }
+
+    /// The teacher thought for position `t`, if its token starts inside a thought's span that ends on
+    /// a token boundary: the thought's text and the position `k > t` where the span ends, so that
+    /// `ids[t..k]` is what the thought's answer writes.
+    pub fn teacher_at(&self, t: usize) -> Option<(&str, usize)> {
+        let at = *self.offsets.get(t)?;
+        if t >= self.ids.len() {
+            return None;
+        }
+        let th = self
+            .thoughts
+            .iter()
+            .find(|th| th.start <= at && at < th.end)?;
+        let k = self.offsets.binary_search(&th.end).ok()?;
+        Some((th.text.as_str(), k))
     }
 
     pub fn len(&self) -> usize {

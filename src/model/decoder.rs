@@ -40,7 +40,7 @@ impl Linear {
 /// `x · wᵀ`; x: (n, in), w: (out, in). Inference on the CPU takes the CPU backend's kernels (`cpu::matmul_t`);
 /// training and other devices candle's matmul.
 fn matmul_t(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
-    if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
+    if mode == Mode::Infer && super::Route::of(x).host && super::Route::of(w).host {
         return Ok(crate::cpu::matmul_t(&x.contiguous()?, w)?);
     }
     Ok(x.matmul(&w.t()?)?)
@@ -149,6 +149,8 @@ impl Decoder {
         let lm_head = get(&layout.head)?;
         let device = embed.device().clone();
         let (cos, sin) = rope_tables(cfg, &device)?;
+        // Tables in the weights' dtype (computed in f64/f32, then rounded once).
+        let (cos, sin) = (cos.to_dtype(embed.dtype())?, sin.to_dtype(embed.dtype())?);
         let named = layout
             .tensors()
             .into_iter()
@@ -180,7 +182,7 @@ impl Decoder {
     pub fn on_host(&self) -> bool {
         self.named
             .iter()
-            .all(|(_, t)| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+            .all(|(_, t)| super::Route::of(t).host && t.is_contiguous())
     }
 
     /// The weights by published name.
@@ -206,6 +208,8 @@ impl Decoder {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let half = self.cfg.head_dim / 2;
+        // The mask in the activations' dtype (bf16 on a GPU; MASKED stays finite there).
+        let mask = &mask.to_dtype(self.embed.dtype())?;
         let flat_pos = positions.flatten_all()?;
         let cos = self.cos.index_select(&flat_pos, 0)?.reshape((b, s, half))?;
         let sin = self.sin.index_select(&flat_pos, 0)?.reshape((b, s, half))?;
@@ -219,12 +223,13 @@ impl Decoder {
         Ok(x.reshape((b, s, self.cfg.hidden_size))?)
     }
 
-    /// hidden: (..., hidden) -> logits (..., vocab). `Mode::Train` keeps the gradient.
+    /// hidden: (..., hidden) -> logits (..., vocab), always f32 (a bf16 model's are upcast, so that
+    /// sampling and log-probs read them the same way). `Mode::Train` keeps the gradient.
     pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let h = *dims.last().expect("hidden has a last dim");
         let flat = hidden.reshape(((), h))?;
-        let out = matmul_t(&flat, &self.lm_head, mode)?;
+        let out = matmul_t(&flat, &self.lm_head, mode)?.to_dtype(DType::F32)?;
         let mut shape = dims;
         *shape.last_mut().expect("non-empty") = self.cfg.vocab_size;
         Ok(out.reshape(shape)?)
@@ -267,10 +272,14 @@ impl Decoder {
         let scores = (qg.matmul(&k.t()?)? / (hd as f64).sqrt())?
             .reshape((b, nh, s, t))?
             .broadcast_add(mask)?;
+        // The softmax in f32 whatever the weights' dtype (mixed precision), then back.
+        let dtype = scores.dtype();
+        let scores = scores.to_dtype(DType::F32)?;
         let probs = match mode {
             Mode::Infer => candle_nn::ops::softmax_last_dim(&scores)?,
             Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
-        };
+        }
+        .to_dtype(dtype)?;
         let attn = probs
             .reshape((b, nkv, n_rep * s, t))?
             .matmul(&v.contiguous()?)?

@@ -13,6 +13,7 @@ mod init;
 pub(crate) mod layout;
 mod optim;
 pub(crate) mod rope;
+mod route;
 mod sample;
 mod tokenizer;
 mod trainable;
@@ -30,6 +31,7 @@ pub use error::{ModelError, Result};
 pub use init::init_weights;
 pub use layout::{LayerLayout, Layout, Proj};
 pub use optim::{AdamW, AdamWConfig};
+pub use route::{DeviceChoice, DeviceKind, Route};
 pub use sample::{
     Finish, InferPath, Rng, Sample, SampleParams, generate, generate_on, pick, token_logprobs,
 };

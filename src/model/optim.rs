@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::error::{ModelError, Result};
+use super::route::Route;
 use super::trainable::{Grads, Trainable};
 use super::weights::TensorMap;
 
@@ -158,7 +159,7 @@ impl AdamW {
                 continue;
             };
             let w = var.as_tensor();
-            let host = w.device().is_cpu() && w.dtype() == DType::F32 && g.dtype() == DType::F32;
+            let host = Route::of(w).host && Route::of(g).host;
             if host {
                 let n = w.elem_count();
                 let entry = self
@@ -256,7 +257,7 @@ impl AdamW {
             let v = state.get(&format!("v.{name}")).ok_or_else(|| {
                 ModelError::Invalid(format!("optimizer state has `m.{name}` but no `v.{name}`"))
             })?;
-            let mo = if m.device().is_cpu() && m.dtype() == DType::F32 {
+            let mo = if Route::of(m).host {
                 Moments::Host {
                     m: m.flatten_all()?.to_vec1()?,
                     v: v.flatten_all()?.to_vec1()?,

@@ -43,6 +43,10 @@ pub struct Trainable {
     vars: BTreeMap<String, Var>,
     /// The gradient path; `Fused` on the CPU unless changed.
     pub path: GradPath,
+    /// The fused path computes the head's logits in chunks of at most this many floats (rows ×
+    /// vocabulary), recomputing them in the backward pass, so that no whole batch's logits are
+    /// held (default `cpu::HEAD_CHUNK_FLOATS`; the same gradients to float rounding whatever it is).
+    pub head_chunk_floats: usize,
 }
 
 impl Trainable {
@@ -56,16 +60,16 @@ impl Trainable {
                 .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
             vars.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?.copy()?)?);
         }
-        let cpu = vars.values().all(|v| v.device().is_cpu());
+        let path = match vars.values().next() {
+            Some(v) => super::Route::of(v.as_tensor()).grads,
+            None => GradPath::Autograd,
+        };
         Ok(Trainable {
             config: config.clone(),
             layout,
             vars,
-            path: if cpu {
-                GradPath::Fused
-            } else {
-                GradPath::Autograd
-            },
+            path,
+            head_chunk_floats: fused::HEAD_CHUNK_FLOATS,
         })
     }
 
@@ -112,6 +116,7 @@ impl Trainable {
                             pad,
                             from,
                             scale as f32,
+                            self.head_chunk_floats,
                         )
                     },
                     (b, s - from),
@@ -249,7 +254,15 @@ impl Trainable {
             .collect();
         self.fused_pass(
             |flat| {
-                fused::forward_shared(&self.config, &self.layout, flat, &shared, c, scale as f32)
+                fused::forward_shared(
+                    &self.config,
+                    &self.layout,
+                    flat,
+                    &shared,
+                    c,
+                    scale as f32,
+                    self.head_chunk_floats,
+                )
             },
             (rows, c),
             &device,
@@ -294,6 +307,37 @@ impl Trainable {
     }
 
     /// An immutable copy of the current weights.
+    /// The weights the policy samples with: a copy in the route's policy dtype (f32 on the CPU, bf16
+    /// on CUDA, where the variables stay the f32 master weights).
+    pub fn policy_weights(&self) -> Result<TensorMap> {
+        self.vars
+            .iter()
+            .map(|(k, v)| {
+                let t = v.as_tensor();
+                let dtype = super::Route::of(t).policy_dtype;
+                let w = if dtype == t.dtype() {
+                    t.copy()?
+                } else {
+                    t.to_dtype(dtype)?
+                };
+                Ok((k.clone(), w.detach()))
+            })
+            .collect()
+    }
+
+    /// The variables' own tensors (no copy), where the policy samples in their dtype; `None` where it
+    /// needs a converted copy (bf16 on CUDA). A decoder over them sees every later update, which
+    /// writes the variables in place: only for a policy that never samples during an update.
+    pub fn shared_weights(&self) -> Option<TensorMap> {
+        self.vars
+            .iter()
+            .map(|(k, v)| {
+                let t = v.as_tensor();
+                (super::Route::of(t).policy_dtype == t.dtype()).then(|| (k.clone(), t.detach()))
+            })
+            .collect()
+    }
+
     pub fn snapshot(&self) -> Result<TensorMap> {
         self.vars
             .iter()

@@ -6,11 +6,17 @@
 //!    the answer written as the corpus's own token; loss on the completion only, interleaved with
 //!    next-token batches so that standard mode is kept.
 //!
-//! The warm-up thought re-reads the end of the context and continues it: the last context tokens (up to
-//! `thought_bytes` bytes) copied after `<think>`, then the next token, which the box repeats. The guess
-//! is made where a language model is at home, right after the text it continues, and RL then shapes
-//! that continuation. Positions whose next token has unbalanced braces are skipped: such a token cannot
-//! be written inside `\boxed{}` and parsed back.
+//! Two kinds of warm-up thought:
+//! - **teacher thoughts**, where the corpus offers one for the position (`TokenizedDoc::teacher_at`,
+//!   from `corpus.teacher`'s solver): the solver's worked steps, then the box holds the rest of the
+//!   span they compute (e.g. the whole number after `=`). A share `teacher_share` of the answer-format
+//!   rows is drawn from such positions and teaches their thought (default 0: none).
+//! - the **generic thought** in every other row: the end of the context (up to `thought_bytes` bytes, at
+//!   least its last token) copied after `<think>`, then the next token, which the box repeats, so the
+//!   guess is made right after the text it continues.
+//!
+//! Positions whose answer has unbalanced braces are skipped: it cannot be written inside `\boxed{}`
+//! and parsed back.
 
 use std::path::Path;
 use std::time::Instant;
@@ -82,10 +88,13 @@ fn lm_window(docs: &[TokenizedDoc], len: usize, rng: &mut Rng) -> Vec<u32> {
     d.ids[start..start + len + 1].to_vec()
 }
 
-/// One warm-up example at a random position: (row ids, index where the completion starts).
+/// One warm-up example at position `t`: (row ids, index where the completion starts). With `teach`,
+/// the thought is the teacher's where `doc` offers one for `t`; otherwise the generic one (see the
+/// module doc).
 pub fn sft_example(
     doc: &TokenizedDoc,
     t: usize,
+    teach: bool,
     tok: &Tokenizer,
     prompt: &Prompt,
     cfg: &Config,
@@ -97,9 +106,19 @@ pub fn sft_example(
         cfg.states.max_context_tokens,
         cfg.states.max_target_bytes,
     )?;
-    let answer = std::str::from_utf8(tok.bytes(st.next_token)).ok()?;
+    let teacher = if teach { doc.teacher_at(t) } else { None };
+    // The answer: the corpus's own tokens, not the answer re-tokenized inside the braces (byte-level
+    // BPE would merge it with `{` or `}`), so the box holds exactly what the text continues with.
+    let answer: &[u32] = match teacher {
+        Some((_, k)) => &doc.ids[t..k],
+        None => &doc.ids[t..t + 1],
+    };
+    let bytes: Vec<u8> = answer
+        .iter()
+        .flat_map(|&id| tok.bytes(id).to_vec())
+        .collect();
     let mut depth = 0i32;
-    for c in answer.chars() {
+    for c in std::str::from_utf8(&bytes).ok()?.chars() {
         depth += (c == '{') as i32 - (c == '}') as i32;
         if depth < 0 {
             return None;
@@ -108,31 +127,48 @@ pub fn sft_example(
     if depth != 0 {
         return None;
     }
-    let mut k = 0;
-    let mut bytes = 0;
-    while k < st.context.len()
-        && (k == 0
-            || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len()
-                <= cfg.bootstrap.thought_bytes)
-    {
-        bytes += tok.bytes(st.context[st.context.len() - 1 - k]).len();
-        k += 1;
-    }
     let mut row = prompt.build(&st.context);
     let from = row.len();
-    row.extend_from_slice(&st.context[st.context.len() - k..]);
-    row.push(st.next_token);
+    match teacher {
+        Some((thought, _)) => row.extend(tok.encode(thought).ok()?),
+        None => {
+            let mut k = 0;
+            let mut bytes = 0;
+            while k < st.context.len()
+                && (k == 0
+                    || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len()
+                        <= cfg.bootstrap.thought_bytes)
+            {
+                bytes += tok.bytes(st.context[st.context.len() - 1 - k]).len();
+                k += 1;
+            }
+            row.extend_from_slice(&st.context[st.context.len() - k..]);
+            row.push(st.next_token);
+        }
+    }
     row.push(tok.token_id("</think>")?);
-    // The answer is the corpus's own token, not the answer re-tokenized inside the braces (byte-level
-    // BPE would merge it with `{` or `}`), so the box holds exactly what standard mode would predict.
     row.extend(tok.encode("\\boxed{").ok()?);
-    row.push(st.next_token);
+    row.extend_from_slice(answer);
     row.extend(tok.encode("}").ok()?);
     Some((row, from))
 }
 
+/// Every (document, position) of `docs` with a teacher thought.
+pub fn teacher_positions(docs: &[TokenizedDoc]) -> Vec<(usize, usize)> {
+    let mut out = vec![];
+    for (d, doc) in docs.iter().enumerate() {
+        for t in 1..doc.len() {
+            if doc.teacher_at(t).is_some() {
+                out.push((d, t));
+            }
+        }
+    }
+    out
+}
+
 fn sft_batch(
     docs: &[TokenizedDoc],
+    taught: &[(usize, usize)],
     n: usize,
     tok: &Tokenizer,
     prompt: &Prompt,
@@ -140,16 +176,25 @@ fn sft_batch(
     rng: &mut Rng,
 ) -> (Vec<Vec<u32>>, Vec<usize>) {
     let (mut rows, mut from) = (vec![], vec![]);
+    let mut tries = 0usize;
     while rows.len() < n {
-        let d = &docs[rng.below(docs.len())];
-        if d.len() < 2 {
-            continue;
-        }
-        let t = 1 + rng.below(d.len() - 1);
-        if let Some((r, f)) = sft_example(d, t, tok, prompt, cfg) {
+        tries += 1;
+        let share = cfg.bootstrap.teacher_share;
+        let (d, t, teach) = if share > 0.0 && !taught.is_empty() && rng.next_f64() < share {
+            let (d, t) = taught[rng.below(taught.len())];
+            (d, t, true)
+        } else {
+            let d = rng.below(docs.len());
+            if docs[d].len() < 2 {
+                continue;
+            }
+            (d, 1 + rng.below(docs[d].len() - 1), false)
+        };
+        if let Some((r, f)) = sft_example(&docs[d], t, teach, tok, prompt, cfg) {
             rows.push(r);
             from.push(f);
         }
+        assert!(tries < 1_000_000, "no position gives a warm-up example");
     }
     (rows, from)
 }
@@ -305,6 +350,11 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     }
     bar.finish();
 
+    let taught = teacher_positions(&splits.train);
+    tracing::info!(
+        positions = taught.len(),
+        "training positions with a teacher thought"
+    );
     let bar = progress(b.sft_steps as u64, "warm-up");
     let mut sft_loss = f64::NAN;
     let sft_lr = b.lr / 3.0;
@@ -317,7 +367,15 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
             let n = rows.len();
             (rows, vec![1; n])
         } else {
-            sft_batch(&splits.train, b.batch, &tok, &prompt, cfg, &mut rng)
+            sft_batch(
+                &splits.train,
+                &taught,
+                b.batch,
+                &tok,
+                &prompt,
+                cfg,
+                &mut rng,
+            )
         };
         let (loss, grads) = nll_grads(&params, &rows, &from, device)?;
         let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
@@ -363,6 +421,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
             cfg.states.max_target_bytes,
         ) {
             items.push(EvalItem {
+                taught: d.teacher_at(state.pos).is_some(),
                 state,
                 entropy: None,
             });

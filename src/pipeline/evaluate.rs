@@ -1,6 +1,9 @@
 //! Next-token accuracy (METHOD §5): standard mode (greedy next token on the raw context) and reasoning
 //! mode (one templated completion, its `\boxed{}` answer), both scored with the `prefix_match` rule, per
-//! difficulty split, with the format-failure rate of reasoning mode.
+//! difficulty split, with the format-failure rate of reasoning mode and the standard error of each
+//! accuracy (√(p(1 − p)/n)). Positions where the corpus offers a teacher thought (a computed number
+//! of the built-in corpus) are also scored on their own, as the `taught` split: where a thought can
+//! do work that a direct prediction cannot.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +18,8 @@ use crate::reward::{answer_closed, parse_prediction, prefix_match};
 pub struct EvalItem {
     pub state: State,
     pub entropy: Option<f32>,
+    /// The corpus offers a teacher thought for this position.
+    pub taught: bool,
 }
 
 /// Accuracy of one split.
@@ -27,11 +32,15 @@ pub struct SplitScore {
     pub standard_accuracy: f64,
     pub reasoning_accuracy: f64,
     pub format_failure_rate: f64,
+    /// Standard errors of the two accuracies, √(p(1 − p)/n).
+    pub standard_se: f64,
+    pub reasoning_se: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct EvalReport {
-    /// `all`, and `easy` / `medium` / `hard` when entropies are known.
+    /// `all`, `easy` / `medium` / `hard` when entropies are known, and `taught` when any position has
+    /// a teacher thought.
     pub splits: BTreeMap<String, SplitScore>,
     /// Format failures of reasoning mode by reason.
     pub failures_by_reason: BTreeMap<String, usize>,
@@ -101,6 +110,9 @@ pub fn evaluate(
                     .map(|d| d.as_str()),
             );
         }
+        if item.taught {
+            splits.push("taught");
+        }
         for name in splits {
             let s = report.splits.entry(name.to_string()).or_default();
             s.positions += 1;
@@ -114,25 +126,36 @@ pub fn evaluate(
         s.standard_accuracy = s.standard_correct as f64 / n;
         s.reasoning_accuracy = s.reasoning_correct as f64 / n;
         s.format_failure_rate = s.format_failures as f64 / n;
+        s.standard_se = standard_error(s.standard_accuracy, s.positions);
+        s.reasoning_se = standard_error(s.reasoning_accuracy, s.positions);
     }
     Ok(report)
 }
 
+/// √(p(1 − p)/n), the standard error of an accuracy `p` over `n` positions (0 for none).
+pub fn standard_error(p: f64, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    (p * (1.0 - p) / n as f64).sqrt()
+}
+
 impl EvalReport {
-    /// A table: one row per split.
+    /// A table: one row per split, accuracies ± their standard errors, in percent.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<8} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:<8} {:>9} {:>13} {:>13} {:>11}\n",
             "split", "positions", "standard", "reasoning", "format-fail"
         );
-        for name in ["all", "easy", "medium", "hard"] {
+        for name in ["all", "easy", "medium", "hard", "taught"] {
             if let Some(s) = self.splits.get(name) {
+                let pct = |p: f64, se: f64| format!("{:.1}±{:.1}%", 100.0 * p, 100.0 * se);
                 out.push_str(&format!(
-                    "{:<8} {:>9} {:>9.1}% {:>9.1}% {:>10.1}%\n",
+                    "{:<8} {:>9} {:>13} {:>13} {:>10.1}%\n",
                     name,
                     s.positions,
-                    100.0 * s.standard_accuracy,
-                    100.0 * s.reasoning_accuracy,
+                    pct(s.standard_accuracy, s.standard_se),
+                    pct(s.reasoning_accuracy, s.reasoning_se),
                     100.0 * s.format_failure_rate
                 ));
             }

@@ -10,8 +10,10 @@ pub mod train;
 
 use candle_core::Tensor;
 
-use crate::config::Config;
-use crate::env::{JsonlFields, TokenizedDoc, generate_corpus, read_corpus, split_documents};
+use crate::config::{Config, TeacherKind};
+use crate::env::{
+    JsonlFields, TokenizedDoc, arithmetic_thoughts, generate_corpus, read_corpus, split_documents,
+};
 use crate::error::Result;
 use crate::model::{Decoder, Mode, Tokenizer, left_pad, token_logprobs};
 
@@ -51,9 +53,16 @@ pub struct Splits {
 
 pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Result<Splits> {
     let (train, held) = split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
+    let teacher = cfg.corpus.teacher;
     let docs = |idx: Vec<usize>| -> Result<Vec<TokenizedDoc>> {
         idx.into_iter()
-            .map(|i| Ok(TokenizedDoc::new(i, &texts[i], tok)?))
+            .map(|i| {
+                let doc = TokenizedDoc::new(i, &texts[i], tok)?;
+                Ok(match teacher {
+                    TeacherKind::Arithmetic => doc.with_thoughts(arithmetic_thoughts(&texts[i])),
+                    TeacherKind::None => doc,
+                })
+            })
             .collect()
     };
     Ok(Splits {

@@ -139,7 +139,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     if let (Some(dir), true) = (&latest, opts.resume) {
         checkpoint::restore(dir, &mut learner, &weights, opt_step)?;
     }
-    let current = Arc::new(Decoder::new(&base.config, &weights)?);
+    let current = Arc::new(Decoder::new(&base.config, &learner.policy_weights()?)?);
     let ema = match &learner.ema {
         Some(phi) => Some(Arc::new(Decoder::new(&base.config, phi)?)),
         None => None,
