@@ -107,7 +107,7 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         .model
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("--work grpo needs --model DIR"))?;
-    let ck = super::load_checkpoint(dir)?;
+    let mut ck = super::load_checkpoint(dir)?;
     let mut cfg = rpt::config::Config::default();
     cfg.rollout.group_size = a.group;
     cfg.rollout.states_per_step = a.prompts_per_step;
@@ -122,6 +122,8 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         cfg.rollout.kv_cache_tokens = t;
     }
     let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
+    // The learner holds the weights from here on, as in a run.
+    ck.weights.clear();
     let prompt = rpt::prompt::Prompt::new("{context}", &ck.tokenizer)?;
     let reward = rpt::reward::by_name("prefix_match")?;
     let params = SampleParams {

@@ -76,7 +76,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
             run.display()
         )));
     }
-    let base = Checkpoint::load(&cfg.model.path, device)?;
+    let mut base = Checkpoint::load(&cfg.model.path, device)?;
     let prompt = Prompt::new(&cfg.prompt.template, &base.tokenizer)?;
     super::checks::check_lengths(cfg, &base.config, &prompt, &cfg.model.path)?;
     let saved_path = run.join("config.toml");
@@ -144,6 +144,9 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         Some(phi) => Some(Arc::new(Decoder::new(&base.config, phi)?)),
         None => None,
     };
+    // The learner holds the weights from here on: the loaded copies go (a model's size of memory).
+    drop(weights);
+    base.weights.clear();
 
     // Every check has passed: from here on the run directory is written.
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
