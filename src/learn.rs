@@ -376,6 +376,9 @@ fn combine(a: &LossStats, b: &LossStats) -> LossStats {
         approx_kl: mean(a.approx_kl, b.approx_kl),
         kl_ref: mean(a.kl_ref, b.kl_ref),
         entropy: mean(a.entropy, b.entropy),
+        mismatch_max: a.mismatch_max.max(b.mismatch_max),
+        mismatch_mean: mean(a.mismatch_mean, b.mismatch_mean),
+        mismatch_k3: mean(a.mismatch_k3, b.mismatch_k3),
         tokens: a.tokens + b.tokens,
     }
 }

@@ -339,3 +339,60 @@ fn chunked_head_gradients_equal_one_chunk() -> Result<()> {
     }
     Ok(())
 }
+
+/// The trainer/sampler mismatch on a batch's first pass: about zero where the learner scores the
+/// sampler's own weights (the CPU paths compute the same numbers), and clearly not where one weight
+/// of the learner is perturbed.
+#[test]
+fn the_mismatch_is_zero_for_the_same_weights_and_not_for_perturbed_ones() -> Result<()> {
+    use rpt::model::{SampleParams, Tensor, generate};
+    let ck = Checkpoint::load(&fixture("qwen2"), &Device::Cpu)?;
+    let model = ck.decoder()?;
+    let mut cfg = Config::default();
+    cfg.rollout.max_new_tokens = 8;
+    let params = SampleParams {
+        temperature: cfg.rollout.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: 8,
+    };
+    let mut b = batch(2, 4, 500, 3);
+    for (k, g) in b.iter_mut().enumerate() {
+        let prompts = vec![g.group.prompt.clone(); g.group.completions.len()];
+        let seeds: Vec<u64> = (0..prompts.len() as u64)
+            .map(|i| 10 * k as u64 + i)
+            .collect();
+        for (c, s) in g.group.completions.iter_mut().zip(generate(
+            &model,
+            &prompts,
+            &params,
+            &seeds,
+            &[],
+            &|_, _| false,
+        )?) {
+            c.tokens = s.tokens;
+            c.logprobs = s.logprobs;
+            c.thought_len = c.tokens.len() - 2;
+        }
+    }
+    let adv = advantages(&b);
+    let (same, _) = Learner::new(&cfg, &ck.weights, &ck.config)?.gradients(&b, &adv)?;
+    assert!(same.tokens > 0);
+    assert!(same.mismatch_max < 1e-4, "{same:?}");
+    assert!(same.mismatch_k3.abs() < 1e-8, "{same:?}");
+
+    let mut perturbed = ck.weights.clone();
+    let name = "model.layers.0.mlp.down_proj.weight";
+    let w: &Tensor = &perturbed[name];
+    perturbed.insert(name.into(), (w * 1.5)?);
+    let (off, _) = Learner::new(&cfg, &perturbed, &ck.config)?.gradients(&b, &adv)?;
+    assert!(
+        off.mismatch_max > 1e-3 && off.mismatch_mean > 1e-4,
+        "{off:?}"
+    );
+    assert!(
+        off.mismatch_k3 > 0.0 && off.mismatch_max >= off.mismatch_mean,
+        "{off:?}"
+    );
+    Ok(())
+}

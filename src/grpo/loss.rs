@@ -41,6 +41,12 @@ pub struct LossStats {
     pub kl_ref: f64,
     /// Mean `−log π_old` of the sampled tokens (an estimate of the policy's entropy).
     pub entropy: f64,
+    /// Trainer/sampler mismatch over the loss tokens, |log π_θ − log π_old|: its largest and mean
+    /// value, and the k3 estimate of KL(π_old ‖ π_θ), (ρ − 1) − log ρ. On a batch's first pass (the
+    /// learner's weights are the sampler's) it is the disagreement of the two implementations.
+    pub mismatch_max: f64,
+    pub mismatch_mean: f64,
+    pub mismatch_k3: f64,
     pub tokens: usize,
 }
 
@@ -125,6 +131,7 @@ fn stats(
         ..LossStats::default()
     };
     let (mut low, mut high, mut kl, mut klr, mut ent) = (0usize, 0usize, 0f64, 0f64, 0f64);
+    let (mut mis_max, mut mis, mut mis_k3) = (0f64, 0f64, 0f64);
     for i in 0..mask.len() {
         for j in 0..mask[i].len() {
             if mask[i][j] == 0.0 {
@@ -136,6 +143,10 @@ fn stats(
             high += (r > 1.0 + cfg.epsilon_high && adv[i] > 0.0) as usize;
             kl += (old[i][j] - logp[i][j]) as f64;
             ent -= old[i][j] as f64;
+            let d = (logp[i][j] - old[i][j]) as f64;
+            mis_max = mis_max.max(d.abs());
+            mis += d.abs();
+            mis_k3 += d.exp_m1() - d;
             if let Some(k) = &k3 {
                 klr += k[i][j] as f64;
             }
@@ -147,6 +158,9 @@ fn stats(
     s.approx_kl = kl / n;
     s.kl_ref = klr / n;
     s.entropy = ent / n;
+    s.mismatch_max = mis_max;
+    s.mismatch_mean = mis / n;
+    s.mismatch_k3 = mis_k3 / n;
     Ok(s)
 }
 
@@ -290,5 +304,27 @@ mod tests {
         assert!((stats.kl_ref - k3).abs() < 1e-6);
         c.beta = 0.5;
         assert!(grpo_loss(logp.as_tensor(), &old, None, &adv, &mask, &c).is_err());
+    }
+
+    #[test]
+    fn mismatch_statistics_by_hand() {
+        // Two rows, the last column of row 1 masked: d = logp − old over the loss tokens.
+        let logp = t2(&[&[-1.0, -2.0], &[-0.5, -3.0]]);
+        let old = t2(&[&[-1.0, -2.5], &[-0.2, -9.0]]);
+        let mask = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+        let adv = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
+        let (_, s) = grpo_loss(&logp, &old, None, &adv, &mask, &cfg(LossAgg::TokenMean)).unwrap();
+        let d = [0.0f64, 0.5, -0.3];
+        let k3 = |x: f64| x.exp() - 1.0 - x;
+        assert!((s.mismatch_max - 0.5).abs() < 1e-6, "{s:?}");
+        assert!((s.mismatch_mean - 0.8 / 3.0).abs() < 1e-6, "{s:?}");
+        let want = d.iter().map(|&x| k3(x)).sum::<f64>() / 3.0;
+        assert!((s.mismatch_k3 - want).abs() < 1e-6, "{s:?} vs {want}");
+        // The same log-probs: no mismatch at all.
+        let (_, z) = grpo_loss(&old, &old, None, &adv, &mask, &cfg(LossAgg::TokenMean)).unwrap();
+        assert_eq!(
+            (z.mismatch_max, z.mismatch_mean, z.mismatch_k3),
+            (0.0, 0.0, 0.0)
+        );
     }
 }

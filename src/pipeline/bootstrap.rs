@@ -351,10 +351,13 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     bar.finish();
 
     let taught = teacher_positions(&splits.train);
-    tracing::info!(
-        positions = taught.len(),
-        "training positions with a teacher thought"
-    );
+    if b.teacher_share > 0.0 {
+        tracing::info!(
+            positions = taught.len(),
+            share = b.teacher_share,
+            "warm-up rows taught a teacher thought"
+        );
+    }
     let bar = progress(b.sft_steps as u64, "warm-up");
     let mut sft_loss = f64::NAN;
     let sft_lr = b.lr / 3.0;
