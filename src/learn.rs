@@ -22,6 +22,8 @@ pub struct UpdateStats {
     pub advantage_mean: f64,
     pub advantage_std: f64,
     pub optimizer_steps: u64,
+    /// The step's model FLOPs (`crate::flops`): sampling and scoring its groups, and this update.
+    pub flops: crate::flops::StepFlops,
 }
 
 pub struct Learner {
@@ -89,9 +91,24 @@ impl Learner {
         let std = (flat.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>()
             / flat.len().max(1) as f64)
             .sqrt();
+        let shapes: Vec<(usize, Vec<usize>)> = batch
+            .iter()
+            .map(|g| {
+                let lens = g.group.completions.iter().map(|c| c.tokens.len());
+                (g.group.prompt.len(), lens.collect())
+            })
+            .collect();
+        let needs = crate::reward::by_name(&self.cfg.reward.variant)?.needs();
         let mut stats = UpdateStats {
             advantage_mean: mean,
             advantage_std: std,
+            flops: crate::flops::grpo_step(
+                &self.params.config,
+                &shapes,
+                crate::flops::scoring_passes(&needs),
+                self.cfg.grpo.ppo_epochs as u64,
+                self.reference.is_some(),
+            ),
             ..Default::default()
         };
         let slices = self.cfg.grpo.mini_batches.min(batch.len()).max(1);

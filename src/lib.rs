@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod env;
 pub mod error;
+pub mod flops;
 pub mod grpo;
 pub mod model;
 pub mod pipeline;

@@ -174,6 +174,19 @@ fn same_seed_same_metrics_and_resume_matches_an_uninterrupted_run() -> Result<()
         ma.iter().all(|m| m["grad_norm"].as_f64().unwrap() > 0.0),
         "a step had no learning signal"
     );
+    // Model FLOPs: each step's phases add up, and the cumulative count is their running sum (and
+    // continues across the resume below, since the resumed metrics must equal these).
+    let mut sum = 0;
+    for m in &ma {
+        let f = |k: &str| m[k].as_u64().unwrap();
+        assert!(f("flops_sampling") > 0 && f("flops_scoring") > 0 && f("flops_update") > 0);
+        assert_eq!(
+            f("flops"),
+            f("flops_sampling") + f("flops_scoring") + f("flops_update")
+        );
+        sum += f("flops");
+        assert_eq!(f("flops_cumulative"), sum);
+    }
 
     // Stopped after step 2 (its checkpoint), then resumed to 4.
     let mut c = run_config("resume");
@@ -494,5 +507,136 @@ fn a_damaged_optimizer_state_is_named_and_nothing_is_rewritten() -> Result<()> {
     assert!(e.contains("optimizer.safetensors"), "{e}");
     assert_eq!(std::fs::read(cfg.run_dir.join("config.toml"))?, saved);
     assert_eq!(std::fs::read(cfg.run_dir.join("metrics.jsonl"))?, lines);
+    Ok(())
+}
+
+/// The next-token baseline: its training loss falls, each step's FLOPs are the formula's for the
+/// windows it trained on (replayed here from the same environment), and it stops at its budget.
+#[test]
+fn the_next_token_baseline_lowers_its_loss_and_counts_flops_by_the_formula() -> Result<()> {
+    use rpt::env::{CorpusEnvironment, Environment};
+    let mut cfg = run_config("next-token");
+    cfg.train.objective = rpt::config::Objective::NextToken;
+    cfg.train.steps = 24;
+    cfg.train.checkpoint_every = 10;
+    cfg.optim.lr = 3e-3;
+    let s = rpt::pipeline::next_token::train_next_token(&cfg, &Device::Cpu)?;
+    assert_eq!(s.steps, 24);
+    let m = metrics(&cfg);
+    assert_eq!(m.len(), 24);
+    let loss = |r: std::ops::Range<usize>| {
+        r.clone()
+            .map(|i| m[i]["loss"].as_f64().unwrap())
+            .sum::<f64>()
+            / r.len() as f64
+    };
+    assert!(
+        loss(18..24) < loss(0..6) - 0.05,
+        "{} -> {}",
+        loss(0..6),
+        loss(18..24)
+    );
+    // The same windows, from the same environment.
+    let ck = Checkpoint::load(&cfg.model.path, &Device::Cpu)?;
+    let texts = load_texts(&cfg)?;
+    let index = prepare::load_index(&cfg, Split::Train, &texts)?;
+    let splits = tokenize_splits(&cfg, &texts, &ck.tokenizer)?;
+    let mut env = CorpusEnvironment::new(
+        splits.train,
+        index.positions_at_least(cfg.states.min_entropy),
+        ck.tokenizer.clone(),
+        cfg.states.max_context_tokens,
+        cfg.states.max_target_bytes,
+        cfg.seed,
+    );
+    let rows = cfg.rollout.states_per_step * cfg.rollout.group_size;
+    let mut sum = 0;
+    for line in &m {
+        let lens: Vec<usize> = (0..rows)
+            .map(|_| env.next_state().unwrap().context.len() + 1)
+            .collect();
+        let want = rpt::flops::next_token_step(&ck.config, &lens);
+        assert_eq!(line["flops"].as_u64().unwrap(), want);
+        assert_eq!(
+            line["tokens"].as_u64().unwrap() as usize,
+            lens.iter().sum::<usize>()
+        );
+        sum += want;
+        assert_eq!(line["flops_cumulative"].as_u64().unwrap(), sum);
+    }
+    assert_eq!(s.flops, sum);
+    assert!(
+        rpt::checkpoint::latest(&cfg.run_dir)?
+            .unwrap()
+            .ends_with("step-000024")
+    );
+
+    // A budget: the run stops at the first step that reaches it.
+    let mut b = run_config("next-token-budget");
+    b.train.objective = rpt::config::Objective::NextToken;
+    b.train.steps = 24;
+    b.train.flop_budget = sum / 3;
+    let t = rpt::pipeline::next_token::train_next_token(&b, &Device::Cpu)?;
+    let mb = metrics(&b);
+    assert!(t.steps < 24 && t.flops >= sum / 3, "{t:?}");
+    assert!(mb[mb.len() - 2]["flops_cumulative"].as_u64().unwrap() < sum / 3);
+    assert!(
+        rpt::checkpoint::latest(&b.run_dir)?
+            .unwrap()
+            .ends_with(format!("step-{:06}", t.steps))
+    );
+    // It does not write over a run.
+    let e = rpt::pipeline::next_token::train_next_token(&b, &Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("already holds checkpoints"), "{e}");
+    Ok(())
+}
+
+/// `rpt eval --run`: the starting model and every checkpoint, against cumulative FLOPs from the
+/// run's metrics, written to the run directory; a run without FLOPs is named before any evaluation.
+#[test]
+fn eval_over_a_runs_checkpoints_against_compute() -> Result<()> {
+    let mut cfg = run_config("eval-run");
+    cfg.train.steps = 4;
+    cfg.train.checkpoint_every = 2;
+    run(&cfg, TrainOptions::default())?;
+    let dir = cfg.run_dir.display().to_string();
+    let (ok, out, err) = common::rpt_cli(&["eval", "--run", &dir, "--json"], &[])?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        cfg.run_dir.join("accuracy_vs_compute.json"),
+    )?)?;
+    assert_eq!(v, saved);
+    let points = v["points"].as_array().unwrap();
+    let steps: Vec<u64> = points.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 4]);
+    let m = metrics(&cfg);
+    assert_eq!(points[0]["flops"], 0);
+    assert_eq!(points[1]["flops"], m[1]["flops_cumulative"]);
+    assert_eq!(points[2]["flops"], m[3]["flops_cumulative"]);
+    assert!(
+        points
+            .iter()
+            .all(|p| p["splits"]["all"]["positions"].as_u64() == Some(12))
+    );
+    assert!(!v["samples_after"].as_array().unwrap().is_empty());
+
+    // Metrics without FLOPs (an earlier version's run): named, nothing evaluated.
+    let text = std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))?;
+    let stripped: String = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("flops_cumulative");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(cfg.run_dir.join("metrics.jsonl"), stripped)?;
+    let (ok, _, err) = common::rpt_cli(&["eval", "--run", &dir], &[])?;
+    assert!(
+        !ok && err.contains("no `flops_cumulative` for step 2"),
+        "{err}"
+    );
+    assert!(!err.contains("split"), "it stops before evaluating: {err}");
     Ok(())
 }

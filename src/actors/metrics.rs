@@ -63,6 +63,10 @@ pub fn step_line(
         "entropy": u.loss.entropy,
         "approx_kl": u.loss.approx_kl,
         "kl_ref": u.loss.kl_ref,
+        "flops": u.flops.total(),
+        "flops_sampling": u.flops.sampling,
+        "flops_scoring": u.flops.scoring,
+        "flops_update": u.flops.update,
         "logprob_mismatch_max": u.loss.mismatch_max,
         "logprob_mismatch_mean": u.loss.mismatch_mean,
         "logprob_mismatch_k3": u.loss.mismatch_k3,
@@ -88,11 +92,26 @@ pub fn step_line(
     })
 }
 
+/// `flops_cumulative` of the last line of a metrics file (0 when there is none): where a resumed run's
+/// count continues from.
+pub fn last_cumulative_flops(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().rev().find(|l| !l.trim().is_empty())?.to_string();
+            serde_json::from_str::<serde_json::Value>(&line).ok()
+        })
+        .and_then(|v| v["flops_cumulative"].as_u64())
+        .unwrap_or(0)
+}
+
 pub struct MetricsActor;
 
 pub struct MetricsState {
     file: std::fs::File,
     bar: indicatif::ProgressBar,
+    /// Model FLOPs of every step so far, the resumed ones included (read back from the file).
+    flops_cumulative: u64,
 }
 
 pub struct MetricsArgs {
@@ -111,11 +130,16 @@ impl Actor for MetricsActor {
         _: ActorRef<MetricsMsg>,
         a: MetricsArgs,
     ) -> Result<MetricsState, ActorProcessingErr> {
+        let flops_cumulative = last_cumulative_flops(&a.path);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&a.path)?;
-        Ok(MetricsState { file, bar: a.bar })
+        Ok(MetricsState {
+            file,
+            bar: a.bar,
+            flops_cumulative,
+        })
     }
 
     async fn handle(
@@ -125,7 +149,9 @@ impl Actor for MetricsActor {
         st: &mut MetricsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MetricsMsg::Step(v) => {
+            MetricsMsg::Step(mut v) => {
+                st.flops_cumulative += v["flops"].as_u64().unwrap_or(0);
+                v["flops_cumulative"] = st.flops_cumulative.into();
                 writeln!(st.file, "{v}")?;
                 st.file.flush()?;
                 let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);

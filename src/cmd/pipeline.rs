@@ -103,8 +103,13 @@ pub fn prepare_and_print(cfg: &Config) -> Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     /// Checkpoint to evaluate (default: the config's `model.path`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run")]
     pub model: Option<PathBuf>,
+    /// Evaluate a run: its starting model and every checkpoint, against the model FLOPs spent to
+    /// reach it, with `accuracy = a − b·C^(−α)` fitted per split and mode; written to
+    /// RUN_DIR/accuracy_vs_compute.json. The run's own `config.toml` is used.
+    #[arg(long, conflicts_with = "config")]
+    pub run: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     #[arg(long)]
@@ -141,6 +146,9 @@ pub fn eval_items(cfg: &Config, tok: &rpt::model::Tokenizer) -> Result<Vec<EvalI
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    if let Some(run) = &a.run {
+        return eval_run(run, a.json);
+    }
     let cfg = load_config(a.config.config.as_deref())?;
     let dir = a.model.clone().unwrap_or_else(|| cfg.model.path.clone());
     let ck = super::load_checkpoint(&dir)?;
@@ -177,4 +185,107 @@ pub fn eval_report(
         cfg.seed,
         32,
     )?)
+}
+
+/// `rpt eval --run RUN_DIR`: accuracy of the starting model and of every checkpoint against cumulative
+/// model FLOPs, and the power-law fit per split and mode.
+fn eval_run(run: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(&run.join("config.toml"))
+        .with_context(|| format!("{}: not a run directory", run.display()))?;
+    let metrics_path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics_path)
+        .with_context(|| format!("{}: a run's metrics", metrics_path.display()))?;
+    let mut flops_at = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", metrics_path.display(), i + 1))?;
+        if let (Some(s), Some(f)) = (v["step"].as_u64(), v["flops_cumulative"].as_u64()) {
+            flops_at.insert(s, f);
+        }
+    }
+    let root = run.join("checkpoints");
+    let mut steps: Vec<u64> = std::fs::read_dir(&root)
+        .with_context(|| format!("{}: no checkpoints", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("step-")?.parse().ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    // Every checkpoint's compute first, so that a run without it fails before any evaluation.
+    let mut todo = vec![(0u64, cfg.model.path.clone(), 0u64)];
+    for step in steps {
+        let flops = *flops_at.get(&step).with_context(|| {
+            format!(
+                "{}: no `flops_cumulative` for step {step} (a run of an earlier version of rpt?)",
+                metrics_path.display()
+            )
+        })?;
+        todo.push((step, root.join(format!("step-{step:06}")), flops));
+    }
+    let mut points = vec![];
+    let mut reports = vec![];
+    for (step, dir, flops) in todo {
+        let ck = super::load_checkpoint(&dir)?;
+        let r = eval_report(&cfg, &ck, &dir)
+            .with_context(|| format!("evaluating {}", dir.display()))?;
+        eprintln!("step {step:>6}  {:.3e} FLOPs\n{}", flops as f64, r.table());
+        points.push(serde_json::json!({"step": step, "flops": flops, "checkpoint": dir, "splits": r.splits}));
+        reports.push((flops, r));
+    }
+    let mut fits = serde_json::Map::new();
+    for split in ["easy", "medium", "hard", "taught"] {
+        for mode in ["standard", "reasoning"] {
+            let pts: Vec<(f64, f64)> = reports
+                .iter()
+                .filter_map(|(c, r)| {
+                    let s = r.splits.get(split)?;
+                    let acc = if mode == "standard" {
+                        s.standard_accuracy
+                    } else {
+                        s.reasoning_accuracy
+                    };
+                    Some((*c as f64, acc))
+                })
+                .collect();
+            if let Some(f) = rpt::pipeline::curve::fit_power_law(&pts) {
+                fits.insert(format!("{split}/{mode}"), serde_json::to_value(f)?);
+            }
+        }
+    }
+    let out = serde_json::json!({
+        "run": run,
+        "objective": cfg.train.objective,
+        "eval_positions": cfg.eval.positions,
+        "eval_temperature": cfg.eval.temperature,
+        "fit": "accuracy = a - b * flops^(-alpha), over the checkpoints (the starting model at 0 FLOPs is not fitted)",
+        "points": points,
+        "fits": fits,
+        "samples_before": reports.first().map(|r| &r.1.samples),
+        "samples_after": reports.last().map(|r| &r.1.samples),
+    });
+    let path = run.join("accuracy_vs_compute.json");
+    rpt::model::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "{:<16} {:>9} {:>9} {:>9} {:>7}",
+            "split/mode", "a", "b", "alpha", "R2"
+        );
+        for (k, f) in &fits {
+            let g = |x: &str| f[x].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{:<16} {:>9.4} {:>9.3e} {:>9.4} {:>7.3}",
+                k,
+                g("a"),
+                g("b"),
+                g("alpha"),
+                g("r2")
+            );
+        }
+        println!("written: {}", path.display());
+    }
+    Ok(())
 }

@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// learning rate, ...) differ from the run's saved config. The old config is kept beside the new.
     #[arg(long, requires = "resume")]
     pub allow_config_change: bool,
+    /// Set `train.flop_budget` to the model FLOPs that run spent (its last `flops_cumulative`): a
+    /// `next_token` baseline at the same compute.
+    #[arg(long)]
+    pub flops_of: Option<PathBuf>,
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -36,6 +40,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     if let Some(d) = &a.run_dir {
         cfg.run_dir = d.clone();
+    }
+    if let Some(other) = &a.flops_of {
+        cfg.train.flop_budget = rpt::pipeline::next_token::run_flops(other)?;
+    }
+    let next_token = cfg.train.objective == rpt::config::Objective::NextToken;
+    if next_token && a.resume {
+        anyhow::bail!(
+            "train.objective = \"next_token\": such a run does not resume; start a new `run_dir`"
+        );
     }
     if cfg.model.bootstrap_if_missing {
         ensure_builtin(&cfg, &cfg.model.path, false)?;
@@ -58,26 +71,42 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     } else {
         None
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let t0 = std::time::Instant::now();
-    let summary = rt.block_on(train(
-        &cfg,
-        &TrainOptions {
-            resume: a.resume,
-            allow_config_change: a.allow_config_change,
-            ..Default::default()
-        },
-        &device,
-    ))?;
-    println!(
-        "trained {} steps in {:.0} s ({} states re-issued); metrics: {}",
-        summary.steps,
-        t0.elapsed().as_secs_f64(),
-        summary.reissued,
-        cfg.run_dir.join("metrics.jsonl").display()
-    );
+    if next_token {
+        let s = rpt::pipeline::next_token::train_next_token(&cfg, &device)?;
+        println!(
+            "next-token training: {} steps, {:.3e} FLOPs (budget {:.3e}), loss {:.4} -> {:.4}, in {:.0} s; \
+             metrics: {}",
+            s.steps,
+            s.flops as f64,
+            cfg.train.flop_budget as f64,
+            s.first_loss,
+            s.last_loss,
+            t0.elapsed().as_secs_f64(),
+            cfg.run_dir.join("metrics.jsonl").display()
+        );
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let summary = rt.block_on(train(
+            &cfg,
+            &TrainOptions {
+                resume: a.resume,
+                allow_config_change: a.allow_config_change,
+                ..Default::default()
+            },
+            &device,
+        ))?;
+        println!(
+            "trained {} steps in {:.0} s ({} states re-issued); metrics: {}, {:.3e} model FLOPs",
+            summary.steps,
+            t0.elapsed().as_secs_f64(),
+            summary.reissued,
+            cfg.run_dir.join("metrics.jsonl").display(),
+            rpt::actors::last_cumulative_flops(&cfg.run_dir.join("metrics.jsonl")) as f64
+        );
+    }
     if cfg.train.eval_before_after {
         let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
         let ck = super::load_checkpoint(&dir)?;

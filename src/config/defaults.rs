@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Advantage, CorpusKind, LossTokens, TeacherKind};
+use super::{Advantage, CorpusKind, LossTokens, Objective, TeacherKind};
 use crate::grpo::{LossAgg, ScaleRewards};
 
 pub(super) fn default_run_dir() -> PathBuf {
@@ -152,4 +152,7 @@ pub(super) fn default_teacher() -> TeacherKind {
 }
 pub(super) fn default_teacher_share() -> f64 {
     0.0
+}
+pub(super) fn default_objective() -> Objective {
+    Objective::Rpt
 }

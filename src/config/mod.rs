@@ -74,6 +74,16 @@ pub enum TeacherKind {
     None,
 }
 
+/// `train.objective`: what a run optimises.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Reinforcement pre-training (the actor system: sample, verify, GRPO).
+    Rpt,
+    /// Next-token prediction on the same training positions: the baseline at equal compute.
+    NextToken,
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +332,14 @@ pub struct TrainSection {
     /// Evaluate held-out accuracy before and after training.
     #[serde(default = "yes")]
     pub eval_before_after: bool,
+    /// `rpt` (the RPT loop) or `next_token` (the baseline: plain next-token training on the same
+    /// positions; see `pipeline::next_token`).
+    #[serde(default = "default_objective")]
+    pub objective: Objective,
+    /// Model FLOPs a `next_token` run may spend (0: no limit but `steps`); `rpt train --flops-of
+    /// RUN_DIR` sets it to what that run spent.
+    #[serde(default)]
+    pub flop_budget: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

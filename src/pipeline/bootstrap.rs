@@ -463,7 +463,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
 }
 
 /// The masked next-token loss of `rows` (see `masked_nll`) and its gradients.
-fn nll_grads(
+pub(super) fn nll_grads(
     params: &Trainable,
     rows: &[Vec<u32>],
     loss_from: &[usize],

@@ -44,7 +44,26 @@ pub struct EvalReport {
     pub splits: BTreeMap<String, SplitScore>,
     /// Format failures of reasoning mode by reason.
     pub failures_by_reason: BTreeMap<String, usize>,
+    /// The first few positions as written: what the model thought and answered.
+    pub samples: Vec<EvalSample>,
 }
+
+/// One evaluated position, as text (lossy where tokens split characters).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EvalSample {
+    /// The end of the context (its last 80 bytes).
+    pub context_end: String,
+    /// The true next token.
+    pub next_token: String,
+    /// Standard mode's guess.
+    pub standard: String,
+    /// Reasoning mode's whole completion (thought and answer).
+    pub completion: String,
+    pub reasoning_correct: bool,
+}
+
+/// Positions written out in an [`EvalReport`].
+const SAMPLES: usize = 6;
 
 /// Greedy next token on each raw context: (predicted token) per item.
 pub fn standard_predictions(model: &Decoder, items: &[EvalItem], batch: usize) -> Result<Vec<u32>> {
@@ -69,6 +88,7 @@ pub fn evaluate(
     let standard = standard_predictions(model, items, batch)?;
     let mut reasoning: Vec<std::result::Result<Vec<u8>, crate::reward::FormatFailure>> =
         Vec::with_capacity(items.len());
+    let mut completions: Vec<Vec<u8>> = vec![];
     for (c, chunk) in items.chunks(batch.max(1)).enumerate() {
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
@@ -83,6 +103,9 @@ pub fn evaluate(
         for s in samples {
             let bytes = tok.decode_bytes(&s.tokens);
             reasoning.push(parse_prediction(&bytes).map(<[u8]>::to_vec));
+            if completions.len() < SAMPLES {
+                completions.push(bytes);
+            }
         }
     }
     let mut report = EvalReport::default();
@@ -112,6 +135,17 @@ pub fn evaluate(
         }
         if item.taught {
             splits.push("taught");
+        }
+        if i < completions.len() {
+            let ctx = tok.decode_bytes(&st.context);
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            report.samples.push(EvalSample {
+                context_end: text(&ctx[ctx.len().saturating_sub(80)..]),
+                next_token: text(tok.bytes(st.next_token)),
+                standard: text(tok.bytes(standard[i])),
+                completion: text(&completions[i]),
+                reasoning_correct: rsn_ok,
+            });
         }
         for name in splits {
             let s = report.splits.entry(name.to_string()).or_default();

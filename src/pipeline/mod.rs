@@ -3,8 +3,10 @@
 
 pub mod bootstrap;
 pub mod checks;
+pub mod curve;
 pub mod evaluate;
 pub mod init;
+pub mod next_token;
 pub mod prepare;
 pub mod train;
 
