@@ -76,7 +76,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("RPT_LOG")
                 .unwrap_or_else(|_| "info,ractor_cluster=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(rpt::pipeline::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();

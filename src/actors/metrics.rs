@@ -110,6 +110,9 @@ pub struct MetricsActor;
 pub struct MetricsState {
     file: std::fs::File,
     bar: indicatif::ProgressBar,
+    /// Steps since the last summary line, and their sums (reward, accuracy, tokens/s).
+    window: (u64, f64, f64, f64),
+    summary_every: u64,
     /// Model FLOPs of every step so far, the resumed ones included (read back from the file).
     flops_cumulative: u64,
 }
@@ -135,9 +138,13 @@ impl Actor for MetricsActor {
             .create(true)
             .append(true)
             .open(&a.path)?;
+        // About ten summary lines a run (the per-step line is at debug level).
+        let summary_every = (a.bar.length().unwrap_or(0) / 10).max(1);
         Ok(MetricsState {
             file,
             bar: a.bar,
+            window: (0, 0.0, 0.0, 0.0),
+            summary_every,
             flops_cumulative,
         })
     }
@@ -155,13 +162,32 @@ impl Actor for MetricsActor {
                 writeln!(st.file, "{v}")?;
                 st.file.flush()?;
                 let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-                tracing::info!(
+                tracing::debug!(
                     step = f("step"),
                     reward = f("reward_mean"),
                     accuracy = f("accuracy"),
                     tokens_per_s = f("tokens_per_s"),
                     "step"
                 );
+                let w = &mut st.window;
+                *w = (
+                    w.0 + 1,
+                    w.1 + f("reward_mean"),
+                    w.2 + f("accuracy"),
+                    w.3 + f("tokens_per_s"),
+                );
+                let step = v["step"].as_u64().unwrap_or(0);
+                if step % st.summary_every == 0 {
+                    let n = w.0 as f64;
+                    tracing::info!(
+                        "step {step}: mean over the last {} steps: reward {:.3}, accuracy {:.3}, {:.0} tokens/s",
+                        w.0,
+                        w.1 / n,
+                        w.2 / n,
+                        w.3 / n
+                    );
+                    *w = (0, 0.0, 0.0, 0.0);
+                }
                 st.bar.set_message(format!(
                     "reward {:.3} acc {:.3} {:.0} tok/s",
                     f("reward_mean"),

@@ -14,6 +14,8 @@ pub struct PowerLaw {
     pub alpha: f64,
     pub r2: f64,
     pub points: usize,
+    /// α ended at an end of the searched range [0.01, 3]: the points do not pin the curve down.
+    pub alpha_at_bound: bool,
 }
 
 impl PowerLaw {
@@ -85,6 +87,7 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
         alpha,
         r2: if tot > 0.0 { 1.0 - res / tot } else { 1.0 },
         points: pts.len(),
+        alpha_at_bound: alpha < 0.0101 || alpha > 2.99,
     })
 }
 
@@ -100,6 +103,7 @@ mod tests {
             alpha: 0.25,
             r2: 1.0,
             points: 0,
+            alpha_at_bound: false,
         };
         let pts: Vec<(f64, f64)> = (0..12)
             .map(|i| {
@@ -111,7 +115,7 @@ mod tests {
         assert!((f.a - 0.45).abs() < 1e-4, "{f:?}");
         assert!((f.alpha - 0.25).abs() < 1e-3, "{f:?}");
         assert!((f.b / 30.0 - 1.0).abs() < 1e-2, "{f:?}");
-        assert!(f.r2 > 0.999_999, "{f:?}");
+        assert!(f.r2 > 0.999_999 && !f.alpha_at_bound, "{f:?}");
 
         // With noise, R² drops below 1 and the fit stays close.
         let noisy: Vec<(f64, f64)> = pts

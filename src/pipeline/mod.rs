@@ -127,10 +127,16 @@ pub fn cosine_lr(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
 
 /// A progress bar on stderr (hidden when stderr is not a terminal or under `RPT_NO_PROGRESS`).
 pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    if std::env::var_os("RPT_NO_PROGRESS").is_some() {
-        return indicatif::ProgressBar::hidden();
+    if std::env::var_os("RPT_NO_PROGRESS").is_some()
+        || !std::io::IsTerminal::is_terminal(&std::io::stderr())
+    {
+        // Not a terminal (a log file, CI): no bar, the log's lines only.
+        return indicatif::ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
     }
-    let bar = indicatif::ProgressBar::new(len);
+    let bar = bars().add(indicatif::ProgressBar::new(len));
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
@@ -140,4 +146,33 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// Every progress bar of the process, drawn together at the bottom of the terminal.
+pub fn bars() -> &'static indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(indicatif::MultiProgress::new)
+}
+
+/// Where log lines go: stderr, above the progress bars (which are cleared for the line and drawn
+/// again below it), so that a bar stays one line however much is logged.
+#[derive(Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
 }
