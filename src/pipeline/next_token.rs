@@ -12,13 +12,12 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::Config;
-use crate::env::{CorpusEnvironment, Environment, Split};
+use crate::env::Environment;
 use crate::error::{Error, Result};
 use crate::learn::Learner;
 use crate::model::{AdamW, Checkpoint, Device};
 
 use super::bootstrap::nll_grads;
-use super::{load_texts, prepare::load_index, tokenize_splits};
 
 /// What a next-token run did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -40,24 +39,7 @@ pub fn train_next_token(cfg: &Config, device: &Device) -> Result<NextTokenSummar
     }
     let budget = cfg.train.flop_budget;
     let base = Checkpoint::load(&cfg.model.path, device)?;
-    let texts = load_texts(cfg)?;
-    let index = load_index(cfg, Split::Train, &texts)?;
-    let splits = tokenize_splits(cfg, &texts, &base.tokenizer)?;
-    let candidates = index.positions_at_least(cfg.states.min_entropy);
-    if candidates.is_empty() {
-        return Err(Error::Run(format!(
-            "no training position has entropy >= states.min_entropy = {}",
-            cfg.states.min_entropy
-        )));
-    }
-    let mut env = CorpusEnvironment::new(
-        splits.train,
-        candidates,
-        base.tokenizer.clone(),
-        cfg.states.max_context_tokens,
-        cfg.states.max_target_bytes,
-        cfg.seed,
-    );
+    let mut env = super::train::training_environment(cfg, &base.tokenizer)?;
     let mut learner = Learner::new(cfg, &base.weights, &base.config)?;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
     crate::model::write_atomic(

@@ -56,6 +56,32 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// The training positions of `cfg`'s corpus whose difficulty passes `states.min_entropy`, in the
+/// environment's seeded order (the states an RPT run and its next-token baseline both go through).
+pub(super) fn training_environment(
+    cfg: &Config,
+    tok: &Arc<crate::model::Tokenizer>,
+) -> Result<CorpusEnvironment> {
+    let texts = load_texts(cfg)?;
+    let index = load_index(cfg, Split::Train, &texts)?;
+    let splits = tokenize_splits(cfg, &texts, tok)?;
+    let candidates = index.positions_at_least(cfg.states.min_entropy);
+    if candidates.is_empty() {
+        return Err(Error::Run(format!(
+            "no training position has entropy >= states.min_entropy = {}",
+            cfg.states.min_entropy
+        )));
+    }
+    Ok(CorpusEnvironment::new(
+        splits.train,
+        candidates,
+        tok.clone(),
+        cfg.states.max_context_tokens,
+        cfg.states.max_target_bytes,
+        cfg.seed,
+    ))
+}
+
 /// Runs `cfg.train.steps` optimizer steps (continuing from the last checkpoint with `resume`).
 ///
 /// Everything is checked before anything is written: the resume point, the model and its fit to the
@@ -115,24 +141,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         _ => (0, 0, base.weights.clone(), 0),
     };
 
-    let texts = load_texts(cfg)?;
-    let index = load_index(cfg, Split::Train, &texts)?;
-    let splits = tokenize_splits(cfg, &texts, &base.tokenizer)?;
-    let candidates = index.positions_at_least(cfg.states.min_entropy);
-    if candidates.is_empty() {
-        return Err(Error::Run(format!(
-            "no training position has entropy >= states.min_entropy = {}",
-            cfg.states.min_entropy
-        )));
-    }
-    let mut env = CorpusEnvironment::new(
-        splits.train,
-        candidates,
-        base.tokenizer.clone(),
-        cfg.states.max_context_tokens,
-        cfg.states.max_target_bytes,
-        cfg.seed,
-    );
+    let mut env = training_environment(cfg, &base.tokenizer)?;
     env.seek(cursor);
 
     let mut learner = Learner::new(cfg, &base.weights, &base.config)?;
