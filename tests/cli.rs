@@ -271,3 +271,34 @@ fn gpu_check_fails_fast_without_a_device() -> Result<()> {
     assert!(!out_dir.exists(), "nothing is written without a device");
     Ok(())
 }
+
+/// A run that cannot fit the memory available is refused before anything is loaded or written, with
+/// the estimate and the keys that change it.
+#[test]
+fn a_run_that_cannot_fit_is_refused_with_the_estimate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run = dir.path().join("run");
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "run_dir = \"{}\"\n[model]\npath = \"{}\"\n",
+            run.display(),
+            fixture().display()
+        ),
+    )?;
+    let cfg = cfg.display().to_string();
+    let (ok, _, err) =
+        common::rpt_cli(&["train", "--config", &cfg], &[("RPT_MEMORY_GB", "0.001")])?;
+    assert!(!ok, "{err}");
+    for want in [
+        "needs about",
+        "RPT_MEMORY_GB",
+        "grpo.micro_batch_tokens",
+        "rollout.kv_cache_tokens",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!run.exists(), "nothing is written");
+    Ok(())
+}

@@ -45,6 +45,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         cfg.train.flop_budget = rpt::pipeline::next_token::run_flops(other)?;
     }
     let next_token = cfg.train.objective == rpt::config::Objective::NextToken;
+    // A model that is already there: check that the run fits before anything is loaded or written.
+    let model_json = cfg.model.path.join("config.json");
+    if !next_token && model_json.exists() {
+        let m = rpt::model::ModelConfig::from_file(&model_json)?;
+        rpt::pipeline::memory::check_fits(&cfg, &m, &cfg.model.path)?;
+    }
     if next_token && a.resume {
         anyhow::bail!(
             "train.objective = \"next_token\": such a run does not resume; start a new `run_dir`"

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod curve;
 pub mod evaluate;
 pub mod init;
+pub mod memory;
 pub mod next_token;
 pub mod prepare;
 pub mod train;

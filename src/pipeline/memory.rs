@@ -1,0 +1,156 @@
+//! The memory a run will need, estimated before anything is loaded, so that a config that cannot fit
+//! is refused with the estimate and the keys that change it, instead of failing hours in (or being
+//! killed by the system). The estimate counts what the CPU path holds at its peak, the update:
+//!
+//! - training state: f32 weights, gradients and AdamW's two moments, 16 bytes a parameter;
+//! - other copies of the weights: the policy's at `max_staleness ≥ 1` (one per version kept), the
+//!   frozen reference at β > 0, the EMA teacher of `info_gain`; 4 bytes a parameter each;
+//! - the KV cache of a sampling sub-batch: `rollout.kv_cache_tokens` (or the whole step's rows, if
+//!   fewer) × layers × 2 × KV heads × head_dim × 4 bytes;
+//! - the update's work space per micro-batch of `grpo.micro_batch_tokens`: the activations the
+//!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats), its
+//!   attention probabilities, the head's logits chunk (in the forward and the backward pass), and one
+//!   embedding-sized gradient buffer before it is added.
+//!
+//! On Qwen3-0.6B's shape (one prompt × 8 × 48, `micro_batch_tokens` 448) it estimates 11.7 GB where
+//! 12.1 GB was measured (README, Real sizes): an estimate, not a bound.
+
+use crate::config::Config;
+use crate::model::ModelConfig;
+
+/// The estimate, in bytes, by part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryEstimate {
+    pub training_state: u64,
+    pub weight_copies: u64,
+    pub kv_cache: u64,
+    pub update_work: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.training_state + self.weight_copies + self.kv_cache + self.update_work
+    }
+}
+
+const F32: u64 = 4;
+
+/// Parameters of a model (the embedding once when the head is tied).
+pub fn parameters(m: &ModelConfig) -> u64 {
+    let embed = (m.vocab_size * m.hidden_size) as u64;
+    let tied = if m.tie_word_embeddings { 0 } else { embed };
+    crate::flops::matmul_params(m) + tied
+}
+
+pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
+    let p = parameters(m);
+    let copies = cfg.rollout.max_staleness
+        + (cfg.grpo.beta > 0.0) as u64
+        + crate::reward::by_name(&cfg.reward.variant)
+            .map(|r| r.needs().ema_teacher as u64)
+            .unwrap_or(0);
+    let row = (cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8) as u64;
+    let rows = (cfg.rollout.states_per_step * cfg.rollout.group_size) as u64;
+    let kv_tokens = (cfg.rollout.kv_cache_tokens as u64).min(rows * row);
+    let per_kv_token = (m.num_hidden_layers * 2 * m.num_key_value_heads * m.head_dim) as u64 * F32;
+    let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
+    let q = (m.num_attention_heads * m.head_dim) as u64;
+    let kv = (m.num_key_value_heads * m.head_dim) as u64;
+    let t = (cfg.grpo.micro_batch_tokens as u64).min(rows * row + row);
+    let layers = m.num_hidden_layers as u64;
+    let tape = t * layers * (4 * h + 2 * q + 2 * kv + 4 * i) * F32;
+    let probs = t * row * (m.num_attention_heads as u64) * layers * F32;
+    let head = 2 * crate::cpu::HEAD_CHUNK_FLOATS as u64 * F32;
+    let grad_buffer = (m.vocab_size * m.hidden_size) as u64 * F32;
+    MemoryEstimate {
+        training_state: 16 * p,
+        weight_copies: copies * p * F32,
+        kv_cache: kv_tokens * per_kv_token,
+        update_work: tape + probs + head + grad_buffer,
+    }
+}
+
+/// Memory available to a run: `RPT_MEMORY_GB` when set (to plan for a smaller machine, or share
+/// this one), else the system's `MemAvailable`; `None` where neither is known.
+pub fn available() -> Option<u64> {
+    if let Ok(v) = std::env::var("RPT_MEMORY_GB") {
+        return v.trim().parse::<f64>().ok().map(|gb| (gb * 1e9) as u64);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a run whose estimate exceeds the memory available, with the estimate by part and the
+/// keys that change it.
+pub fn check_fits(cfg: &Config, m: &ModelConfig, model_dir: &std::path::Path) -> crate::Result<()> {
+    let e = estimate(cfg, m);
+    let Some(avail) = available() else {
+        return Ok(());
+    };
+    if e.total() <= avail {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    Err(crate::Error::Run(format!(
+        "{}: this run needs about {:.1} GB and {:.1} GB is available ({}): training state {:.1} GB \
+         (16 bytes a parameter, {:.0} M parameters), other weight copies {:.1} GB, KV cache {:.1} GB \
+         (`rollout.kv_cache_tokens` = {}), update work space {:.1} GB (`grpo.micro_batch_tokens` = \
+         {}). Lower those two keys, or use a smaller model or a larger machine",
+        model_dir.display(),
+        gb(e.total()),
+        gb(avail),
+        if std::env::var_os("RPT_MEMORY_GB").is_some() {
+            "RPT_MEMORY_GB"
+        } else {
+            "MemAvailable"
+        },
+        gb(e.training_state),
+        parameters(m) as f64 / 1e6,
+        gb(e.weight_copies),
+        gb(e.kv_cache),
+        cfg.rollout.kv_cache_tokens,
+        gb(e.update_work),
+        cfg.grpo.micro_batch_tokens,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen3_06b() -> ModelConfig {
+        let text = include_str!("../../configs/shapes/qwen3-0.6b.json");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        ModelConfig::from_value(&v, std::path::Path::new("qwen3-0.6b.json")).unwrap()
+    }
+
+    #[test]
+    fn the_estimate_by_part_at_qwen3_0_6b() {
+        let m = qwen3_06b();
+        assert_eq!(
+            parameters(&m),
+            596_049_920 - 28 * 2 * 1024 - 28 * 2 * 128 - 1024
+        );
+        let mut cfg = Config::default();
+        cfg.rollout.states_per_step = 1;
+        cfg.rollout.group_size = 8;
+        cfg.rollout.max_new_tokens = 48;
+        cfg.states.max_context_tokens = 64;
+        cfg.grpo.micro_batch_tokens = 448;
+        let e = estimate(&cfg, &m);
+        assert_eq!(e.training_state, 16 * parameters(&m));
+        assert_eq!(e.weight_copies, 0);
+        // 8 rows of 64 + 48 + 8 tokens, 28 layers × 2 × 8 KV heads × 128 × 4 bytes a token.
+        assert_eq!(e.kv_cache, 8 * 120 * 28 * 2 * 8 * 128 * 4);
+        let gb = e.total() as f64 / 1e9;
+        assert!((11.0..14.0).contains(&gb), "{gb}");
+        // Staleness keeps policy copies; the update's space follows the budget.
+        cfg.rollout.max_staleness = 2;
+        cfg.grpo.micro_batch_tokens = 4096;
+        let f = estimate(&cfg, &m);
+        assert_eq!(f.weight_copies, 2 * 4 * parameters(&m));
+        assert!(f.update_work > e.update_work);
+    }
+}
