@@ -169,11 +169,18 @@ impl Learner {
             return Ok((0.0, LossStats::default(), 0.0, 0.0));
         }
         let (ls, grads) = self.gradients(mb, adv)?;
-        let norm = AdamW::grad_norm(&grads)?;
-        if !ls.loss.is_finite() || !norm.is_finite() {
+        let (norm, lr) = self.apply(&grads, ls.loss)?;
+        Ok((ls.loss, ls, norm, lr))
+    }
+
+    /// One AdamW step with `grads` (of a loss worth `loss`): clipped to `optim.max_grad_norm`, at
+    /// the scheduled learning rate. A loss or gradient that is not finite is an error and nothing is
+    /// applied. Returns the gradient norm and the learning rate.
+    pub fn apply(&mut self, grads: &Grads, loss: f64) -> Result<(f64, f64)> {
+        let norm = AdamW::grad_norm(grads)?;
+        if !loss.is_finite() || !norm.is_finite() {
             return Err(crate::Error::Run(format!(
-                "the loss ({}) or the gradient norm ({norm}) is not finite; the update was not applied",
-                ls.loss
+                "the loss ({loss}) or the gradient norm ({norm}) is not finite; the update was not applied"
             )));
         }
         let clip = self.cfg.optim.max_grad_norm;
@@ -183,8 +190,8 @@ impl Learner {
             1.0
         };
         let lr = self.lr(self.opt.step);
-        self.opt.step(&self.params, &grads, lr, scale)?;
-        Ok((ls.loss, ls, norm, lr))
+        self.opt.step(&self.params, grads, lr, scale)?;
+        Ok((norm, lr))
     }
 
     /// The loss of one mini-batch and its gradient, computed over micro-batches of at most

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::env::Environment;
 use crate::error::{Error, Result};
 use crate::learn::Learner;
-use crate::model::{AdamW, Checkpoint, Device};
+use crate::model::{Checkpoint, Device};
 
 use super::bootstrap::nll_grads;
 
@@ -89,26 +89,9 @@ pub fn train_next_token(cfg: &Config, device: &Device) -> Result<NextTokenSummar
         let flops = crate::flops::next_token_step(&base.config, &lens);
         let (loss, grads) = nll_grads(&learner.params, &windows, &vec![1; windows.len()], device)?;
         let loss = loss.to_scalar::<f32>()? as f64;
-        let norm = AdamW::grad_norm(&grads)?;
-        if !loss.is_finite() || !norm.is_finite() {
-            return Err(Error::Run(format!(
-                "next-token step {}: the loss ({loss}) or the gradient norm ({norm}) is not finite",
-                step + 1
-            )));
-        }
-        let clip = cfg.optim.max_grad_norm;
-        let scale = if clip > 0.0 && norm > clip {
-            clip / norm
-        } else {
-            1.0
-        };
-        let w = cfg.optim.warmup_steps;
-        let lr = if step < w {
-            cfg.optim.lr * (step + 1) as f64 / w as f64
-        } else {
-            cfg.optim.lr
-        };
-        learner.opt.step(&learner.params, &grads, lr, scale)?;
+        let (norm, lr) = learner
+            .apply(&grads, loss)
+            .map_err(|e| Error::Run(format!("next-token step {}: {e}", step + 1)))?;
         out.flops += flops;
         out.steps = step + 1;
         if step == 0 {
