@@ -12,7 +12,8 @@
 //! - **Scoring** for rewards that read the model: one pass over prompt and completion for `dense` and
 //!   `conditional_dense`; for `info_gain` that and a pass over the context and the true next token.
 //! - **The update** (GRPO): each prompt once and each completion attending to it, three times over,
-//!   for every epoch; with β > 0 one more forward pass per row for the reference.
+//!   for every epoch; one more forward pass per row for each of the reference (β > 0) and the
+//!   learner's own log-probs before the update (`grpo.off_policy`).
 //! - **Next-token training**: three forward passes over each window.
 
 use crate::model::ModelConfig;
@@ -68,7 +69,7 @@ pub fn grpo_step(
     groups: &[(usize, Vec<usize>)],
     scoring: (u64, u64),
     epochs: u64,
-    reference: bool,
+    extra_forwards: u64,
 ) -> StepFlops {
     let mut f = StepFlops::default();
     for (p, comps) in groups {
@@ -79,9 +80,7 @@ pub fn grpo_step(
             f.sampling += forward(cfg, p + g.saturating_sub(1), 0);
             f.scoring += scoring.0 * forward(cfg, p + g, 0) + scoring.1 * forward(cfg, p + 1, 0);
             update += forward(cfg, g, p);
-            if reference {
-                f.update += forward(cfg, p + g, 0);
-            }
+            f.update += extra_forwards * forward(cfg, p + g, 0);
         }
         f.update += 3 * epochs * update;
     }
@@ -133,12 +132,12 @@ mod tests {
         // 2 tokens after 3: 4 + 5 keys.
         assert_eq!(forward(&c, 2, 3), 2 * 280 * 2 + 32 * 9);
         // A prompt of 3 with completions of 2 and 0 tokens, no scoring, one epoch.
-        let f = grpo_step(&c, &[(3, vec![2, 0])], (0, 0), 1, false);
+        let f = grpo_step(&c, &[(3, vec![2, 0])], (0, 0), 1, 0);
         assert_eq!(f.sampling, forward(&c, 4, 0) + forward(&c, 3, 0));
         assert_eq!(f.update, 3 * (forward(&c, 3, 0) + forward(&c, 2, 3)));
         assert_eq!(f.scoring, 0);
         // info_gain reads the model twice per completion; two epochs double the update.
-        let g = grpo_step(&c, &[(3, vec![2])], (1, 1), 2, false);
+        let g = grpo_step(&c, &[(3, vec![2])], (1, 1), 2, 0);
         assert_eq!(g.scoring, forward(&c, 5, 0) + forward(&c, 4, 0));
         assert_eq!(g.update, 6 * (forward(&c, 3, 0) + forward(&c, 2, 3)));
         assert_eq!(next_token_step(&c, &[3, 3]), 6 * forward(&c, 3, 0));

@@ -6,7 +6,10 @@ use candle_core::Tensor;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::grpo::{LossAgg, LossStats, advantages, ema_update, grpo_loss};
+use crate::grpo::{
+    LossAgg, LossInputs, LossStats, OffPolicy, advantages, ema_update, overlong_penalty,
+    policy_loss,
+};
 use crate::model::{
     AdamW, AdamWConfig, Decoder, GradSum, Grads, Mode, TensorMap, Trainable, left_pad,
     token_logprobs,
@@ -21,6 +24,8 @@ pub struct UpdateStats {
     pub lr: f64,
     pub advantage_mean: f64,
     pub advantage_std: f64,
+    /// Mean of DAPO's overlong shaping added to the rewards (`grpo.overlong_buffer`; 0 when off).
+    pub overlong_penalty: f64,
     pub optimizer_steps: u64,
     /// The step's model FLOPs (`crate::flops`): sampling and scoring its groups, and this update.
     pub flops: crate::flops::StepFlops,
@@ -47,10 +52,7 @@ impl Learner {
         } else {
             None
         };
-        let ema = if crate::reward::by_name(&cfg.reward.variant)?
-            .needs()
-            .ema_teacher
-        {
+        let ema = if crate::reward::from_config(&cfg.reward)?.needs().ema_teacher {
             Some(params.snapshot()?)
         } else {
             None
@@ -79,13 +81,45 @@ impl Learner {
         }
     }
 
+    /// The rewards the advantages are computed from: the verifier's, plus DAPO's overlong shaping
+    /// where `grpo.overlong_buffer` is set. Returns them and the shaping's mean.
+    fn shaped_rewards(&self, batch: &[ScoredGroup]) -> (Vec<Vec<f64>>, f64) {
+        let g = &self.cfg.grpo;
+        let max = self.cfg.rollout.max_new_tokens;
+        let (mut sum, mut n) = (0.0, 0usize);
+        let rewards = batch
+            .iter()
+            .map(|sg| {
+                sg.rewards
+                    .iter()
+                    .zip(&sg.group.completions)
+                    .map(|(r, c)| {
+                        let p = overlong_penalty(
+                            c.tokens.len(),
+                            max,
+                            g.overlong_buffer,
+                            g.overlong_penalty,
+                        );
+                        sum += p;
+                        n += 1;
+                        r.value + p
+                    })
+                    .collect()
+            })
+            .collect();
+        (rewards, sum / n.max(1) as f64)
+    }
+
     /// One GRPO update on a batch of scored groups (in the environment's order).
     pub fn update(&mut self, batch: &[ScoredGroup]) -> Result<UpdateStats> {
-        let rewards: Vec<Vec<f64>> = batch
-            .iter()
-            .map(|g| g.rewards.iter().map(|r| r.value).collect())
-            .collect();
+        let (rewards, overlong) = self.shaped_rewards(batch);
         let adv = advantages(&rewards, self.cfg.advantage_mode());
+        let correcting = self.cfg.grpo.off_policy != OffPolicy::None;
+        let prox = if correcting {
+            Some(self.logprobs_before(batch)?)
+        } else {
+            None
+        };
         let flat: Vec<f64> = adv.iter().flatten().copied().collect();
         let mean = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
         let std = (flat.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>()
@@ -98,7 +132,7 @@ impl Learner {
                 (g.group.prompt.len(), lens.collect())
             })
             .collect();
-        let needs = crate::reward::by_name(&self.cfg.reward.variant)?.needs();
+        let needs = crate::reward::from_config(&self.cfg.reward)?.needs();
         let mut stats = UpdateStats {
             advantage_mean: mean,
             advantage_std: std,
@@ -107,8 +141,9 @@ impl Learner {
                 &shapes,
                 crate::flops::scoring_passes(&needs),
                 self.cfg.grpo.ppo_epochs as u64,
-                self.reference.is_some(),
+                self.reference.is_some() as u64 + correcting as u64,
             ),
+            overlong_penalty: overlong,
             ..Default::default()
         };
         let slices = self.cfg.grpo.mini_batches.min(batch.len()).max(1);
@@ -116,7 +151,9 @@ impl Learner {
         let mut first = true;
         for _ in 0..self.cfg.grpo.ppo_epochs {
             for (i, mb) in batch.chunks(per).enumerate() {
-                let (_, ls, norm, lr) = self.step_on(mb, &adv[i * per..i * per + mb.len()])?;
+                let range = i * per..i * per + mb.len();
+                let prox = prox.as_ref().map(|p| &p[range.clone()]);
+                let (_, ls, norm, lr) = self.step_on(mb, &adv[range], prox)?;
                 if first {
                     stats.loss = ls;
                     first = false;
@@ -161,6 +198,7 @@ impl Learner {
         &mut self,
         mb: &[ScoredGroup],
         adv: &[Vec<f64>],
+        prox: Option<&[Vec<Vec<f32>>]>,
     ) -> Result<(f64, LossStats, f64, f64)> {
         if mb
             .iter()
@@ -168,7 +206,7 @@ impl Learner {
         {
             return Ok((0.0, LossStats::default(), 0.0, 0.0));
         }
-        let (ls, grads) = self.gradients(mb, adv)?;
+        let (ls, grads) = self.gradients_with(mb, adv, prox)?;
         let (norm, lr) = self.apply(&grads, ls.loss)?;
         Ok((ls.loss, ls, norm, lr))
     }
@@ -201,6 +239,18 @@ impl Learner {
     /// sequences, by `loss_agg_mode`): the sum is the mini-batch's loss, and its gradient the
     /// gradient of one big batch, to float rounding.
     pub fn gradients(&self, mb: &[ScoredGroup], adv: &[Vec<f64>]) -> Result<(LossStats, Grads)> {
+        self.gradients_with(mb, adv, None)
+    }
+
+    /// [`Learner::gradients`], with the ratio taken against `prox` (the learner's log-probs before
+    /// the update, per group and completion) where given, and the sampler's recorded log-probs then
+    /// used for the off-policy correction.
+    pub fn gradients_with(
+        &self,
+        mb: &[ScoredGroup],
+        adv: &[Vec<f64>],
+        prox: Option<&[Vec<Vec<f32>>]>,
+    ) -> Result<(LossStats, Grads)> {
         let thought_only = self.cfg.grpo.loss_tokens == crate::config::LossTokens::Thought;
         let counted = |c: &crate::rollout::Completion| {
             if thought_only {
@@ -232,7 +282,7 @@ impl Learner {
                 let d = denominator(&mut cs);
                 if total > 0.0 { d / total } else { 0.0 }
             };
-            let ls = self.piece_gradients(mb, adv, piece, share, thought_only, &mut sum)?;
+            let ls = self.piece_gradients(mb, adv, prox, piece, share, thought_only, &mut sum)?;
             stats = Some(match stats {
                 None => ls,
                 Some(prev) => combine(&prev, &ls),
@@ -243,10 +293,12 @@ impl Learner {
 
     /// Loss of one micro-batch (`piece`: group index and range of its completions), weighted by
     /// `share`, its gradient added into `sum`.
+    #[allow(clippy::too_many_arguments)]
     fn piece_gradients(
         &self,
         mb: &[ScoredGroup],
         adv: &[Vec<f64>],
+        prox: Option<&[Vec<Vec<f32>>]>,
         piece: &[(usize, std::ops::Range<usize>)],
         share: f64,
         thought_only: bool,
@@ -254,10 +306,14 @@ impl Learner {
     ) -> Result<LossStats> {
         // Rows: prompt ++ completion, left-padded; the last `c` columns hold every completion.
         let mut rows: Vec<(&[u32], &crate::rollout::Completion, f64)> = vec![];
+        let mut befores: Vec<&[f32]> = vec![];
         for (g, r) in piece {
             let group = &mb[*g].group;
             for (c, &ai) in group.completions[r.clone()].iter().zip(&adv[*g][r.clone()]) {
                 rows.push((&group.prompt, c, ai));
+            }
+            if let Some(p) = prox {
+                befores.extend(p[*g][r.clone()].iter().map(|v| v.as_slice()));
             }
         }
         let c = rows
@@ -271,8 +327,8 @@ impl Learner {
         let n = rows.len();
         let device = self.params.device()?;
         // Completions right-aligned in `c` columns, as the model's log-probs come back.
-        let (mut old, mut mask, mut advs) = (vec![], vec![], vec![]);
-        for (_, comp, a) in &rows {
+        let (mut old, mut mask, mut advs, mut before) = (vec![], vec![], vec![], vec![]);
+        for (k, (_, comp, a)) in rows.iter().enumerate() {
             let lead = c - comp.tokens.len();
             let counted = if thought_only {
                 comp.thought_len
@@ -281,11 +337,22 @@ impl Learner {
             };
             old.extend(std::iter::repeat_n(0f32, lead));
             old.extend_from_slice(&comp.logprobs);
+            if let Some(b) = befores.get(k) {
+                before.extend(std::iter::repeat_n(0f32, lead));
+                before.extend_from_slice(b);
+            }
             mask.extend(std::iter::repeat_n(0f32, lead));
             mask.extend((0..comp.tokens.len()).map(|j| ((j < counted) as u8) as f32));
             advs.push(*a as f32);
         }
-        let old = Tensor::from_vec(old, (n, c), &device)?;
+        let sampler = Tensor::from_vec(old, (n, c), &device)?;
+        // With a correction, the ratio is against the learner's log-probs before the update and the
+        // sampler's are the correction's denominator.
+        let (old, sampler) = if prox.is_some() {
+            (Tensor::from_vec(before, (n, c), &device)?, Some(sampler))
+        } else {
+            (sampler, None)
+        };
         let mask = Tensor::from_vec(mask, (n, c), &device)?;
         let advs = Tensor::from_vec(advs, n, &device)?;
         let t = self.cfg.rollout.temperature;
@@ -320,7 +387,15 @@ impl Learner {
             .collect();
         let loss_cfg = self.cfg.loss();
         let loss_fn = |logp: &Tensor| {
-            let (loss, ls) = grpo_loss(logp, &old, reference.as_ref(), &advs, &mask, &loss_cfg)?;
+            let inputs = LossInputs {
+                logp,
+                old_logp: &old,
+                sampler_logp: sampler.as_ref(),
+                ref_logp: reference.as_ref(),
+                advantages: &advs,
+                mask: &mask,
+            };
+            let (loss, ls) = policy_loss(&inputs, &loss_cfg)?;
             let loss = if share == 1.0 { loss } else { (loss * share)? };
             Ok::<_, crate::Error>((loss, ls))
         };
@@ -329,6 +404,56 @@ impl Learner {
             loss: ls.loss * share,
             ..ls
         })
+    }
+
+    /// The learner's log-probs of every completion token of `batch` under the current weights (per
+    /// group and completion), before the update: `π_old` of the off-policy correction. Computed over
+    /// the update's micro-batches, so memory stays bounded by `grpo.micro_batch_tokens`.
+    pub fn logprobs_before(&self, batch: &[ScoredGroup]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let decoder = self.params.decoder()?;
+        let device = self.params.device()?;
+        let t = self.cfg.rollout.temperature;
+        let mut out: Vec<Vec<Vec<f32>>> = batch
+            .iter()
+            .map(|g| vec![vec![]; g.group.completions.len()])
+            .collect();
+        for piece in micro_batches(batch, self.cfg.grpo.micro_batch_tokens) {
+            let mut rows: Vec<Vec<u32>> = vec![];
+            let mut at: Vec<(usize, usize)> = vec![];
+            for (g, r) in &piece {
+                let group = &batch[*g].group;
+                for i in r.clone() {
+                    if group.completions[i].tokens.is_empty() {
+                        continue;
+                    }
+                    rows.push([group.prompt.as_slice(), &group.completions[i].tokens].concat());
+                    at.push((*g, i));
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let c = at
+                .iter()
+                .map(|&(g, i)| batch[g].group.completions[i].tokens.len())
+                .max()
+                .unwrap_or(0);
+            let padded = left_pad(&rows, &device)?;
+            let lp: Vec<Vec<f32>> = token_logprobs(
+                &decoder,
+                &padded.ids,
+                &padded.pad,
+                padded.width - c,
+                t,
+                Mode::Infer,
+            )?
+            .to_vec2()?;
+            for (row, &(g, i)) in lp.iter().zip(&at) {
+                let len = batch[g].group.completions[i].tokens.len();
+                out[g][i] = row[c - len..].to_vec();
+            }
+        }
+        Ok(out)
     }
 
     /// An immutable copy of the current weights for the policies.
@@ -342,10 +467,10 @@ impl Learner {
     /// of the weights per step ([`Trainable::shared_weights`]; each update writes them in place).
     /// Otherwise a copy in the policy's dtype ([`Trainable::policy_weights`]).
     pub fn policy_weights(&self) -> Result<TensorMap> {
-        if self.cfg.rollout.max_staleness == 0 {
-            if let Some(shared) = self.params.shared_weights() {
-                return Ok(shared);
-            }
+        if self.cfg.rollout.max_staleness == 0
+            && let Some(shared) = self.params.shared_weights()
+        {
+            return Ok(shared);
         }
         Ok(self.params.policy_weights()?)
     }
@@ -403,6 +528,8 @@ fn combine(a: &LossStats, b: &LossStats) -> LossStats {
         mismatch_max: a.mismatch_max.max(b.mismatch_max),
         mismatch_mean: mean(a.mismatch_mean, b.mismatch_mean),
         mismatch_k3: mean(a.mismatch_k3, b.mismatch_k3),
+        off_policy_share: mean(a.off_policy_share, b.off_policy_share),
+        is_weight_mean: mean(a.is_weight_mean, b.is_weight_mean),
         tokens: a.tokens + b.tokens,
     }
 }

@@ -10,6 +10,7 @@ pub mod flops;
 pub mod grpo;
 pub mod model;
 pub mod pipeline;
+pub mod plugin;
 pub mod prompt;
 pub mod reward;
 

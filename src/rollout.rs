@@ -138,9 +138,15 @@ pub fn score_group(
         .iter()
         .map(|c| tok.decode_bytes(&c.tokens))
         .collect();
+    let context = if needs.context {
+        tok.decode_bytes(&st.context)
+    } else {
+        vec![]
+    };
     let mut cases: Vec<Case> = texts
         .iter()
         .map(|t| Case {
+            context: &context,
             completion: t,
             continuation: &st.continuation,
             boundaries: &st.boundaries,

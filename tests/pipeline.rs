@@ -5,51 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use anyhow::Result;
 use candle_core::{D, Tensor};
-use common::{learned_states, metrics, run, tiny_config, without_placement, without_timing};
+use common::{learned_states, metrics, run, run_config, shared, without_placement, without_timing};
 use rpt::config::{Advantage, Config, LossTokens};
 use rpt::env::Split;
 use rpt::model::{Checkpoint, Device, Mode, attention_mask, positions};
 use rpt::pipeline::train::TrainOptions;
 use rpt::pipeline::{bootstrap::bootstrap, load_texts, prepare, tokenize_splits};
-
-/// The tiny model and its index, built once for this test binary.
-fn shared() -> &'static (PathBuf, Config) {
-    static CELL: OnceLock<(PathBuf, Config)> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("rpt-pipeline-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let model = root.join("model");
-        let cfg = tiny_config(&root, &model);
-        bootstrap(&cfg, &model, &Device::Cpu).unwrap();
-        prepare::prepare(&cfg, &Device::Cpu).unwrap();
-        (root, cfg)
-    })
-}
-
-/// A config for a fresh run directory that reuses the shared model and its index. Uses `info_gain`
-/// (with RLP advantages): its rewards always vary within a group, so every step has a gradient, and
-/// resuming must also restore the EMA teacher.
-fn run_config(name: &str) -> Config {
-    let (root, base) = shared();
-    let mut cfg = base.clone();
-    cfg.reward.variant = "info_gain".into();
-    cfg.grpo.advantage = Advantage::Rlp;
-    cfg.run_dir = root.join(name);
-    std::fs::create_dir_all(cfg.run_dir.join("index")).unwrap();
-    for split in ["train", "heldout"] {
-        let f = format!("{split}.index.json");
-        std::fs::copy(
-            base.run_dir.join("index").join(&f),
-            cfg.run_dir.join("index").join(&f),
-        )
-        .unwrap();
-    }
-    cfg
-}
 
 #[test]
 fn bootstrap_is_deterministic_and_loadable() -> Result<()> {
@@ -157,6 +121,76 @@ fn every_reward_variant_trains_with_finite_metrics() -> Result<()> {
             assert_eq!(line["reward_variant"], variant);
         }
         assert!(rpt::checkpoint::latest(&cfg.run_dir)?.is_some());
+    }
+    Ok(())
+}
+
+#[test]
+fn every_loss_type_and_correction_trains_with_finite_metrics() -> Result<()> {
+    use rpt::grpo::{LossType, OffPolicy};
+    let cases = [
+        (LossType::DrGrpo, OffPolicy::None, 0),
+        (LossType::Dapo, OffPolicy::Tis, 0),
+        (LossType::Gspo, OffPolicy::SequenceMask, 1),
+        (LossType::Cispo, OffPolicy::TokenMask, 1),
+        (LossType::Grpo, OffPolicy::Tis, 1),
+    ];
+    for (loss_type, off, staleness) in cases {
+        let name = format!("loss-{loss_type:?}-{off:?}-{staleness}");
+        let mut cfg = run_config(&name);
+        let p = loss_type.preset();
+        cfg.grpo.loss_type = loss_type;
+        cfg.grpo.scale_rewards = p.scale_rewards;
+        cfg.grpo.loss_agg_mode = p.agg;
+        cfg.grpo.epsilon_low = p.epsilon_low;
+        cfg.grpo.epsilon_high = p.epsilon_high;
+        if p.overlong {
+            cfg.grpo.overlong_buffer = cfg.rollout.max_new_tokens / 5;
+        }
+        cfg.grpo.off_policy = off;
+        cfg.rollout.max_staleness = staleness;
+        cfg.train.steps = 3;
+        run(&cfg, TrainOptions::default())?;
+        let m = metrics(&cfg);
+        assert_eq!(m.len(), 3, "{name}");
+        for line in &m {
+            for key in [
+                "loss",
+                "grad_norm",
+                "off_policy_share",
+                "is_weight_mean",
+                "overlong_penalty",
+            ] {
+                let v = line[key].as_f64().unwrap_or(f64::NAN);
+                assert!(v.is_finite(), "{name}: {key} = {v}");
+            }
+            let w = line["is_weight_mean"].as_f64().unwrap();
+            if staleness == 0 || off == OffPolicy::None {
+                // The learner's log-probs before the update are the sampler's, to float rounding.
+                assert!((w - 1.0).abs() < 1e-3, "{name}: is_weight_mean {w}");
+            }
+        }
+        if p.overlong {
+            // Completions that run into the buffer are shaped (the tiny model often runs long).
+            assert!(
+                m.iter()
+                    .any(|l| l["overlong_penalty"].as_f64().unwrap() < 0.0),
+                "{name}"
+            );
+        }
+        if staleness == 1 && off != OffPolicy::None {
+            // A step sampled by the previous version: the weights differ from the learner's.
+            let lagged: Vec<f64> = m
+                .iter()
+                .filter(|l| l["weight_version_lag"].as_u64() == Some(1))
+                .map(|l| l["is_weight_mean"].as_f64().unwrap())
+                .collect();
+            assert!(!lagged.is_empty(), "{name}: no step ran one version behind");
+            assert!(
+                lagged.iter().any(|w| (w - 1.0).abs() > 1e-4),
+                "{name}: {lagged:?}"
+            );
+        }
     }
     Ok(())
 }

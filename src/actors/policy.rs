@@ -85,7 +85,7 @@ impl Actor for PolicyActor {
                     )
                 });
             }
-            PolicyMsg::Failed(e) => return Err(format!("policy {}: {e}", st.id).into()),
+            PolicyMsg::Failed(e) => return Err(e.into()),
         }
         Ok(())
     }

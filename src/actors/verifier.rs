@@ -63,7 +63,7 @@ impl Actor for VerifierActor {
                     Ok::<_, crate::Error>(vec![ScoredGroup { group, rewards }])
                 });
             }
-            VerifierMsg::Failed(e) => return Err(format!("verifier {}: {e}", st.id).into()),
+            VerifierMsg::Failed(e) => return Err(e.into()),
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use rpt::reward::{Case, by_name, parse_prediction};
+use rpt::reward::{Case, from_config, parse_prediction};
 use serde_json::Value;
 
 #[derive(clap::Args, Debug)]
@@ -13,9 +13,16 @@ pub struct RewardArgs {
     /// Checkpoint whose tokenizer cuts the continuation into tokens.
     #[arg(long)]
     pub model: PathBuf,
-    /// Reward variant (prefix_match, first_token, dense, conditional_dense, info_gain).
+    /// Reward variant (prefix_match, first_token, dense, conditional_dense, info_gain, command).
     #[arg(long, default_value = "prefix_match")]
     pub variant: String,
+    /// For `--variant command`: the plug-in's program and arguments, split at spaces (no shell),
+    /// e.g. "python3 examples/reward_prefix_match.py".
+    #[arg(long)]
+    pub command: Option<String>,
+    /// For `--variant command`: seconds the plug-in may take per group.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout_s: f64,
     /// JSONL file; `-` reads stdin. `dense` lines need `guess_prob`; `info_gain` lines need
     /// `logp_with_thought` and `logp_baseline`. Lines sharing a `group` field are scored as one group.
     #[arg(long)]
@@ -29,6 +36,7 @@ pub struct RewardArgs {
 struct Line {
     number: usize,
     group: Value,
+    context: String,
     completion: String,
     continuation: Vec<u8>,
     boundaries: Vec<usize>,
@@ -42,6 +50,7 @@ struct Line {
 impl Line {
     fn case(&self) -> Case<'_> {
         Case {
+            context: self.context.as_bytes(),
             completion: self.completion.as_bytes(),
             continuation: &self.continuation,
             boundaries: &self.boundaries,
@@ -105,6 +114,10 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
         lines.push(Line {
             number,
             group: v.get("group").cloned().unwrap_or(Value::from(number)),
+            context: match v.get("context") {
+                None | Some(Value::Null) => String::new(),
+                Some(_) => text("context")?,
+            },
             completion,
             continuation: bytes,
             boundaries,
@@ -119,7 +132,28 @@ fn read_lines(a: &RewardArgs, tok: &rpt::model::Tokenizer) -> Result<Vec<Line>> 
 }
 
 pub fn run(a: &RewardArgs) -> Result<()> {
-    let reward = by_name(&a.variant)?;
+    let command: Vec<String> = a
+        .command
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    anyhow::ensure!(
+        a.variant != "command" || !command.is_empty(),
+        "--variant command needs --command \"PROGRAM ARGS...\", e.g. --command \"python3 examples/reward_prefix_match.py\""
+    );
+    anyhow::ensure!(
+        a.timeout_s.is_finite() && a.timeout_s > 0.0,
+        "--timeout-s must be a positive number of seconds, got {}",
+        a.timeout_s
+    );
+    let reward = from_config(&rpt::config::RewardSection {
+        variant: a.variant.clone(),
+        command,
+        timeout_s: a.timeout_s,
+        ..Default::default()
+    })?;
     let tok = rpt::model::Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let lines = read_lines(a, &tok)?;
     // Groups in order of first appearance.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{Advantage, CorpusKind, LossTokens, Objective, TeacherKind};
-use crate::grpo::{LossAgg, ScaleRewards};
+use crate::grpo::{LossAgg, LossType, OffPolicy, ScaleRewards};
 
 pub(super) fn default_run_dir() -> PathBuf {
     PathBuf::from("runs/tiny")
@@ -155,4 +155,19 @@ pub(super) fn default_teacher_share() -> f64 {
 }
 pub(super) fn default_objective() -> Objective {
     Objective::Rpt
+}
+pub(super) fn default_loss_type() -> LossType {
+    LossType::Grpo
+}
+pub(super) fn default_overlong_penalty() -> f64 {
+    1.0
+}
+pub(super) fn default_off_policy() -> OffPolicy {
+    OffPolicy::None
+}
+pub(super) fn default_is_cap() -> f64 {
+    2.0
+}
+pub(super) fn default_plugin_timeout() -> f64 {
+    30.0
 }

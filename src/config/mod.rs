@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::grpo::{LossAgg, ScaleRewards};
+use crate::grpo::{LossAgg, LossType, OffPolicy, ScaleRewards};
 
 mod defaults;
 mod validate;
@@ -61,6 +61,9 @@ pub enum CorpusKind {
     Builtin,
     /// A text or JSONL file, or a directory of them, at `corpus.path`.
     Files,
+    /// An environment plug-in: a process of the user's (`corpus.command`) hands out document k for
+    /// each request `{"document": k}` over a pipe (`env::command`).
+    Command,
 }
 
 /// `corpus.teacher`: which solver offers teacher thoughts for the warm-up (see `env::teacher`).
@@ -172,6 +175,12 @@ pub struct CorpusSection {
     /// File or directory for `kind = "files"`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// The environment plug-in's program and arguments, for `kind = "command"` (no shell).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Seconds the environment plug-in may take to answer one request before it is restarted.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_s: f64,
     /// JSONL fields joined into one document.
     #[serde(default = "default_fields")]
     pub fields: Vec<String>,
@@ -257,9 +266,17 @@ pub struct RolloutSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSection {
-    /// `prefix_match`, `first_token`, `dense`, `conditional_dense` or `info_gain`.
+    /// `prefix_match`, `first_token`, `dense`, `conditional_dense`, `info_gain`, or `command` (a
+    /// process of the user's, `command`, scores each group over a pipe).
     #[serde(default = "default_variant")]
     pub variant: String,
+    /// The reward plug-in's program and arguments, for `variant = "command"`, e.g.
+    /// `["python3", "my_reward.py"]` (no shell; relative paths from where `rpt` runs).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Seconds a plug-in may take to answer one group before it is restarted.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_s: f64,
     /// EMA rate τ of the `info_gain` baseline model.
     #[serde(default = "default_tau")]
     pub ema_tau: f64,
@@ -268,6 +285,12 @@ pub struct RewardSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpoSection {
+    /// The policy loss: `grpo` (default), `dr_grpo`, `dapo`, `gspo` or `cispo` (`crate::grpo`'s module
+    /// docs give each one's equation). Each type sets `scale_rewards`, `loss_agg_mode`, `epsilon_low`,
+    /// `epsilon_high` and `overlong_buffer` where the config leaves them out ([`LossType::preset`]);
+    /// a key the config sets wins.
+    #[serde(default = "default_loss_type")]
+    pub loss_type: LossType,
     /// `group`, `batch` or `none`; ignored by `advantage = "rlp"`.
     #[serde(default = "default_scale")]
     pub scale_rewards: ScaleRewards,
@@ -304,6 +327,22 @@ pub struct GrpoSection {
     /// At most this many sampling rounds per step when `dynamic_sampling` is on.
     #[serde(default = "default_gen_batches")]
     pub max_gen_batches: usize,
+    /// DAPO's soft overlong buffer in tokens: a completion longer than `max_new_tokens −
+    /// overlong_buffer` has its reward lowered linearly, by up to `overlong_penalty` at
+    /// `max_new_tokens`. 0 is off; `dapo` sets a fifth of `max_new_tokens`.
+    #[serde(default)]
+    pub overlong_buffer: usize,
+    #[serde(default = "default_overlong_penalty")]
+    pub overlong_penalty: f64,
+    /// The correction for a sampler whose log-probs differ from the learner's (a stale policy with
+    /// `rollout.max_staleness ≥ 1`, or bf16 sampling): `none`, `tis` (truncated importance sampling),
+    /// `token_mask` or `sequence_mask`. Any but `none` recomputes the learner's log-probs before the
+    /// update.
+    #[serde(default = "default_off_policy")]
+    pub off_policy: OffPolicy,
+    /// The cap C of `off_policy`: weights truncated at C, or masked outside [1/C, C]; `inf` allowed.
+    #[serde(default = "default_is_cap")]
+    pub is_cap: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -429,22 +468,53 @@ impl Config {
 
     /// Parses and validates TOML text; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        let raw: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.apply_loss_preset(raw.get("grpo").and_then(|g| g.as_table()));
         cfg.validate(path)?;
         Ok(cfg)
     }
 
-    /// The GRPO loss settings.
+    /// Fills the keys of `[grpo]` that the text left out (`given`: the table as written) with
+    /// `grpo.loss_type`'s preset, so that the saved config states what ran.
+    fn apply_loss_preset(&mut self, given: Option<&toml::Table>) {
+        let absent = |key: &str| given.is_none_or(|t| !t.contains_key(key));
+        let p = self.grpo.loss_type.preset();
+        let g = &mut self.grpo;
+        if absent("scale_rewards") {
+            g.scale_rewards = p.scale_rewards;
+        }
+        if absent("loss_agg_mode") {
+            g.loss_agg_mode = p.agg;
+        }
+        if absent("epsilon_low") {
+            g.epsilon_low = p.epsilon_low;
+        }
+        if absent("epsilon_high") {
+            g.epsilon_high = p.epsilon_high;
+        }
+        if absent("overlong_buffer") && p.overlong {
+            g.overlong_buffer = self.rollout.max_new_tokens / 5;
+        }
+    }
+
+    /// The policy-loss settings.
     pub fn loss(&self) -> crate::grpo::LossConfig {
         crate::grpo::LossConfig {
+            loss_type: self.grpo.loss_type,
             epsilon_low: self.grpo.epsilon_low,
             epsilon_high: self.grpo.epsilon_high,
             beta: self.grpo.beta,
             agg: self.grpo.loss_agg_mode,
             max_completion_tokens: self.rollout.max_new_tokens,
+            off_policy: self.grpo.off_policy,
+            is_cap: self.grpo.is_cap,
         }
     }
 

@@ -20,6 +20,49 @@ mod cases {
     }
 
     #[test]
+    fn a_loss_type_fills_the_keys_left_out_and_a_key_set_wins() {
+        use crate::grpo::{LossAgg, LossType, ScaleRewards};
+        let parse = |t: &str| Config::parse(t, Path::new("run.toml")).unwrap().grpo;
+        let g = parse("[rollout]\nmax_new_tokens = 40\n[grpo]\nloss_type = \"dapo\"\n");
+        assert_eq!(g.loss_type, LossType::Dapo);
+        assert_eq!((g.epsilon_low, g.epsilon_high), (0.2, 0.28));
+        assert_eq!(
+            (g.loss_agg_mode, g.overlong_buffer),
+            (LossAgg::TokenMean, 8)
+        );
+        let g = parse("[grpo]\nloss_type = \"dr_grpo\"\n");
+        assert_eq!(g.scale_rewards, ScaleRewards::None);
+        assert_eq!(g.loss_agg_mode, LossAgg::SeqMeanTokenSumNorm);
+        let g = parse("[grpo]\nloss_type = \"gspo\"\nepsilon_high = 0.001\n");
+        assert_eq!((g.epsilon_low, g.epsilon_high), (3e-4, 1e-3));
+        assert_eq!(g.loss_agg_mode, LossAgg::SeqMeanTokenMean);
+        let g =
+            parse("[grpo]\nloss_type = \"dapo\"\noverlong_buffer = 0\nscale_rewards = \"batch\"\n");
+        assert_eq!(
+            (g.overlong_buffer, g.scale_rewards),
+            (0, ScaleRewards::Batch)
+        );
+        // The preset is written out: the saved config reads back to the same run.
+        let c = Config::parse("[grpo]\nloss_type = \"cispo\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.grpo.epsilon_high, 4.0);
+        let again = Config::parse(&toml::to_string(&c).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+        let e = err("[grpo]\nloss_type = \"ppo\"\n");
+        assert!(
+            e.contains("loss_type") && e.contains("ppo") && e.contains("gspo"),
+            "{e}"
+        );
+        let e = err("[grpo]\noff_policy = \"tis\"\nis_cap = 0.5\n");
+        assert!(
+            e.contains("`grpo.is_cap` must be in (1, 1000000000]"),
+            "{e}"
+        );
+        let e = err("[rollout]\nmax_new_tokens = 8\n[grpo]\noverlong_buffer = 9\n");
+        assert!(e.contains("grpo.overlong_buffer"), "{e}");
+        assert_eq!(parse("[grpo]\nis_cap = inf\n").is_cap, f64::INFINITY);
+    }
+
+    #[test]
     fn bad_configs_name_the_key_and_value() {
         let e = err("[rollout]\ngroup_size = 1\n");
         assert!(
@@ -279,7 +322,9 @@ mod properties {
             match Config::parse(&text, Path::new("run.toml")) {
                 Ok(cfg) => {
                     if let toml::Value::Float(x) = value {
-                        prop_assert!(x.is_finite(), "{section}.{key} = {x} was accepted");
+                        // `grpo.is_cap = inf` is the one infinity a config may hold: no truncation.
+                        let no_cap = key == "is_cap" && x == f64::INFINITY;
+                        prop_assert!(x.is_finite() || no_cap, "{section}.{key} = {x} was accepted");
                     }
                     cfg.validate(Path::new("run.toml")).unwrap();
                 }
@@ -345,7 +390,7 @@ mod shipped {
                     if key == "model.path" || key == "corpus.path" => {}
                 Err(e) => panic!("{e}"),
             }
-            crate::reward::by_name(&cfg.reward.variant).unwrap();
+            crate::reward::from_config(&cfg.reward).unwrap();
             n += 1;
         }
         assert!(n >= 6, "only {n} configs");

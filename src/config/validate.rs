@@ -162,9 +162,21 @@ impl Config {
             0,
             limits::STALENESS,
         )?;
-        if let Err(e) = crate::reward::by_name(&self.reward.variant) {
+        if self.reward.variant == "command" {
+            if self.reward.command.is_empty() || self.reward.command[0].is_empty() {
+                return v.bad(
+                    "reward.command",
+                    "must name the plug-in's program and arguments for variant = \"command\", e.g. [\"python3\", \"my_reward.py\"]".into(),
+                );
+            }
+        } else if let Err(e) = crate::reward::by_name(&self.reward.variant) {
             return v.bad("reward.variant", e.to_string());
         }
+        v.float(
+            "reward.timeout_s",
+            self.reward.timeout_s,
+            Range::OpenClosed(0.0, 86_400.0),
+        )?;
         v.float(
             "reward.ema_tau",
             self.reward.ema_tau,
@@ -178,6 +190,20 @@ impl Config {
         )?;
         v.float("grpo.epsilon_high", g.epsilon_high, Range::Closed(0.0, 1e3))?;
         v.float("grpo.beta", g.beta, Range::Closed(0.0, 1e6))?;
+        if g.is_cap != f64::INFINITY {
+            v.float("grpo.is_cap", g.is_cap, Range::OpenClosed(1.0, 1e9))?;
+        }
+        v.count(
+            "grpo.overlong_buffer",
+            g.overlong_buffer,
+            0,
+            r.max_new_tokens,
+        )?;
+        v.float(
+            "grpo.overlong_penalty",
+            g.overlong_penalty,
+            Range::Closed(0.0, 1e6),
+        )?;
         v.count("grpo.ppo_epochs", g.ppo_epochs, 1, limits::EPOCHS)?;
         v.count(
             "grpo.micro_batch_tokens",
@@ -293,7 +319,20 @@ impl Config {
                 }
                 Some(_) => {}
             },
+            CorpusKind::Command => {
+                if self.corpus.command.first().is_none_or(|p| p.is_empty()) {
+                    return v.bad(
+                        "corpus.command",
+                        "must name the environment plug-in's program and arguments for kind = \"command\", e.g. [\"python3\", \"examples/environment_documents.py\", \"docs.jsonl\"]".into(),
+                    );
+                }
+            }
         }
+        v.float(
+            "corpus.timeout_s",
+            self.corpus.timeout_s,
+            Range::OpenClosed(0.0, 86_400.0),
+        )?;
         v.count("corpus.chunk_bytes", self.corpus.chunk_bytes, 0, 1 << 30)?;
         v.float(
             "corpus.heldout_fraction",

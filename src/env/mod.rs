@@ -3,12 +3,14 @@
 //! that decides which states a run sees and in what order.
 
 mod builtin;
+mod command;
 mod corpus;
 mod index;
 mod state;
 mod teacher;
 
 pub use builtin::generate_corpus;
+pub use command::{MAX_DOCUMENTS, plugin_documents};
 pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, cut_text, read_corpus};
 pub use index::{Difficulty, DocEntropies, EntropyIndex, IndexError, Split, fingerprint};
 pub use state::{State, TokenizedDoc, continuation_window, make_state};

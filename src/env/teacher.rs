@@ -128,7 +128,7 @@ fn solve(x: i64, op: char, y: i64) -> Option<(String, i64)> {
                 ))
             }
         }
-        'x' if x >= 0 && y >= 0 && y < 100 => Some((mul(x, y), x * y)),
+        'x' if x >= 0 && (0..100).contains(&y) => Some((mul(x, y), x * y)),
         _ => None,
     }
 }

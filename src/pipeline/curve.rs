@@ -87,7 +87,7 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
         alpha,
         r2: if tot > 0.0 { 1.0 - res / tot } else { 1.0 },
         points: pts.len(),
-        alpha_at_bound: alpha < 0.0101 || alpha > 2.99,
+        alpha_at_bound: !(0.0101..=2.99).contains(&alpha),
     })
 }
 

@@ -46,7 +46,7 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
     let p = parameters(m);
     let copies = cfg.rollout.max_staleness
         + (cfg.grpo.beta > 0.0) as u64
-        + crate::reward::by_name(&cfg.reward.variant)
+        + crate::reward::from_config(&cfg.reward)
             .map(|r| r.needs().ema_teacher as u64)
             .unwrap_or(0);
     let row = (cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8) as u64;

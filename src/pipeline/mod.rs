@@ -22,8 +22,19 @@ use crate::model::{Decoder, Mode, Tokenizer, left_pad, token_logprobs};
 
 /// The corpus's documents as text, with skipped inputs logged (never silently dropped).
 pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
-    if cfg.corpus.kind == crate::config::CorpusKind::Builtin {
-        return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
+    match cfg.corpus.kind {
+        crate::config::CorpusKind::Builtin => {
+            return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
+        }
+        crate::config::CorpusKind::Command => {
+            let spec = crate::plugin::PluginSpec {
+                command: cfg.corpus.command.clone(),
+                timeout: std::time::Duration::from_secs_f64(cfg.corpus.timeout_s),
+                role: "environment",
+            };
+            return crate::env::plugin_documents(&spec);
+        }
+        crate::config::CorpusKind::Files => {}
     }
     let path = cfg
         .corpus

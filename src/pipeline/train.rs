@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::learn::Learner;
 use crate::model::{Checkpoint, Decoder, Device, SampleParams, load_weights};
 use crate::prompt::Prompt;
-use crate::reward::by_name;
+use crate::reward::from_config as reward_from_config;
 
 use super::{load_texts, prepare::load_index, tokenize_splits};
 
@@ -181,7 +181,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         cfg: cfg.clone(),
         tokenizer: base.tokenizer.clone(),
         prompt,
-        reward: by_name(&cfg.reward.variant)?,
+        reward: reward_from_config(&cfg.reward)?,
         sample_params: SampleParams {
             temperature: cfg.rollout.temperature,
             top_k: cfg.rollout.top_k,

@@ -2,19 +2,24 @@
 //! numbers (`dense`, `info_gain`) receive them in [`Case`], computed elsewhere without gradient.
 //!
 //! Adding a variant: write a type implementing [`RewardFn`] (a file of its own is fine), then add one
-//! line to [`REGISTRY`]. Configs then pick it by name.
+//! line to [`REGISTRY`]. Configs then pick it by name. Without recompiling: `variant = "command"`
+//! runs a process of the user's ([`CommandReward`]).
 
+mod command;
 mod parse;
 mod variants;
 
 use std::sync::Arc;
 
+pub use command::{CommandReward, MAX_REWARD};
 pub use parse::{BOXED, FormatFailure, THINK_END, answer_closed, parse_prediction, thought};
 pub use variants::{ConditionalDense, Dense, FirstToken, InfoGain, PrefixMatch};
 
 /// What the verifier knows about one completion of one state.
 #[derive(Debug, Clone, Default)]
 pub struct Case<'a> {
+    /// The state's context `x_<t` as bytes, where the variant asks for it ([`Needs::context`]).
+    pub context: &'a [u8],
     /// The sampled completion, as bytes (may be invalid UTF-8).
     pub completion: &'a [u8],
     /// Bytes of the true continuation `x_≥t` (up to `max_target_bytes`).
@@ -52,6 +57,8 @@ pub struct Needs {
     pub info_gain: bool,
     /// An EMA teacher of the policy, kept by the learner and used for the no-thought baseline.
     pub ema_teacher: bool,
+    /// The context's bytes in [`Case::context`].
+    pub context: bool,
 }
 
 /// A reward variant. Scores a whole group (the G completions of one state), so group-level variants
@@ -74,6 +81,9 @@ pub enum RewardError {
         variant: &'static str,
         field: &'static str,
     },
+    /// The reward plug-in failed: the message names the line and quotes its stderr.
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// Builds one reward variant.
@@ -99,9 +109,22 @@ pub fn by_name(name: &str) -> Result<Arc<dyn RewardFn>, RewardError> {
             known: REGISTRY
                 .iter()
                 .map(|(n, _)| *n)
+                .chain(["command"])
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// The variant a `[reward]` section asks for: a built-in one by name, or the `command` plug-in.
+pub fn from_config(r: &crate::config::RewardSection) -> Result<Arc<dyn RewardFn>, RewardError> {
+    if r.variant == "command" {
+        return Ok(Arc::new(CommandReward::new(crate::plugin::PluginSpec {
+            command: r.command.clone(),
+            timeout: std::time::Duration::from_secs_f64(r.timeout_s),
+            role: "reward",
+        })));
+    }
+    by_name(&r.variant)
 }
 
 /// RPT Eq. 3: `y == c[0..l]` and `l ∈ L_gt`.

@@ -1,13 +1,15 @@
 //! Helpers shared by the integration tests that train: a tiny config and running it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use rpt::actors::{PLACEMENT_KEYS, RunSummary, TIMING_KEYS};
-use rpt::config::Config;
+use rpt::config::{Advantage, Config};
 use rpt::model::Device;
 use rpt::pipeline::train::{TrainOptions, train};
+use rpt::pipeline::{bootstrap::bootstrap, prepare};
 
 /// A config small enough that bootstrap and a few training steps take seconds.
 pub fn tiny_config(root: &Path, model: &Path) -> Config {
@@ -124,4 +126,46 @@ pub fn learned_states(m: &[serde_json::Value]) -> Vec<u64> {
         .collect();
     seen.sort();
     seen
+}
+
+/// The tiny model and its index, built once for this test binary.
+pub fn shared() -> &'static (PathBuf, Config) {
+    static CELL: OnceLock<(PathBuf, Config)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!(
+            "rpt-{}-{}",
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        let model = root.join("model");
+        let cfg = tiny_config(&root, &model);
+        bootstrap(&cfg, &model, &Device::Cpu).unwrap();
+        prepare::prepare(&cfg, &Device::Cpu).unwrap();
+        (root, cfg)
+    })
+}
+
+/// A config for a fresh run directory that reuses the shared model and its index. Uses `info_gain`
+/// (with RLP advantages): its rewards always vary within a group, so every step has a gradient, and
+/// resuming must also restore the EMA teacher.
+pub fn run_config(name: &str) -> Config {
+    let (root, base) = shared();
+    let mut cfg = base.clone();
+    cfg.reward.variant = "info_gain".into();
+    cfg.grpo.advantage = Advantage::Rlp;
+    cfg.run_dir = root.join(name);
+    std::fs::create_dir_all(cfg.run_dir.join("index")).unwrap();
+    for split in ["train", "heldout"] {
+        let f = format!("{split}.index.json");
+        std::fs::copy(
+            base.run_dir.join("index").join(&f),
+            cfg.run_dir.join("index").join(&f),
+        )
+        .unwrap();
+    }
+    cfg
 }
