@@ -633,6 +633,23 @@ mod tests {
         (loss, grad)
     }
 
+    /// The loss inputs with the ratio against the sampler's log-probs and no reference.
+    fn plain<'a>(
+        logp: &'a Var,
+        old: &'a Tensor,
+        adv: &'a Tensor,
+        mask: &'a Tensor,
+    ) -> LossInputs<'a> {
+        LossInputs {
+            logp: logp.as_tensor(),
+            old_logp: old,
+            sampler_logp: None,
+            ref_logp: None,
+            advantages: adv,
+            mask,
+        }
+    }
+
     fn rows(t: &Tensor) -> Vec<Vec<f64>> {
         let v: Vec<Vec<f32>> = t.to_vec2().unwrap();
         v.into_iter()
@@ -712,14 +729,7 @@ mod tests {
                     agg,
                     ..cfg(agg)
                 };
-                let x = LossInputs {
-                    logp: logp.as_tensor(),
-                    old_logp: &old,
-                    sampler_logp: None,
-                    ref_logp: None,
-                    advantages: &adv,
-                    mask: &mask,
-                };
+                let x = plain(&logp, &old, &adv, &mask);
                 check(&cfg, &x, None, None);
             }
         }
@@ -728,14 +738,7 @@ mod tests {
     #[test]
     fn clip_statistics_follow_each_type() {
         let (logp, old, adv, mask) = off_ratio_batch();
-        let x = LossInputs {
-            logp: logp.as_tensor(),
-            old_logp: &old,
-            sampler_logp: None,
-            ref_logp: None,
-            advantages: &adv,
-            mask: &mask,
-        };
+        let x = plain(&logp, &old, &adv, &mask);
         let c = |loss_type| LossConfig {
             loss_type,
             epsilon_high: 0.25,
@@ -758,14 +761,7 @@ mod tests {
         let old = t2(&[&[-1.5], &[0.4], &[-0.7], &[-1.95]]);
         let adv = Tensor::new(&[1.0f32, -0.8, 0.5, -0.3], &Device::Cpu).unwrap();
         let mask = t2(&[&[1.0], &[1.0], &[1.0], &[1.0]]);
-        let x = LossInputs {
-            logp: logp.as_tensor(),
-            old_logp: &old,
-            sampler_logp: None,
-            ref_logp: None,
-            advantages: &adv,
-            mask: &mask,
-        };
+        let x = plain(&logp, &old, &adv, &mask);
         let of = |loss_type| {
             let (l, s) = policy_loss(
                 &x,
@@ -799,14 +795,7 @@ mod tests {
             let g = rows(l.backward().unwrap().get(logp.as_tensor()).unwrap());
             (l.to_scalar::<f32>().unwrap() as f64, g, s)
         };
-        let plain = LossInputs {
-            logp: logp.as_tensor(),
-            old_logp: &old,
-            sampler_logp: None,
-            ref_logp: None,
-            advantages: &adv,
-            mask: &mask,
-        };
+        let plain = plain(&logp, &old, &adv, &mask);
         // The sampler agreeing with the learner: every weight is 1, the same loss to the bit.
         let same = LossInputs {
             sampler_logp: Some(&old),
