@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod prompt;
 pub mod reward;
+pub mod tensorboard;
 
 pub use error::{Error, Result};
 pub mod actors;

@@ -101,8 +101,12 @@ pub enum EnvMsg {
 
 /// To the metrics actor.
 pub enum MetricsMsg {
-    /// One step's metrics (a JSON object with at least `step`, `reward_mean`, `accuracy`, `tokens_per_s`).
-    Step(serde_json::Value),
+    /// One step's metrics (a JSON object with at least `step`, `reward_mean`, `accuracy`, `tokens_per_s`),
+    /// and a few of its completions for `samples.jsonl`.
+    Step {
+        line: serde_json::Value,
+        samples: Vec<serde_json::Value>,
+    },
 }
 
 impl ractor::Message for SupMsg {}

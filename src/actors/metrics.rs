@@ -1,5 +1,7 @@
-//! The metrics actor: one JSON line per step in `metrics.jsonl` (flushed each line), a progress bar, and
-//! a `tracing` event per step; and [`step_line`], which makes a step's line from its record.
+//! The metrics actor: one JSON line per step in `metrics.jsonl` (flushed each line), the same numbers as
+//! TensorBoard scalars in `tensorboard/`, a few seeded completions per step in `samples.jsonl`, a
+//! progress bar, and a `tracing` event per step; and [`step_line`] and [`step_samples`], which make a
+//! step's line and samples from its record.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -95,6 +97,46 @@ pub fn step_line(
     })
 }
 
+/// Completions recorded per step in `samples.jsonl`.
+pub const SAMPLES_PER_STEP: usize = 2;
+
+/// A seeded few of step `step`'s completions, decoded: which state, its context's tail, the true
+/// continuation, the thought and answer, and the reward. The same seed picks the same ones.
+pub fn step_samples(shared: &RunShared, step: u64, w: &StepWork) -> Vec<serde_json::Value> {
+    let groups: Vec<&crate::rollout::ScoredGroup> = w.scored.values().collect();
+    if groups.is_empty() {
+        return vec![];
+    }
+    let tok = &shared.tokenizer;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut rng = crate::model::Rng::new(crate::model::Rng::derive(&[
+        shared.cfg.seed,
+        step,
+        0x5a3e,
+    ]));
+    (0..SAMPLES_PER_STEP.min(groups.len()))
+        .map(|_| {
+            let g = groups[rng.below(groups.len())];
+            let i = rng.below(g.group.completions.len().max(1));
+            let c = &g.group.completions[i];
+            let r = &g.rewards[i];
+            let context = tok.decode_bytes(&g.group.state.context);
+            let tail = &context[context.len().saturating_sub(160)..];
+            serde_json::json!({
+                "step": step + 1,
+                "state": g.group.seq,
+                "context_tail": text(tail),
+                "continuation": text(&g.group.state.continuation),
+                "thought": text(&tok.decode_bytes(&c.tokens[..c.thought_len])),
+                "answer": text(&tok.decode_bytes(&c.tokens[c.thought_len..])),
+                "reward": r.value,
+                "correct": r.correct,
+                "format": r.format.map(|f| f.as_str()),
+            })
+        })
+        .collect()
+}
+
 /// `flops_cumulative` of the last line of a metrics file (0 when there is none): where a resumed run's
 /// count continues from.
 pub fn last_cumulative_flops(path: &std::path::Path) -> u64 {
@@ -112,6 +154,9 @@ pub struct MetricsActor;
 
 pub struct MetricsState {
     file: std::fs::File,
+    samples: Option<std::fs::File>,
+    /// TensorBoard scalars; `None` where the event file could not be made (logged once).
+    events: Option<crate::tensorboard::EventWriter>,
     bar: indicatif::ProgressBar,
     /// Steps since the last summary line, and their sums (reward, accuracy, tokens/s).
     window: (u64, f64, f64, f64),
@@ -141,10 +186,22 @@ impl Actor for MetricsActor {
             .create(true)
             .append(true)
             .open(&a.path)?;
+        let dir = a.path.parent().unwrap_or(std::path::Path::new("."));
+        let samples = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("samples.jsonl"))
+            .map_err(|e| tracing::warn!("samples.jsonl: {e}; no samples are recorded"))
+            .ok();
+        let events = crate::tensorboard::rewrite_from(&dir.join("tensorboard"), &a.path)
+            .map_err(|e| tracing::warn!("tensorboard/: {e}; no TensorBoard events are written"))
+            .ok();
         // About ten summary lines a run (the per-step line is at debug level).
         let summary_every = (a.bar.length().unwrap_or(0) / 10).max(1);
         Ok(MetricsState {
             file,
+            samples,
+            events,
             bar: a.bar,
             window: (0, 0.0, 0.0, 0.0),
             summary_every,
@@ -159,11 +216,24 @@ impl Actor for MetricsActor {
         st: &mut MetricsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MetricsMsg::Step(mut v) => {
+            MetricsMsg::Step { line: mut v, samples } => {
                 st.flops_cumulative += v["flops"].as_u64().unwrap_or(0);
                 v["flops_cumulative"] = st.flops_cumulative.into();
                 writeln!(st.file, "{v}")?;
                 st.file.flush()?;
+                if let Some(f) = &mut st.samples {
+                    for s in &samples {
+                        writeln!(f, "{s}")?;
+                    }
+                    f.flush()?;
+                }
+                if let Some(ev) = &mut st.events {
+                    let step = v["step"].as_u64().unwrap_or(0);
+                    if let Err(e) = ev.scalars(step, &crate::tensorboard::scalars_of(&v)) {
+                        tracing::warn!("{}: {e}; no more TensorBoard events", ev.path().display());
+                        st.events = None;
+                    }
+                }
                 let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
                 tracing::debug!(
                     step = f("step"),

@@ -21,7 +21,7 @@ pub mod wire;
 mod worker;
 
 pub use messages::RunShared;
-pub use metrics::{PLACEMENT_KEYS, TIMING_KEYS, last_cumulative_flops};
+pub use metrics::{PLACEMENT_KEYS, SAMPLES_PER_STEP, TIMING_KEYS, last_cumulative_flops};
 pub use schedule::Summary as RunSummary;
 pub use supervisor::Hooks;
 pub use worker::{WorkerOptions, WorkerSummary, check_address, hostname, serve as serve_worker};

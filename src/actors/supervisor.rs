@@ -13,7 +13,7 @@ use ractor::{
 use super::cluster::{Outbox, RemotePolicy, RemotePolicyArgs};
 use super::learner::{LearnerActor, LearnerArgs};
 use super::messages::{EnvMsg, LearnerMsg, MetricsMsg, PolicyMsg, RunShared, SupMsg, VerifierMsg};
-use super::metrics::step_line;
+use super::metrics::{step_line, step_samples};
 use super::policy::{PolicyActor, PolicyArgs};
 use super::schedule::{Cmd, Plan, Schedule, Summary};
 use super::verifier::{VerifierActor, VerifierArgs};
@@ -310,7 +310,8 @@ impl Actor for Supervisor {
                     .sched
                     .updated(u.step, (u.weights.clone(), u.ema.clone()))?;
                 let line = step_line(&st.a.shared, u.step, &w, &u.stats, u.seconds);
-                st.a.metrics.cast(MetricsMsg::Step(line))?;
+                let samples = step_samples(&st.a.shared, u.step, &w);
+                st.a.metrics.cast(MetricsMsg::Step { line, samples })?;
                 cmds
             }
             SupMsg::Checkpointed => st.sched.checkpointed(),

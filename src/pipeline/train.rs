@@ -34,7 +34,8 @@ pub struct TrainOptions {
     pub policies_panic_from_step: Option<u64>,
 }
 
-/// Keeps the lines of `metrics.jsonl` before `step` (so a resumed run continues a clean file).
+/// Keeps the lines of a per-step file (`metrics.jsonl`, `samples.jsonl`) up to `step` (so a resumed run
+/// continues a clean file).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
@@ -172,10 +173,14 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
     let resolved = toml::to_string_pretty(cfg).expect("config serialises");
     crate::model::write_atomic(&saved_path, resolved.as_bytes())?;
     let metrics_path = run.join("metrics.jsonl");
-    if opts.resume {
-        truncate_metrics(&metrics_path, start_step)?;
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    // Per-step files: kept up to the checkpoint on resume, started afresh otherwise. The TensorBoard
+    // events are rewritten from `metrics.jsonl` by the metrics actor.
+    for path in [&metrics_path, &run.join("samples.jsonl")] {
+        if opts.resume {
+            truncate_metrics(path, start_step)?;
+        } else if path.exists() {
+            std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        }
     }
     let shared = Arc::new(RunShared {
         cfg: cfg.clone(),
