@@ -12,6 +12,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod prompt;
+pub mod report;
 pub mod reward;
 pub mod tensorboard;
 

@@ -60,6 +60,10 @@ enum Command {
     Logprobs(cmd::generate::LogprobsArgs),
     /// Score completions with a reward variant.
     Reward(cmd::reward::RewardArgs),
+    /// One HTML page (and PNG/SVG figures) comparing run directories: curves, accuracy, samples.
+    Report(cmd::report::ReportArgs),
+    /// Run every cell of a run matrix (a base config, a grid of keys, seeds), then report them.
+    Sweep(cmd::sweep::SweepArgs),
     /// Write a checkpoint of any supported config.json with random weights (benchmarks at real sizes).
     Init(cmd::init::InitArgs),
     /// Measure generation and training speed on the benchmark shapes.
@@ -88,6 +92,8 @@ fn main() -> Result<()> {
         Command::Generate(a) => cmd::generate::run_generate(a),
         Command::Logprobs(a) => cmd::generate::run_logprobs(a),
         Command::Reward(a) => cmd::reward::run(a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Worker(a) => cmd::worker::run(a),

@@ -89,7 +89,10 @@ impl EventWriter {
 pub fn rewrite_from(dir: &Path, metrics: &Path) -> std::io::Result<EventWriter> {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("events.out.tfevents.") {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+            {
                 std::fs::remove_file(e.path())?;
             }
         }

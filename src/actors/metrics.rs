@@ -109,11 +109,8 @@ pub fn step_samples(shared: &RunShared, step: u64, w: &StepWork) -> Vec<serde_js
     }
     let tok = &shared.tokenizer;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut rng = crate::model::Rng::new(crate::model::Rng::derive(&[
-        shared.cfg.seed,
-        step,
-        0x5a3e,
-    ]));
+    let mut rng =
+        crate::model::Rng::new(crate::model::Rng::derive(&[shared.cfg.seed, step, 0x5a3e]));
     (0..SAMPLES_PER_STEP.min(groups.len()))
         .map(|_| {
             let g = groups[rng.below(groups.len())];
@@ -163,6 +160,8 @@ pub struct MetricsState {
     summary_every: u64,
     /// Model FLOPs of every step so far, the resumed ones included (read back from the file).
     flops_cumulative: u64,
+    /// The command that makes this run's report, shown with the bar.
+    report_hint: String,
 }
 
 pub struct MetricsArgs {
@@ -206,6 +205,7 @@ impl Actor for MetricsActor {
             window: (0, 0.0, 0.0, 0.0),
             summary_every,
             flops_cumulative,
+            report_hint: format!("curves: rpt report {}", dir.display()),
         })
     }
 
@@ -216,7 +216,10 @@ impl Actor for MetricsActor {
         st: &mut MetricsState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MetricsMsg::Step { line: mut v, samples } => {
+            MetricsMsg::Step {
+                line: mut v,
+                samples,
+            } => {
                 st.flops_cumulative += v["flops"].as_u64().unwrap_or(0);
                 v["flops_cumulative"] = st.flops_cumulative.into();
                 writeln!(st.file, "{v}")?;
@@ -262,10 +265,11 @@ impl Actor for MetricsActor {
                     *w = (0, 0.0, 0.0, 0.0);
                 }
                 st.bar.set_message(format!(
-                    "reward {:.3} acc {:.3} {:.0} tok/s",
+                    "reward {:.3} acc {:.3} {:.0} tok/s · {}",
                     f("reward_mean"),
                     f("accuracy"),
-                    f("tokens_per_s")
+                    f("tokens_per_s"),
+                    st.report_hint
                 ));
                 st.bar.inc(1);
             }

@@ -4,7 +4,9 @@ pub mod bench;
 pub mod generate;
 pub mod init;
 pub mod pipeline;
+pub mod report;
 pub mod reward;
+pub mod sweep;
 pub mod train;
 pub mod worker;
 

@@ -105,12 +105,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             &device,
         ))?;
         println!(
-            "trained {} steps in {:.0} s ({} states re-issued); metrics: {}, {:.3e} model FLOPs",
+            "trained {} steps in {:.0} s ({} states re-issued); metrics: {}, {:.3e} model FLOPs\n\
+             curves, held-out accuracy and samples: rpt report {}    (TensorBoard: tensorboard --logdir {})",
             summary.steps,
             t0.elapsed().as_secs_f64(),
             summary.reissued,
             cfg.run_dir.join("metrics.jsonl").display(),
-            rpt::actors::last_cumulative_flops(&cfg.run_dir.join("metrics.jsonl")) as f64
+            rpt::actors::last_cumulative_flops(&cfg.run_dir.join("metrics.jsonl")) as f64,
+            cfg.run_dir.display(),
+            cfg.run_dir.join("tensorboard").display()
         );
     }
     if cfg.train.eval_before_after {

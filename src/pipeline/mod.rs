@@ -9,6 +9,7 @@ pub mod init;
 pub mod memory;
 pub mod next_token;
 pub mod prepare;
+pub mod sweep;
 pub mod train;
 
 use candle_core::Tensor;
