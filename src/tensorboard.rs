@@ -144,7 +144,7 @@ fn wall_time() -> f64 {
 
 fn masked_crc(data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(data);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

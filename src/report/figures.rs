@@ -179,7 +179,7 @@ pub fn draw_all(series: &[Series], dir: &Path) -> Result<Drawn> {
     }
     for (suffix, x, xlabel) in AXES {
         for (stem, title, key) in PANELS {
-            let raw: Vec<(String, Vec<(f64, f64, f64, f64)>)> = series
+            let raw: Vec<Curve> = series
                 .iter()
                 .map(|s| (s.label.clone(), curve(s, x, key)))
                 .filter(|(_, p)| !p.is_empty())
@@ -188,8 +188,7 @@ pub fn draw_all(series: &[Series], dir: &Path) -> Result<Drawn> {
                 continue;
             }
             let w = smoothing_window(raw.iter().map(|(_, p)| p.len()).max().unwrap_or(0));
-            let lines: Vec<(String, Vec<(f64, f64, f64, f64)>)> =
-                raw.into_iter().map(|(l, p)| (l, smooth(&p, w))).collect();
+            let lines: Vec<Curve> = raw.into_iter().map(|(l, p)| (l, smooth(&p, w))).collect();
             let title = if w > 1 {
                 format!("{title} · mean of {w} steps")
             } else {
@@ -210,7 +209,7 @@ pub fn draw_all(series: &[Series], dir: &Path) -> Result<Drawn> {
         }
     }
     for split in SPLITS {
-        let bars: Vec<(String, [Option<(f64, f64)>; 4])> = series
+        let bars: Vec<Bars> = series
             .iter()
             .map(|s| {
                 let at = |when, mode| eval_score(s, when, split, mode);
@@ -413,14 +412,33 @@ fn bar_chart<DB: DrawingBackend>(
         * 1.45;
     let width = bars.len() as f64 * 5.0;
     // Under each group of bars, the values of the keys that differ (`dense`), short enough to fit.
-    let labels: Vec<String> = bars
+    // The first key's value alone where it tells every series apart (series name the key that
+    // differs most first).
+    let first_values: Vec<&str> = bars
         .iter()
         .map(|(l, _)| {
+            let first = l.split(", ").next().unwrap_or(l);
+            first.rsplit('=').next().unwrap_or(first)
+        })
+        .collect();
+    let first_alone = first_values
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        == bars.len();
+    let labels: Vec<String> = bars
+        .iter()
+        .enumerate()
+        .map(|(i, (l, _))| {
             let values: Vec<&str> = l
                 .split(", ")
                 .map(|p| p.rsplit('=').next().unwrap_or(p))
                 .collect();
-            let v = values.join(", ");
+            let v = if first_alone {
+                first_values[i].to_string()
+            } else {
+                values.join(", ")
+            };
             if v.chars().count() > 20 {
                 format!("{}…", v.chars().take(19).collect::<String>())
             } else {

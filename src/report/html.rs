@@ -95,7 +95,10 @@ figcaption{font-size:12px;color:#555;max-width:560px}
 
     h.push_str("<h2>Final numbers</h2><p>Training: the mean over each run's last tenth of steps, ± the standard error of that mean. Held-out: accuracy in %, ± √(p(1−p)/n) (for several seeds, the mean and the standard error of the mean).</p>");
     // Held-out columns where some run was evaluated (`rpt train` writes eval.json).
-    let evaluated = series.iter().flat_map(|s| &s.runs).any(|r| r.eval.is_some());
+    let evaluated = series
+        .iter()
+        .flat_map(|s| &s.runs)
+        .any(|r| r.eval.is_some());
     let splits: &[&str] = if evaluated { SPLITS } else { &[] };
     h.push_str("<table><tr><th class=l>series</th><th>runs</th><th>steps</th><th>reward</th><th>accuracy (train)</th>");
     for split in splits {

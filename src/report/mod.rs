@@ -147,13 +147,21 @@ pub fn group(runs: Vec<RunData>) -> Vec<Series> {
     }
     let all_keys: std::collections::BTreeSet<&String> =
         groups.iter().flat_map(|(k, _)| k.keys()).collect();
-    let differing: Vec<&String> = all_keys
+    let mut differing: Vec<&String> = all_keys
         .into_iter()
         .filter(|key| {
             let first = groups[0].0.get(*key);
             groups.iter().any(|(k, _)| k.get(*key) != first)
         })
         .collect();
+    // The key that tells the most series apart first (`reward.variant` before a key that two linked
+    // variants share), so that a shortened legend still names what differs.
+    let distinct = |key: &String| {
+        let values: std::collections::BTreeSet<Option<&String>> =
+            groups.iter().map(|(k, _)| k.get(key)).collect();
+        values.len()
+    };
+    differing.sort_by_key(|key| std::cmp::Reverse(distinct(key)));
     groups
         .iter()
         .map(|(k, members)| {
