@@ -240,6 +240,39 @@ fn a_plugin_that_keeps_failing_stops_the_run_with_its_stderr_and_line_and_the_ch
 }
 
 #[test]
+fn a_reward_out_of_range_or_not_a_number_names_the_line() {
+    for (answer, says) in [
+        ("[1e7, 0, 0]", "reward 0 is 10000000.0"),
+        ("[0, -2e6, 0]", "reward 1 is -2000000.0"),
+        ("[0, \"x\", 0]", "reward 1 is \"x\""),
+        ("[0, 0]", "2 rewards for a group of 3"),
+        ("[0, Infinity, 0]", "NaN and Infinity are not numbers"),
+    ] {
+        let script = format!(
+            "import sys\nfor l in sys.stdin:\n  print('{{\"rewards\": {answer}}}', flush=True)"
+        );
+        let plugin = CommandReward::new(PluginSpec {
+            command: vec!["python3".into(), "-c".into(), script],
+            timeout: std::time::Duration::from_secs(30),
+            role: "reward",
+        });
+        let group: Vec<Case> = (0..3)
+            .map(|_| Case {
+                completion: b"</think>\\boxed{x}",
+                continuation: b"x",
+                boundaries: &[1],
+                ..Case::default()
+            })
+            .collect();
+        let e = plugin.score_group(&group).unwrap_err().to_string();
+        assert!(
+            e.contains("answer line 1") && e.contains(says),
+            "{answer}: {e}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_plugin_config_is_refused_before_anything_runs() {
     let text = "[reward]\nvariant = \"command\"\n";
     let e = Config::parse(text, Path::new("run.toml"))
