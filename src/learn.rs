@@ -37,6 +37,8 @@ pub struct Learner {
     reference: Option<Decoder>,
     /// EMA teacher φ of `info_gain`.
     pub ema: Option<TensorMap>,
+    /// What the configured reward reads of the model (for the step's FLOPs).
+    needs: crate::reward::Needs,
     cfg: Config,
 }
 
@@ -52,7 +54,8 @@ impl Learner {
         } else {
             None
         };
-        let ema = if crate::reward::from_config(&cfg.reward)?.needs().ema_teacher {
+        let needs = crate::reward::from_config(&cfg.reward)?.needs();
+        let ema = if needs.ema_teacher {
             Some(params.snapshot()?)
         } else {
             None
@@ -67,6 +70,7 @@ impl Learner {
             opt,
             reference,
             ema,
+            needs,
             cfg: cfg.clone(),
         })
     }
@@ -132,14 +136,13 @@ impl Learner {
                 (g.group.prompt.len(), lens.collect())
             })
             .collect();
-        let needs = crate::reward::from_config(&self.cfg.reward)?.needs();
         let mut stats = UpdateStats {
             advantage_mean: mean,
             advantage_std: std,
             flops: crate::flops::grpo_step(
                 &self.params.config,
                 &shapes,
-                crate::flops::scoring_passes(&needs),
+                crate::flops::scoring_passes(&self.needs),
                 self.cfg.grpo.ppo_epochs as u64,
                 self.reference.is_some() as u64 + correcting as u64,
             ),
@@ -358,19 +361,11 @@ impl Learner {
         let t = self.cfg.rollout.temperature;
         let reference = match &self.reference {
             Some(r) => {
-                let full: Vec<Vec<u32>> = rows
+                let pairs: Vec<(&[u32], &[u32])> = rows
                     .iter()
-                    .map(|(p, comp, _)| [*p, comp.tokens.as_slice()].concat())
+                    .map(|(p, comp, _)| (*p, comp.tokens.as_slice()))
                     .collect();
-                let batch = left_pad(&full, &device)?;
-                Some(token_logprobs(
-                    r,
-                    &batch.ids,
-                    &batch.pad,
-                    batch.width - c,
-                    t,
-                    Mode::Infer,
-                )?)
+                Some(completion_logprobs(r, &pairs, c, t, &device)?)
             }
             None => None,
         };
@@ -418,39 +413,29 @@ impl Learner {
             .map(|g| vec![vec![]; g.group.completions.len()])
             .collect();
         for piece in micro_batches(batch, self.cfg.grpo.micro_batch_tokens) {
-            let mut rows: Vec<Vec<u32>> = vec![];
-            let mut at: Vec<(usize, usize)> = vec![];
-            for (g, r) in &piece {
-                let group = &batch[*g].group;
-                for i in r.clone() {
-                    if group.completions[i].tokens.is_empty() {
-                        continue;
-                    }
-                    rows.push([group.prompt.as_slice(), &group.completions[i].tokens].concat());
-                    at.push((*g, i));
-                }
-            }
-            if rows.is_empty() {
+            let at: Vec<(usize, usize)> = piece
+                .iter()
+                .flat_map(|(g, r)| r.clone().map(move |i| (*g, i)))
+                .filter(|&(g, i)| !batch[g].group.completions[i].tokens.is_empty())
+                .collect();
+            let pairs: Vec<(&[u32], &[u32])> = at
+                .iter()
+                .map(|&(g, i)| {
+                    let group = &batch[g].group;
+                    (
+                        group.prompt.as_slice(),
+                        group.completions[i].tokens.as_slice(),
+                    )
+                })
+                .collect();
+            if pairs.is_empty() {
                 continue;
             }
-            let c = at
-                .iter()
-                .map(|&(g, i)| batch[g].group.completions[i].tokens.len())
-                .max()
-                .unwrap_or(0);
-            let padded = left_pad(&rows, &device)?;
-            let lp: Vec<Vec<f32>> = token_logprobs(
-                &decoder,
-                &padded.ids,
-                &padded.pad,
-                padded.width - c,
-                t,
-                Mode::Infer,
-            )?
-            .to_vec2()?;
-            for (row, &(g, i)) in lp.iter().zip(&at) {
-                let len = batch[g].group.completions[i].tokens.len();
-                out[g][i] = row[c - len..].to_vec();
+            let c = pairs.iter().map(|(_, comp)| comp.len()).max().unwrap_or(0);
+            let lp: Vec<Vec<f32>> =
+                completion_logprobs(&decoder, &pairs, c, t, &device)?.to_vec2()?;
+            for (row, (&(g, i), (_, comp))) in lp.iter().zip(at.iter().zip(&pairs)) {
+                out[g][i] = row[c - comp.len()..].to_vec();
             }
         }
         Ok(out)
@@ -474,6 +459,27 @@ impl Learner {
         }
         Ok(self.params.policy_weights()?)
     }
+}
+
+/// `model`'s log-probs of each row's completion tokens (rows: prompt and completion), left-padded and
+/// right-aligned in the last `c` columns as the update reads them: (rows, c).
+fn completion_logprobs(
+    model: &Decoder,
+    rows: &[(&[u32], &[u32])],
+    c: usize,
+    temperature: f64,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let full: Vec<Vec<u32>> = rows.iter().map(|(p, comp)| [*p, *comp].concat()).collect();
+    let batch = left_pad(&full, device)?;
+    Ok(token_logprobs(
+        model,
+        &batch.ids,
+        &batch.pad,
+        batch.width - c,
+        temperature,
+        Mode::Infer,
+    )?)
 }
 
 /// Splits a mini-batch into micro-batches of at most `budget` tokens: pieces of groups (a group's

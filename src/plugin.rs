@@ -29,6 +29,16 @@ pub struct PluginSpec {
 }
 
 impl PluginSpec {
+    /// A spec from a config's `command` and `timeout_s` (validated there: a program, a positive
+    /// finite timeout).
+    pub fn new(command: &[String], timeout_s: f64, role: &'static str) -> Self {
+        PluginSpec {
+            command: command.to_vec(),
+            timeout: Duration::from_secs_f64(timeout_s),
+            role,
+        }
+    }
+
     pub fn shown(&self) -> String {
         self.command.join(" ")
     }

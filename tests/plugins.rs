@@ -376,14 +376,7 @@ fn an_environment_plugin_serving_the_builtin_documents_matches_the_builtin_run_a
         rpt::pipeline::load_texts(&builtin)?
     );
     // Two steps, then a resume to four: the documents come from a fresh plug-in process.
-    cfg.train.steps = 2;
-    run(&cfg, TrainOptions::default())?;
-    cfg.train.steps = 4;
-    let resume = TrainOptions {
-        resume: true,
-        ..Default::default()
-    };
-    run(&cfg, resume)?;
+    common::run_then_resume(&mut cfg, 2, 4)?;
     assert_eq!(
         without_timing(metrics(&cfg)),
         without_timing(metrics(&builtin))

@@ -52,14 +52,7 @@ fn tensorboard_reads_every_step_once_even_across_a_resume() -> Result<()> {
     };
     // Two steps, then resumed to four.
     let mut cfg = run_config("tb");
-    cfg.train.steps = 2;
-    run(&cfg, TrainOptions::default())?;
-    cfg.train.steps = 4;
-    let resume = TrainOptions {
-        resume: true,
-        ..Default::default()
-    };
-    run(&cfg, resume)?;
+    common::run_then_resume(&mut cfg, 2, 4)?;
     let events = read_events(&python, &cfg.run_dir.join("tensorboard"))?;
     let m = metrics(&cfg);
     assert_eq!(m.len(), 4);

@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::grpo::{LossAgg, LossType, OffPolicy, ScaleRewards};
 
 mod defaults;
+mod flat;
 mod validate;
 
 use defaults::*;
 
+pub use flat::flat_keys;
 pub use validate::limits;
 
 #[derive(Debug, thiserror::Error)]

@@ -72,30 +72,7 @@ pub fn config_changes(old: &Config, new: &Config) -> Vec<String> {
 }
 
 fn flatten(cfg: &Config) -> BTreeMap<String, String> {
-    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, x) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, x, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(
-        "",
-        &toml::Value::try_from(cfg).expect("config serialises"),
-        &mut out,
-    );
-    out
+    crate::config::flat_keys(&toml::Value::try_from(cfg).expect("config serialises"))
 }
 
 #[cfg(test)]

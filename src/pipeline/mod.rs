@@ -28,11 +28,8 @@ pub fn load_texts(cfg: &Config) -> Result<Vec<String>> {
             return Ok(generate_corpus(cfg.corpus.documents, cfg.seed));
         }
         crate::config::CorpusKind::Command => {
-            let spec = crate::plugin::PluginSpec {
-                command: cfg.corpus.command.clone(),
-                timeout: std::time::Duration::from_secs_f64(cfg.corpus.timeout_s),
-                role: "environment",
-            };
+            let c = &cfg.corpus;
+            let spec = crate::plugin::PluginSpec::new(&c.command, c.timeout_s, "environment");
             return crate::env::plugin_documents(&spec);
         }
         crate::config::CorpusKind::Files => {}

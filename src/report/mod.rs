@@ -82,12 +82,8 @@ pub fn read_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData> {
     }
     let config = std::fs::read_to_string(dir.join("config.toml"))
         .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .map(|t| {
-            let mut flat = BTreeMap::new();
-            flatten("", &t, &mut flat);
-            flat
-        })
+        .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+        .map(|t| crate::config::flat_keys(&t))
         .unwrap_or_default();
     let eval = std::fs::read_to_string(dir.join("eval.json"))
         .ok()
@@ -106,22 +102,6 @@ pub fn read_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData> {
         eval,
         samples,
     })
-}
-
-fn flatten(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, String>) {
-    for (k, v) in t {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(inner) => flatten(&key, inner, out),
-            other => {
-                out.insert(key, other.to_string());
-            }
-        }
-    }
 }
 
 /// Keys that never tell series apart: where a run writes, and its seed (seeds are a series' band).

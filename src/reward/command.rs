@@ -12,7 +12,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::{Case, Needs, Reward, RewardError, RewardFn, parse_prediction, prefix_match};
+use super::variants::judged;
+use super::{Case, Needs, Reward, RewardError, RewardFn};
 use crate::plugin::{Plugin, PluginSpec, Pool};
 
 /// The largest reward magnitude a plug-in may answer.
@@ -100,10 +101,7 @@ impl RewardFn for CommandReward {
             .iter()
             .zip(values)
             .map(|(c, value)| {
-                let (correct, format) = match parse_prediction(c.completion) {
-                    Ok(y) => (prefix_match(y, c.continuation, c.boundaries), None),
-                    Err(f) => (false, Some(f)),
-                };
+                let (_, format, correct) = judged(c);
                 Reward {
                     value,
                     correct,

@@ -118,11 +118,8 @@ pub fn by_name(name: &str) -> Result<Arc<dyn RewardFn>, RewardError> {
 /// The variant a `[reward]` section asks for: a built-in one by name, or the `command` plug-in.
 pub fn from_config(r: &crate::config::RewardSection) -> Result<Arc<dyn RewardFn>, RewardError> {
     if r.variant == "command" {
-        return Ok(Arc::new(CommandReward::new(crate::plugin::PluginSpec {
-            command: r.command.clone(),
-            timeout: std::time::Duration::from_secs_f64(r.timeout_s),
-            role: "reward",
-        })));
+        let spec = crate::plugin::PluginSpec::new(&r.command, r.timeout_s, "reward");
+        return Ok(Arc::new(CommandReward::new(spec)));
     }
     by_name(&r.variant)
 }

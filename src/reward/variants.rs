@@ -4,7 +4,8 @@ use super::{
     Case, FormatFailure, Needs, Reward, RewardError, RewardFn, parse_prediction, prefix_match,
 };
 
-fn judged<'a>(c: &Case<'a>) -> (Option<&'a [u8]>, Option<FormatFailure>, bool) {
+/// The prediction of a completion, why it has none, and whether it is correct under `prefix_match`.
+pub(super) fn judged<'a>(c: &Case<'a>) -> (Option<&'a [u8]>, Option<FormatFailure>, bool) {
     match parse_prediction(c.completion) {
         Ok(y) => (Some(y), None, prefix_match(y, c.continuation, c.boundaries)),
         Err(f) => (None, Some(f), false),

@@ -80,6 +80,19 @@ pub fn run(cfg: &Config, opts: TrainOptions) -> Result<RunSummary> {
     Ok(rt.block_on(train(cfg, &opts, &Device::Cpu))?)
 }
 
+/// Runs `first` steps, then resumes the run to `total` (a run stopped and continued).
+pub fn run_then_resume(cfg: &mut Config, first: u64, total: u64) -> Result<()> {
+    cfg.train.steps = first;
+    run(cfg, TrainOptions::default())?;
+    cfg.train.steps = total;
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    run(cfg, resume)?;
+    Ok(())
+}
+
 pub fn metrics(cfg: &Config) -> Vec<serde_json::Value> {
     std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))
         .unwrap()
