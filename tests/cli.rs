@@ -302,3 +302,58 @@ fn a_run_that_cannot_fit_is_refused_with_the_estimate() -> Result<()> {
     assert!(!run.exists(), "nothing is written");
     Ok(())
 }
+
+/// `rpt bench --work decode`: the bytes a decode step reads are every weight, but an untied embedding
+/// table (read only at the batch's rows); the bound is batch × bandwidth ÷ those bytes.
+#[test]
+fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-parity");
+    for (family, tied) in [("qwen2", true), ("llama", false)] {
+        let dir = fixtures.join(family);
+        let ck = rpt::model::Checkpoint::load(&dir, &rpt::model::Device::Cpu)?;
+        assert_eq!(ck.config.tie_word_embeddings, tied);
+        let all: usize = ck.weights.values().map(|t| t.elem_count()).sum();
+        let embed = ck.weights["model.embed_tokens.weight"].elem_count();
+        let want = 4 * if tied { all } else { all - embed };
+        let (ok, stdout, err) = rpt(&[
+            "bench",
+            "--work",
+            "decode",
+            "--model",
+            &dir.display().to_string(),
+            "--repeat",
+            "1",
+            "--batch",
+            "2",
+            "--prompt",
+            "4",
+            "--new",
+            "3",
+        ])?;
+        assert!(ok, "{err}");
+        let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))?;
+        assert_eq!(
+            r["weight_bytes_per_step"].as_u64(),
+            Some(want as u64),
+            "{family}"
+        );
+        let (tps, bw, bound) = (
+            r["tokens_per_s"].as_f64().unwrap(),
+            r["read_bandwidth_gb_s"].as_f64().unwrap(),
+            r["bound_tokens_per_s"].as_f64().unwrap(),
+        );
+        assert!(tps > 0.0 && bw > 0.0, "{r}");
+        assert!(
+            (bound - 2.0 * bw * 1e9 / want as f64).abs() <= 1e-6 * bound,
+            "{r}"
+        );
+        assert!(
+            (r["bound_over_measured"].as_f64().unwrap() - bound / tps).abs() <= 1e-6 * bound / tps
+        );
+    }
+    let (ok, _, err) = rpt(&[
+        "bench", "--work", "decode", "--shape", "small", "--new", "1",
+    ])?;
+    assert!(!ok && err.contains("--new"), "{err}");
+    Ok(())
+}

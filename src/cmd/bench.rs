@@ -1,6 +1,13 @@
 //! `rpt bench`: the model layer's speed on the peer's shapes (`small`, `big`), so that figures can be put
 //! beside `trl_peer.py generate` / `train` measured in the same sitting. Prints one JSON line per figure
 //! (median of `--repeat` runs after a warm-up).
+//!
+//! `--work decode` puts decoding speed beside the memory-bandwidth bound. A decode step of a batch reads
+//! every weight once (the embedding table only through the head, when it is tied; an untied table
+//! only at the batch's rows), so no decoder can make more than `batch × bandwidth ÷ weight bytes`
+//! tokens a second. The bandwidth is measured here, by summing a buffer as large as the weights (at
+//! least 1 GiB, far beyond the caches) on every thread of the pool the model runs on, the best of
+//! five passes; it is what a read-only stream reaches on this machine, not a datasheet figure.
 
 use std::time::Instant;
 
@@ -15,7 +22,8 @@ pub struct BenchArgs {
     /// `small`, `big` or `all`.
     #[arg(long, default_value = "all")]
     pub shape: String,
-    /// `generate`, `train`, `all` (both), or `grpo` (needs `--model`).
+    /// `generate`, `train`, `all` (both), `grpo` (needs `--model`), or `decode` (decoding beside
+    /// the memory-bandwidth bound; on `--model`, or on `--shape`).
     #[arg(long, default_value = "all")]
     pub work: String,
     #[arg(long, default_value_t = 7)]
@@ -28,7 +36,7 @@ pub struct BenchArgs {
     pub new: usize,
     #[arg(long, default_value_t = 112)]
     pub len: usize,
-    /// Checkpoint for `--work grpo` (the peer's `trl_peer.py grpo --model`).
+    /// Checkpoint for `--work grpo` (the peer's `trl_peer.py grpo --model`) or `--work decode`.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// Completions per prompt for `--work grpo`.
@@ -210,14 +218,17 @@ fn grpo(a: &BenchArgs) -> Result<()> {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let path = grad_path(&a.grad_path)?;
-    if !["generate", "train", "all", "grpo"].contains(&a.work.as_str()) {
+    if !["generate", "train", "all", "grpo", "decode"].contains(&a.work.as_str()) {
         anyhow::bail!(
-            "--work must be generate, train, all or grpo, got {:?}",
+            "--work must be generate, train, all, grpo or decode, got {:?}",
             a.work
         );
     }
     if a.work == "grpo" {
         return grpo(a);
+    }
+    if a.work == "decode" {
+        return decode(a);
     }
     let shapes: Vec<&str> = if a.shape == "all" {
         vec!["small", "big"]
@@ -310,6 +321,122 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "optimizer_ms": phase(1), "grad_path": format!("{:?}", params.path), "threads": threads, "samples": a.repeat})
             );
         }
+    }
+    Ok(())
+}
+
+/// Bytes a decode step reads of `weights`: all of them, but an untied embedding table only at the
+/// batch's rows (counted as none).
+pub fn decode_weight_bytes(cfg: &ModelConfig, weights: &rpt::model::TensorMap) -> usize {
+    let layout = rpt::model::Layout::of(cfg);
+    weights
+        .iter()
+        .filter(|(k, _)| layout.tied() || **k != layout.embed)
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
+}
+
+/// Read bandwidth in bytes a second: the best of five parallel sums over `bytes` (at least 1 GiB).
+pub fn read_bandwidth(bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = bytes.max(1 << 30) / 4;
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                // Eight sums side by side, so the adds keep up with the loads.
+                let mut acc = [0f32; 8];
+                for x in c.chunks_exact(8) {
+                    for k in 0..8 {
+                        acc[k] += x[k];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        let dt = t0.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt);
+    }
+    best
+}
+
+/// Decoding tokens a second at `--batch` (seconds of `--new` tokens less those of one, over the
+/// steps between), beside the bandwidth bound (see the module doc).
+fn decode(a: &BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.new >= 2,
+        "--new must be at least 2 for --work decode, got {}",
+        a.new
+    );
+    let device = super::device()?;
+    let models: Vec<(String, ModelConfig, rpt::model::TensorMap)> = match &a.model {
+        Some(dir) => {
+            let ck = super::load_checkpoint(dir)?;
+            vec![(dir.display().to_string(), ck.config, ck.weights)]
+        }
+        None => {
+            let names = if a.shape == "all" {
+                vec!["small", "big"]
+            } else {
+                vec![a.shape.as_str()]
+            };
+            names
+                .into_iter()
+                .map(|n| {
+                    let cfg = shape(n)?;
+                    let w = init_weights(&cfg, 0, 0.02, &device)?;
+                    Ok((n.to_string(), cfg, w))
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let threads = rayon::current_num_threads();
+    for (name, cfg, weights) in models {
+        let dtype = rpt::model::Route::for_device(&device).policy_dtype;
+        let policy = weights
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .collect::<Result<rpt::model::TensorMap>>()?;
+        let bytes = decode_weight_bytes(&cfg, &policy);
+        let model = rpt::model::Decoder::new(&cfg, &policy)?;
+        drop(policy);
+        let prompts: Vec<Vec<u32>> = (0..a.batch)
+            .map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64))
+            .collect();
+        let seeds: Vec<u64> = (0..a.batch as u64).collect();
+        let time = |new: usize| -> Result<f64> {
+            let params = SampleParams {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 1.0,
+                max_new_tokens: new,
+            };
+            let run = || generate(&model, &prompts, &params, &seeds, &[], &|_, _| false);
+            run()?;
+            let mut times = vec![];
+            for _ in 0..a.repeat {
+                let t0 = Instant::now();
+                run()?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            Ok(median(times))
+        };
+        let per_step = (time(a.new)? - time(1)?) / (a.new - 1) as f64;
+        let tps = a.batch as f64 / per_step;
+        let bw = read_bandwidth(bytes);
+        let bound = a.batch as f64 * bw / bytes as f64;
+        println!(
+            "{}",
+            serde_json::json!({"rpt": "decode", "model": name, "batch": a.batch, "prompt": a.prompt,
+                "new": a.new, "tokens_per_s": tps, "ms_per_step": 1000.0 * per_step,
+                "weight_bytes_per_step": bytes, "read_bandwidth_gb_s": bw / 1e9,
+                "bound_tokens_per_s": bound, "bound_over_measured": bound / tps,
+                "threads": threads, "samples": a.repeat, "dtype": format!("{dtype:?}")})
+        );
     }
     Ok(())
 }

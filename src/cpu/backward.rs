@@ -42,8 +42,12 @@ pub(super) fn linear_back(
     bias_name: Option<&str>,
 ) {
     let inp = w.len() / out;
-    // The two products are independent and equally large: run them side by side.
+    // The two products are independent and equally large: run them side by side. The weight's
+    // gradient is added in place where an earlier pass left one (a later micro-batch, or a later
+    // chunk of the head's rows), so no second buffer of it is made.
     let mut dw = Vec::new();
+    let acc = grads.get_mut(weight_name);
+    let fresh = acc.is_none();
     rayon::join(
         || {
             gemm(
@@ -58,18 +62,33 @@ pub(super) fn linear_back(
                 true,
             )
         },
-        || {
-            dw = gemm_new(
+        || match acc {
+            Some(acc) => gemm(
                 out,
                 inp,
                 rows,
                 MatRef::rows_t(dy, out),
                 MatRef::rows(x, inp),
+                acc,
+                inp,
                 true,
-            )
+                true,
+            ),
+            None => {
+                dw = gemm_new(
+                    out,
+                    inp,
+                    rows,
+                    MatRef::rows_t(dy, out),
+                    MatRef::rows(x, inp),
+                    true,
+                )
+            }
         },
     );
-    put(grads, weight_name.to_string(), dw);
+    if fresh {
+        grads.insert(weight_name.to_string(), dw);
+    }
     if let Some(name) = bias_name {
         let mut db = vec![0f32; out];
         for r in dy.chunks(out) {
@@ -162,7 +181,12 @@ pub fn backward(
     let nsel = tape.sel.len();
     let head = get(p, &layout.head)?;
     let mut dhs = vec![0f32; nsel * h];
-    let mut head_grads = FlatGrads::new();
+    // The head's weight gradient goes straight into its accumulated sum: the embedding's when tied.
+    let head_name = if layout.tied() {
+        &layout.embed
+    } else {
+        &layout.head
+    };
     let rows = tape.head_rows.min(nsel).max(1);
     // One chunk: the stored exponentials; several: each chunk's recomputed (see `forward_core`).
     let mut dlogits = if rows < nsel {
@@ -195,13 +219,12 @@ pub fn backward(
             v,
             dh,
             false,
-            &mut head_grads,
-            "head",
+            grads,
+            head_name,
             None,
         );
     }
     keep_logits_buffer(dlogits);
-    let d_head = head_grads.remove("head").expect("weight gradient");
     let mut dxf = vec![0f32; nsel * h];
     let norm_w = get(p, &layout.norm)?;
     put(
@@ -284,18 +307,14 @@ pub fn backward(
             rms_back(&lt.x, ln1, &lt.rstd1, &dh1, &mut dx),
         );
     }
-    // A tied head's gradient is the embedding's starting point (no separate zeroed table to add).
-    let mut d_embed = if layout.tied() {
-        d_head
-    } else {
-        put(grads, layout.head.clone(), d_head);
-        vec![0f32; v * h]
-    };
+    // The embedding's rows are added in place too (a tied head's gradient is already there).
+    let d_embed = grads
+        .entry(layout.embed.clone())
+        .or_insert_with(|| vec![0f32; v * h]);
     for (row, &id) in dx.chunks(h).zip(&tape.ids) {
         let dst = &mut d_embed[id as usize * h..(id as usize + 1) * h];
         dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
     }
-    put(grads, layout.embed.clone(), d_embed);
     Ok(())
 }
 

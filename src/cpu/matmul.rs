@@ -137,7 +137,8 @@ pub(super) fn four_rows(
 
 /// `out[i, j] = x[i] · w[j]` (out has row stride `ldo`) for `rows` rows of w, four rows of w against
 /// four rows of x at a time, so each loaded vector feeds four multiply-adds; x is walked in tiles of
-/// 16 rows that stay in the L1 cache while every row of w passes. Every output is the same 16-lane
+/// 8 rows that stay in the L1 cache while every row of w passes (a tile of five or more rows goes to
+/// [`eight_by_two`]). Every output is the same 16-lane
 /// sum over k whatever m is, so a row's result does not depend on the other rows. Rows past the end
 /// read `zeros`.
 #[cfg(target_arch = "x86_64")]
@@ -154,10 +155,16 @@ pub(super) unsafe fn small_block_avx512(
     zeros: &[f32],
 ) {
     use std::arch::x86_64::*;
-    const TILE: usize = 16;
+    const TILE: usize = 8;
     let mut i0 = 0;
     while i0 < m {
         let i_end = (i0 + TILE).min(m);
+        if i_end - i0 > 4 {
+            // SAFETY: as for this function; rows i0 .. i_end of x, all rows of w.
+            unsafe { eight_by_two(x, i0, i_end, k, w, rows, out, ldo, zeros) };
+            i0 = i_end;
+            continue;
+        }
         let mut j = 0;
         while j < rows {
             let wp = four_rows(w, j, rows, k, zeros);
@@ -210,6 +217,88 @@ pub(super) unsafe fn small_block_avx512(
             j += 4;
         }
         i0 = i_end;
+    }
+}
+
+/// [`small_block_avx512`] for a tile of five to eight rows of x (rows `i0 .. i_end`): two rows of w
+/// against all of them at a time, so each row of w is read from memory once and used eight times while
+/// the next rows stream in. (Four rows of w against four of x would take two passes over the same
+/// rows of w, the second from the cache with the memory idle.) Every output is the same 16-lane sum
+/// and the same reduction as in the four-by-four kernel, so the bits do not depend on which runs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn eight_by_two(
+    x: &[f32],
+    i0: usize,
+    i_end: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+    zeros: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let xp: [*const f32; 8] = std::array::from_fn(|a| {
+        if i0 + a < i_end {
+            x[(i0 + a) * k..].as_ptr()
+        } else {
+            zeros.as_ptr()
+        }
+    });
+    let mut j = 0;
+    while j < rows {
+        let wp: [*const f32; 2] = std::array::from_fn(|b| {
+            if j + b < rows {
+                w[(j + b) * k..].as_ptr()
+            } else {
+                zeros.as_ptr()
+            }
+        });
+        // Two rows of w four ahead, fetched while these are multiplied (see `small_block_avx512`).
+        let next = (j + 4 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
+        // SAFETY: every pointer addresses k floats; the masked loads stop at k; the writes stay
+        // inside rows i0 .. i_end and columns j .. j + 2 < rows of out.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+            let mut p = 0;
+            while p < k {
+                let mask: __mmask16 = if k - p >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << (k - p)) - 1
+                };
+                if let Some(next) = next {
+                    for line in 0..2 {
+                        let at = next.wrapping_add(4 * p + 16 * line);
+                        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                    }
+                }
+                let wv: [__m512; 2] =
+                    std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, wp[b].add(p)));
+                for a in 0..8 {
+                    let xv = _mm512_maskz_loadu_ps(mask, xp[a].add(p));
+                    for b in 0..2 {
+                        acc[b][a] = _mm512_fmadd_ps(xv, wv[b], acc[b][a]);
+                    }
+                }
+                p += 16;
+            }
+            // Output (a, b) as lane n = 2a + b: `reduce_16` puts the sum of its acc[n % 4][n / 4]
+            // in lane n.
+            let grid: [[__m512; 4]; 4] = std::array::from_fn(|bb| {
+                std::array::from_fn(|aa| acc[(4 * aa + bb) % 2][(4 * aa + bb) / 2])
+            });
+            let mut lanes = [0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), reduce_16(grid));
+            let cols = 2.min(rows - j);
+            for a in 0..i_end - i0 {
+                let dst = std::slice::from_raw_parts_mut(out.add((i0 + a) * ldo + j), cols);
+                dst.copy_from_slice(&lanes[2 * a..2 * a + cols]);
+            }
+        }
+        j += 2;
     }
 }
 
