@@ -156,6 +156,53 @@ fn fused_and_autograd_gradients_agree() -> Result<()> {
     Ok(())
 }
 
+/// Rows long enough that a layer's attention probabilities exceed what the forward pass keeps: the
+/// backward pass recomputes them, and the gradients still agree with candle's autograd.
+#[test]
+fn long_rows_recompute_attention_and_agree_with_autograd() -> Result<()> {
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let (rows, len, from) = (8usize, 400usize, 390usize);
+        let heads = ck.config.num_attention_heads;
+        assert!(heads * rows * len * len > rpt::cpu::KEEP_PROBS_FLOATS);
+        let ids: Vec<u32> = (0..rows * len)
+            .map(|i| 1 + ((i * 7919 + i / len * 131) % 509) as u32)
+            .collect();
+        let ids = Tensor::from_vec(ids, (rows, len), &Device::Cpu)?;
+        let pad = vec![0; rows];
+        let weights = Tensor::from_vec(
+            (0..rows * (len - from))
+                .map(|i| ((i * 7) % 5) as f32 - 1.5)
+                .collect(),
+            (rows, len - from),
+            &Device::Cpu,
+        )?;
+        let run = |path| -> Result<Grads> {
+            let mut params = Trainable::new(&ck.config, &ck.weights)?;
+            params.path = path;
+            Ok(params
+                .value_and_grad(&ids, &pad, from, 1.0, |lp| {
+                    Ok::<_, anyhow::Error>(((lp * &weights)?.sum_all()?, ()))
+                })?
+                .1)
+        };
+        let (g_a, g_f) = (run(GradPath::Autograd)?, run(GradPath::Fused)?);
+        assert_eq!(g_a.len(), g_f.len(), "{family}");
+        for (name, a) in &g_a {
+            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+            let f: Vec<f32> = g_f[name].flatten_all()?.to_vec1()?;
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            for (x, y) in a.iter().zip(&f) {
+                assert!(
+                    (x - y).abs() <= 1e-3 * scale,
+                    "{family}: `{name}` gradient {x} (autograd) vs {y} (fused), max |g| {scale}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// GRPO groups with each prompt computed once and shared by its completions give the log-probs and
 /// gradients of the left-padded batch of prompt ++ completion rows, on every family; candle's autograd
 /// path (which pads) gives them too.

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::forward::{head_exps, keep_logits_buffer, logits_buffer, rope};
+use super::forward::{head_exps, job_probs, keep_logits_buffer, logits_buffer, rope};
 use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
 use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get};
 use super::vector::{Shared, dot, dot3, exp_shifted, for_row_pairs, for_rows};
@@ -358,7 +358,15 @@ pub(super) fn attention_back(
                 let q_off = job.q0 * qw + head * hd;
                 let dout = MatRef::rows(&datt[q_off..], qw);
                 let q_rows = MatRef::rows(&lt.q[q_off..], qw);
-                let probs = &lt.probs[j * nh + head];
+                // Kept by the forward pass, or recomputed here when a layer's were too large.
+                let recomputed;
+                let probs = match &lt.probs[j * nh + head] {
+                    p if p.is_empty() && n > 0 => {
+                        recomputed = job_probs(d, &lt.q, &lt.k, job, head);
+                        &recomputed
+                    }
+                    p => p,
+                };
                 // dP = dO · Vᵀ, over the prompt's and the job's own values.
                 for (t0, len, col) in job.segments() {
                     gemm(n, len, hd, dout, v_t(t0), &mut dp[col..], w, false, false);

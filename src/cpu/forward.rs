@@ -247,7 +247,7 @@ pub(super) fn forward_core(
         }
         rope(&mut q, nh, hd, &cos, &sin, 1.0);
         rope(&mut k, nkv, hd, &cos, &sin, 1.0);
-        let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs);
+        let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs, keep_probs(&jobs, nh));
         let mut x_mid = proj(&att, &names.o)?;
         add_into(&mut x_mid, &x, h);
         let (h2, rstd2) = rms(&x_mid, get(p, &names.post_norm)?, d.eps);
@@ -401,9 +401,45 @@ pub(super) fn keep_logits_buffer(buf: Vec<f32>) {
     }
 }
 
+/// The attention probabilities a layer keeps for the backward pass, in floats; past it they are
+/// recomputed there instead (the same arithmetic, so the same bits), which bounds a long sequence's
+/// memory by its activations rather than by heads × tokens².
+pub const KEEP_PROBS_FLOATS: usize = 1 << 22;
+
+/// Whether a layer's attention probabilities for `jobs` fit [`KEEP_PROBS_FLOATS`].
+pub(super) fn keep_probs(jobs: &[AttnJob], nh: usize) -> bool {
+    let floats: usize = jobs.iter().map(|j| nh * j.n * (j.np + j.n)).sum();
+    floats <= KEEP_PROBS_FLOATS
+}
+
+/// The attention probabilities of `head` for `job`, (n × (np + n)): its queries against the job's
+/// prompt (if any) and, causally, itself. The forward and the backward pass both call this.
+pub(super) fn job_probs(d: &Dims, q: &[f32], k: &[f32], job: AttnJob, head: usize) -> Vec<f32> {
+    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let g = head / (nh / nkv);
+    let (n, np) = (job.n, job.np);
+    let w = np + n;
+    let inv_sqrt = 1.0 / (hd as f32).sqrt();
+    let qv = MatRef::rows(&q[job.q0 * qw + head * hd..], qw);
+    let keys = |t0: usize| MatRef {
+        data: &k[t0 * kw + g * hd..],
+        rs: 1,
+        cs: kw,
+    };
+    let mut sc = vec![0f32; n * w];
+    for (t0, len, col) in job.segments() {
+        gemm(n, len, hd, qv, keys(t0), &mut sc[col..], w, false, false);
+    }
+    for (i, row) in sc.chunks_mut(w).enumerate() {
+        softmax_prefix(row, np + i + 1, inv_sqrt);
+    }
+    sc
+}
+
 /// Attention with grouped-query heads for each job: its queries see the job's prompt (if any) and,
-/// causally, themselves. Returns the probabilities per (job, head), (n × (np + n)), and the output
-/// (tokens, heads · head_dim), zero at tokens no job queries from (padding).
+/// causally, themselves. Returns the probabilities per (job, head), (n × (np + n)), each empty unless
+/// `keep`, and the output (tokens, heads · head_dim), zero at tokens no job queries from (padding).
 pub(super) fn attention(
     d: &Dims,
     q: &[f32],
@@ -411,11 +447,11 @@ pub(super) fn attention(
     v: &[f32],
     t_all: usize,
     jobs: &[AttnJob],
+    keep: bool,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
     let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
     let (qw, kw) = (nh * hd, nkv * hd);
     let n_rep = nh / nkv;
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
     let mut att = vec![0f32; t_all * qw];
     let out = Shared(att.as_mut_ptr());
     let probs = (0..jobs.len() * nh)
@@ -423,21 +459,9 @@ pub(super) fn attention(
         .map(|jh| {
             let (job, head) = (jobs[jh / nh], jh % nh);
             let g = head / n_rep;
-            let (n, np) = (job.n, job.np);
-            let w = np + n;
-            let qv = MatRef::rows(&q[job.q0 * qw + head * hd..], qw);
-            let keys = |t0: usize| MatRef {
-                data: &k[t0 * kw + g * hd..],
-                rs: 1,
-                cs: kw,
-            };
-            let mut sc = vec![0f32; n * w];
-            for (t0, len, col) in job.segments() {
-                gemm(n, len, hd, qv, keys(t0), &mut sc[col..], w, false, false);
-            }
-            for (i, row) in sc.chunks_mut(w).enumerate() {
-                softmax_prefix(row, np + i + 1, inv_sqrt);
-            }
+            let w = job.np + job.n;
+            let n = job.n;
+            let sc = job_probs(d, q, k, job, head);
             let dst = out.at(job.q0 * qw + head * hd);
             for (i, (t0, len, col)) in job.segments().enumerate() {
                 let values = MatRef::rows(&v[t0 * kw + g * hd..], kw);
@@ -447,7 +471,7 @@ pub(super) fn attention(
                     gemm_into(n, hd, len, probs, values, dst, qw, i > 0, false)
                 };
             }
-            sc
+            if keep { sc } else { Vec::new() }
         })
         .collect();
     (probs, att)

@@ -25,7 +25,7 @@ mod tape;
 mod vector;
 
 pub use backward::backward;
-pub use forward::{HEAD_CHUNK_FLOATS, forward, forward_shared};
+pub use forward::{HEAD_CHUNK_FLOATS, KEEP_PROBS_FLOATS, forward, forward_shared};
 pub use logsoftmax::target_log_softmax;
 pub use matmul::matmul_t;
 pub use sample::{HostCache, step};

@@ -9,8 +9,9 @@
 //!   fewer) × layers × 2 × KV heads × head_dim × 4 bytes;
 //! - the update's work space per micro-batch of `grpo.micro_batch_tokens`: the activations the
 //!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats), its
-//!   attention probabilities, the head's logits chunk (in the forward and the backward pass), and one
-//!   embedding-sized gradient buffer before it is added.
+//!   attention probabilities (every layer's while a layer's fit `cpu::KEEP_PROBS_FLOATS`; past that
+//!   the backward pass recomputes them, and one layer's is counted), the head's logits chunk (in the
+//!   forward and the backward pass), and an allowance of one embedding-sized buffer for temporaries.
 //!
 //! On Qwen3-0.6B's shape (one prompt × 8 × 48, `micro_batch_tokens` 448) it estimates 11.7 GB where
 //! 12.1 GB was measured (README, Real sizes): an estimate, not a bound.
@@ -59,7 +60,14 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
     let t = (cfg.grpo.micro_batch_tokens as u64).min(rows * row + row);
     let layers = m.num_hidden_layers as u64;
     let tape = t * layers * (4 * h + 2 * q + 2 * kv + 4 * i) * F32;
-    let probs = t * row * (m.num_attention_heads as u64) * layers * F32;
+    // Kept for every layer up to `KEEP_PROBS_FLOATS` a layer, else recomputed in the backward pass
+    // (then at most about one layer's at a time).
+    let probs_layer = t * row * m.num_attention_heads as u64;
+    let probs = if probs_layer <= crate::cpu::KEEP_PROBS_FLOATS as u64 {
+        probs_layer * layers * F32
+    } else {
+        probs_layer * F32
+    };
     let head = 2 * crate::cpu::HEAD_CHUNK_FLOATS as u64 * F32;
     let grad_buffer = (m.vocab_size * m.hidden_size) as u64 * F32;
     MemoryEstimate {
@@ -152,5 +160,17 @@ mod tests {
         let f = estimate(&cfg, &m);
         assert_eq!(f.weight_copies, 2 * 4 * parameters(&m));
         assert!(f.update_work > e.update_work);
+        // The paper's lengths: a 1,536-token micro-batch's attention probabilities are recomputed,
+        // not kept for 28 layers.
+        cfg.rollout.max_staleness = 0;
+        cfg.states.max_context_tokens = 512;
+        cfg.rollout.max_new_tokens = 1024;
+        cfg.grpo.micro_batch_tokens = 1536;
+        let g = estimate(&cfg, &m);
+        let row = 512 + 1024 + 8;
+        let tape = 1536 * 28 * (4 * 1024 + 2 * 2048 + 2 * 1024 + 4 * 3072) * 4;
+        let head = 2 * crate::cpu::HEAD_CHUNK_FLOATS as u64 * 4;
+        let probs = 1536 * row * 16 * 4;
+        assert_eq!(g.update_work, tape + probs + head + 151_936 * 1024 * 4);
     }
 }
