@@ -340,6 +340,70 @@ fn chunked_head_gradients_equal_one_chunk() -> Result<()> {
     Ok(())
 }
 
+/// Activation checkpointing: with no room for the activations, each layer keeps only its input and
+/// the backward pass recomputes the rest of it; log-probs and gradients are the same bits as with every
+/// layer's activations kept, on all families, for GRPO groups (shared prompts, micro-batches) and for
+/// a padded batch.
+#[test]
+fn checkpointed_layers_give_the_same_bits() -> Result<()> {
+    use rpt::model::Tensor;
+    let same = |what: &str, a: &rpt::model::Grads, b: &rpt::model::Grads| -> Result<()> {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (name, t) in a {
+            let (x, y): (Vec<f32>, Vec<f32>) = (
+                t.flatten_all()?.to_vec1()?,
+                b[name].flatten_all()?.to_vec1()?,
+            );
+            assert!(
+                x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what} {name}"
+            );
+        }
+        Ok(())
+    };
+    for family in ["qwen2", "qwen3", "llama"] {
+        let ck = Checkpoint::load(&fixture(family), &Device::Cpu)?;
+        let b = batch(3, 4, 500, 11);
+        let adv = advantages(&b);
+        let mut cfg = Config::default();
+        cfg.rollout.max_new_tokens = 10;
+        let grads = |tape: usize, budget: usize| -> Result<_> {
+            let mut c = cfg.clone();
+            c.grpo.micro_batch_tokens = budget;
+            let mut l = Learner::new(&c, &ck.weights, &ck.config)?;
+            l.params.tape_floats = tape;
+            Ok(l.gradients(&b, &adv)?)
+        };
+        for budget in [100_000, 12] {
+            let (kept, gk) = grads(usize::MAX, budget)?;
+            let (redone, gr) = grads(0, budget)?;
+            assert_eq!(
+                kept.loss.to_bits(),
+                redone.loss.to_bits(),
+                "{family} {budget}"
+            );
+            same(&format!("{family} groups, budget {budget}"), &gk, &gr)?;
+        }
+        let ids: Vec<u32> = (0..3 * 12).map(|i| 1 + (i * 41 % 499) as u32).collect();
+        let ids = Tensor::from_vec(ids, (3, 12), &Device::Cpu)?;
+        let pad = [0, 4, 9];
+        let run = |tape: usize| -> Result<(Vec<f32>, rpt::model::Grads)> {
+            let mut p = rpt::model::Trainable::new(&ck.config, &ck.weights)?;
+            p.tape_floats = tape;
+            let loss = |lp: &Tensor| -> std::result::Result<(Tensor, Vec<f32>), rpt::Error> {
+                let w = Tensor::arange(0f32, lp.elem_count() as f32, &Device::Cpu)?
+                    .reshape(lp.shape())?;
+                Ok(((lp * w)?.sum_all()?, lp.flatten_all()?.to_vec1::<f32>()?))
+            };
+            Ok(p.value_and_grad(&ids, &pad, 2, 0.8, loss)?)
+        };
+        let ((lp1, g1), (lp2, g2)) = (run(usize::MAX)?, run(0)?);
+        assert_eq!(lp1, lp2, "{family} padded log-probs");
+        same(&format!("{family} padded"), &g1, &g2)?;
+    }
+    Ok(())
+}
+
 /// The trainer/sampler mismatch on a batch's first pass: about zero where the learner scores the
 /// sampler's own weights (the CPU paths compute the same numbers), and clearly not where one weight
 /// of the learner is perturbed.

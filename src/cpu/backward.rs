@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::forward::{head_exps, job_probs, keep_logits_buffer, logits_buffer, rope};
+use super::forward::{
+    head_exps, job_probs, keep_logits_buffer, layer_forward, logits_buffer, rope,
+};
 use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
 use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get};
 use super::vector::{Shared, dot, dot3, exp_shifted, for_row_pairs, for_rows};
@@ -241,7 +243,15 @@ pub fn backward(
             .for_each(|(d, g)| *d += g);
     }
     for l in (0..cfg.num_hidden_layers).rev() {
-        let lt = &tape.layers[l];
+        let recomputed;
+        let lt = if tape.checkpointed {
+            let x = std::mem::take(&mut tape.layers[l].x);
+            let (cos, sin, jobs) = (&tape.cos, &tape.sin, &tape.jobs);
+            recomputed = layer_forward(&d, layout, p, l, x, t_all, cos, sin, jobs)?.0;
+            &recomputed
+        } else {
+            &tape.layers[l]
+        };
         let names = &layout.layers[l];
         // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
         let mut da = vec![0f32; t_all * d.inter];

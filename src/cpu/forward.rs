@@ -68,7 +68,7 @@ pub fn forward(
     pad: &[usize],
     from: usize,
     scale: f32,
-    head_floats: usize,
+    budget: Budget,
 ) -> Result<(Vec<f32>, Tape)> {
     let s = ids.len() / b.max(1);
     if from == 0 || from >= s || pad.len() != b || ids.len() != b * s || pad.iter().any(|&p| p > s)
@@ -102,18 +102,7 @@ pub fn forward(
         }
     }
     forward_core(
-        cfg,
-        layout,
-        p,
-        ids,
-        &positions,
-        jobs,
-        units,
-        sel,
-        targets,
-        None,
-        scale,
-        head_floats,
+        cfg, layout, p, ids, &positions, jobs, units, sel, targets, None, scale, budget,
     )
 }
 
@@ -129,7 +118,7 @@ pub fn forward_shared(
     groups: &[SharedGroup],
     c: usize,
     scale: f32,
-    head_floats: usize,
+    budget: Budget,
 ) -> Result<(Vec<f32>, Tape)> {
     let mut ids = vec![];
     let mut positions = vec![];
@@ -191,7 +180,7 @@ pub fn forward_shared(
         targets,
         Some((slots, row * c)),
         scale,
-        head_floats,
+        budget,
     )
 }
 
@@ -208,7 +197,7 @@ pub(super) fn forward_core(
     targets: Vec<u32>,
     slots: Option<(Vec<usize>, usize)>,
     scale: f32,
-    head_floats: usize,
+    budget: Budget,
 ) -> Result<(Vec<f32>, Tape)> {
     let d = Dims::of(cfg);
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= d.vocab) {
@@ -218,74 +207,28 @@ pub(super) fn forward_core(
         )));
     }
     let t_all = ids.len();
-    let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
+    let h = d.h;
     let (cos, sin) = rope_tables(cfg, positions.iter().copied());
     let embed = get(p, &layout.embed)?;
     let mut x = vec![0f32; t_all * h];
     for (row, &id) in x.chunks_mut(h).zip(ids) {
         row.copy_from_slice(&embed[id as usize * h..(id as usize + 1) * h]);
     }
+    // Past the budget, each layer keeps only its input, and the backward pass recomputes the rest
+    // of it (with `layer_forward`, so the same numbers), a layer at a time.
+    let checkpointed =
+        t_all * cfg.num_hidden_layers * tape_floats_per_token(&d) > budget.tape_floats;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for l in 0..cfg.num_hidden_layers {
-        let names = &layout.layers[l];
-        // The projection `pr` (its weight, and its bias when it has one) of every token of `x`.
-        let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> {
-            let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
-            Ok(linear(x, t_all, get(p, &pr.weight)?, bias, pr.out()))
-        };
-        let (h1, rstd1) = rms(&x, get(p, &names.input_norm)?, d.eps);
-        let mut q = proj(&h1, &names.q)?;
-        let mut k = proj(&h1, &names.k)?;
-        let v = proj(&h1, &names.v)?;
-        let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
-        if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
-            let (qn, rq) = rms(&q, get(p, q_norm)?, d.eps);
-            let (kn, rk) = rms(&k, get(p, k_norm)?, d.eps);
-            q_raw = std::mem::replace(&mut q, qn);
-            k_raw = std::mem::replace(&mut k, kn);
-            (rstd_q, rstd_k) = (rq, rk);
-        }
-        rope(&mut q, nh, hd, &cos, &sin, 1.0);
-        rope(&mut k, nkv, hd, &cos, &sin, 1.0);
-        let (probs, att) = attention(&d, &q, &k, &v, t_all, &jobs, keep_probs(&jobs, nh));
-        let mut x_mid = proj(&att, &names.o)?;
-        add_into(&mut x_mid, &x, h);
-        let (h2, rstd2) = rms(&x_mid, get(p, &names.post_norm)?, d.eps);
-        let g = proj(&h2, &names.gate)?;
-        let u = proj(&h2, &names.up)?;
-        // σ(g) and a = g · σ(g) · u, a row at a time (the row stays in L1 between the two).
-        let (mut sg, mut a) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-        for_row_pairs(&mut sg, &mut a, d.inter, |r, sr, ar| {
-            let range = r * d.inter..(r + 1) * d.inter;
-            let (gr, ur) = (&g[range.clone()], &u[range]);
-            sigmoid(gr, sr);
-            for (i, o) in ar.iter_mut().enumerate() {
-                *o = gr[i] * sr[i] * ur[i];
+        let (lt, x_out) = layer_forward(&d, layout, p, l, x, t_all, &cos, &sin, &jobs)?;
+        x = x_out;
+        layers.push(if checkpointed {
+            LayerTape {
+                x: lt.x,
+                ..LayerTape::default()
             }
-        });
-        let mut x_out = proj(&a, &names.down)?;
-        add_into(&mut x_out, &x_mid, h);
-        let x_in = std::mem::replace(&mut x, x_out);
-        layers.push(LayerTape {
-            x: x_in,
-            rstd1,
-            h1,
-            q_raw,
-            k_raw,
-            rstd_q,
-            rstd_k,
-            q,
-            k,
-            v,
-            probs,
-            att,
-            x_mid,
-            rstd2,
-            h2,
-            g,
-            u,
-            sg,
-            a,
+        } else {
+            lt
         });
     }
     // Only the scored positions go through the final norm and the head.
@@ -300,7 +243,7 @@ pub(super) fn forward_core(
     // by exp(scale · logit − max) and kept for the backward pass; with several, only each row's
     // log-prob and 1 / sum are kept, and the backward pass recomputes each chunk's logits (the same
     // bits: the GEMM computes a row the same way in any number of rows).
-    let head_rows = head_chunk_rows(head_floats, d.vocab, sel.len());
+    let head_rows = head_chunk_rows(budget.head_floats, d.vocab, sel.len());
     let mut exps = logits_buffer(head_rows.min(sel.len()) * d.vocab);
     let mut rows: Vec<(f32, f32)> = Vec::with_capacity(sel.len());
     for (c, tgt) in hs.chunks(head_rows * h).zip(targets.chunks(head_rows)) {
@@ -344,6 +287,7 @@ pub(super) fn forward_core(
             cos,
             sin,
             layers,
+            checkpointed,
             sel,
             targets,
             xf,
@@ -398,6 +342,116 @@ pub(super) fn keep_logits_buffer(buf: Vec<f32>) {
     let mut kept = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
     if buf.capacity() > kept.capacity() {
         *kept = buf;
+    }
+}
+
+/// Activation floats a layer keeps per token for the backward pass (as `pipeline::memory` counts
+/// them): 4·hidden + 2·q + 2·kv + 4·intermediate.
+pub(super) fn tape_floats_per_token(d: &Dims) -> usize {
+    4 * d.h + 2 * d.nh * d.hd + 2 * d.nkv * d.hd + 4 * d.inter
+}
+
+/// Layer `l` of the training pass on `x` (its input, which the tape keeps): its tape, and its output.
+/// The forward pass and, for a checkpointed tape, the backward pass both call this.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_forward(
+    d: &Dims,
+    layout: &Layout,
+    p: &Params,
+    l: usize,
+    x: Vec<f32>,
+    t_all: usize,
+    cos: &[f32],
+    sin: &[f32],
+    jobs: &[AttnJob],
+) -> Result<(LayerTape, Vec<f32>)> {
+    let (h, nh, nkv, hd) = (d.h, d.nh, d.nkv, d.hd);
+    let names = &layout.layers[l];
+    // The projection `pr` (its weight, and its bias when it has one) of every token of `x`.
+    let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> {
+        let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
+        Ok(linear(x, t_all, get(p, &pr.weight)?, bias, pr.out()))
+    };
+    let (h1, rstd1) = rms(&x, get(p, &names.input_norm)?, d.eps);
+    let mut q = proj(&h1, &names.q)?;
+    let mut k = proj(&h1, &names.k)?;
+    let v = proj(&h1, &names.v)?;
+    let (mut q_raw, mut k_raw, mut rstd_q, mut rstd_k) = (vec![], vec![], vec![], vec![]);
+    if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
+        let (qn, rq) = rms(&q, get(p, q_norm)?, d.eps);
+        let (kn, rk) = rms(&k, get(p, k_norm)?, d.eps);
+        q_raw = std::mem::replace(&mut q, qn);
+        k_raw = std::mem::replace(&mut k, kn);
+        (rstd_q, rstd_k) = (rq, rk);
+    }
+    rope(&mut q, nh, hd, cos, sin, 1.0);
+    rope(&mut k, nkv, hd, cos, sin, 1.0);
+    let (probs, att) = attention(d, &q, &k, &v, t_all, jobs, keep_probs(jobs, nh));
+    let mut x_mid = proj(&att, &names.o)?;
+    add_into(&mut x_mid, &x, h);
+    let (h2, rstd2) = rms(&x_mid, get(p, &names.post_norm)?, d.eps);
+    let g = proj(&h2, &names.gate)?;
+    let u = proj(&h2, &names.up)?;
+    // σ(g) and a = g · σ(g) · u, a row at a time (the row stays in L1 between the two).
+    let (mut sg, mut a) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+    for_row_pairs(&mut sg, &mut a, d.inter, |r, sr, ar| {
+        let range = r * d.inter..(r + 1) * d.inter;
+        let (gr, ur) = (&g[range.clone()], &u[range]);
+        sigmoid(gr, sr);
+        for (i, o) in ar.iter_mut().enumerate() {
+            *o = gr[i] * sr[i] * ur[i];
+        }
+    });
+    let mut x_out = proj(&a, &names.down)?;
+    add_into(&mut x_out, &x_mid, h);
+    Ok((
+        LayerTape {
+            x,
+            rstd1,
+            h1,
+            q_raw,
+            k_raw,
+            rstd_q,
+            rstd_k,
+            q,
+            k,
+            v,
+            probs,
+            att,
+            x_mid,
+            rstd2,
+            h2,
+            g,
+            u,
+            sg,
+            a,
+        },
+        x_out,
+    ))
+}
+
+/// Activation floats the training pass keeps for the backward pass by default (2 GiB): past it, only
+/// each layer's input is kept and the backward pass recomputes the rest (see [`Budget`]).
+pub const TAPE_FLOATS: usize = 1 << 29;
+
+/// What the training pass may hold at once, in floats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The head's logits are computed in chunks of at most this many (rows × vocabulary), and
+    /// recomputed in the backward pass when there is more than one chunk.
+    pub head_floats: usize,
+    /// The activations all layers keep for the backward pass. Past it, each layer keeps only its
+    /// input and the backward pass recomputes the rest of that layer before its own step
+    /// (activation checkpointing): one more forward pass, the same numbers to the bit.
+    pub tape_floats: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            head_floats: HEAD_CHUNK_FLOATS,
+            tape_floats: TAPE_FLOATS,
+        }
     }
 }
 

@@ -25,7 +25,9 @@ mod tape;
 mod vector;
 
 pub use backward::backward;
-pub use forward::{HEAD_CHUNK_FLOATS, KEEP_PROBS_FLOATS, forward, forward_shared};
+pub use forward::{
+    Budget, HEAD_CHUNK_FLOATS, KEEP_PROBS_FLOATS, TAPE_FLOATS, forward, forward_shared,
+};
 pub use logsoftmax::target_log_softmax;
 pub use matmul::matmul_t;
 pub use sample::{HostCache, step};

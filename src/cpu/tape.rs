@@ -19,7 +19,8 @@ pub(super) fn get<'a>(p: &Params<'a>, name: &str) -> Result<&'a [f32]> {
         .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))
 }
 
-/// Activations of one layer kept for the backward pass.
+/// Activations of one layer kept for the backward pass (only `x` on a checkpointed tape).
+#[derive(Default)]
 pub(super) struct LayerTape {
     pub(super) x: Vec<f32>,
     pub(super) rstd1: Vec<f32>,
@@ -61,6 +62,8 @@ pub struct Tape {
     pub(super) cos: Vec<f32>,
     pub(super) sin: Vec<f32>,
     pub(super) layers: Vec<LayerTape>,
+    /// Each layer kept only its input (`Budget::tape_floats`): the backward pass recomputes the rest.
+    pub(super) checkpointed: bool,
     /// Token index of each scored position, its target, and the final residual there.
     pub(super) sel: Vec<usize>,
     pub(super) targets: Vec<u32>,

@@ -47,6 +47,10 @@ pub struct Trainable {
     /// vocabulary), recomputing them in the backward pass, so that no whole batch's logits are
     /// held (default `cpu::HEAD_CHUNK_FLOATS`; the same gradients to float rounding whatever it is).
     pub head_chunk_floats: usize,
+    /// The fused path keeps at most this many activation floats for the backward pass; past it, each
+    /// layer keeps only its input and is recomputed in the backward pass (default
+    /// `cpu::TAPE_FLOATS`; the same gradients to the bit whatever it is).
+    pub tape_floats: usize,
 }
 
 impl Trainable {
@@ -70,6 +74,7 @@ impl Trainable {
             vars,
             path,
             head_chunk_floats: fused::HEAD_CHUNK_FLOATS,
+            tape_floats: fused::TAPE_FLOATS,
         })
     }
 
@@ -116,7 +121,7 @@ impl Trainable {
                             pad,
                             from,
                             scale as f32,
-                            self.head_chunk_floats,
+                            self.budget(),
                         )
                     },
                     (b, s - from),
@@ -261,7 +266,7 @@ impl Trainable {
                     &shared,
                     c,
                     scale as f32,
-                    self.head_chunk_floats,
+                    self.budget(),
                 )
             },
             (rows, c),
@@ -284,6 +289,14 @@ impl Trainable {
             .iter()
             .filter_map(|(k, v)| store.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
             .collect()
+    }
+
+    /// The fused pass's memory budget.
+    fn budget(&self) -> fused::Budget {
+        fused::Budget {
+            head_floats: self.head_chunk_floats,
+            tape_floats: self.tape_floats,
+        }
     }
 
     /// The device the parameters live on.

@@ -8,13 +8,15 @@
 //! - the KV cache of a sampling sub-batch: `rollout.kv_cache_tokens` (or the whole step's rows, if
 //!   fewer) × layers × 2 × KV heads × head_dim × 4 bytes;
 //! - the update's work space per micro-batch of `grpo.micro_batch_tokens`: the activations the
-//!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats), its
+//!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats; past
+//!   `cpu::TAPE_FLOATS` in all, each layer's input and one layer's activations at a time), its
 //!   attention probabilities (every layer's while a layer's fit `cpu::KEEP_PROBS_FLOATS`; past that
 //!   the backward pass recomputes them, and one layer's is counted), the head's logits chunk (in the
 //!   forward and the backward pass), and an allowance of one embedding-sized buffer for temporaries.
 //!
-//! On Qwen3-0.6B's shape (one prompt × 8 × 48, `micro_batch_tokens` 448) it estimates 11.7 GB where
-//! 12.1 GB was measured (README, Real sizes): an estimate, not a bound.
+//! On Qwen3-0.6B's shape it estimates 11.7 GB where 12.1 GB was measured (one prompt × 8 × 48,
+//! `micro_batch_tokens` 448), and 11.5 GB where 11.3 GB was measured (512 + 1,024 tokens a row,
+//! `micro_batch_tokens` 1,536; README, Real sizes): an estimate, not a bound.
 
 use crate::config::Config;
 use crate::model::ModelConfig;
@@ -59,7 +61,14 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
     let kv = (m.num_key_value_heads * m.head_dim) as u64;
     let t = (cfg.grpo.micro_batch_tokens as u64).min(rows * row + row);
     let layers = m.num_hidden_layers as u64;
-    let tape = t * layers * (4 * h + 2 * q + 2 * kv + 4 * i) * F32;
+    // Every layer's activations, or past `cpu::TAPE_FLOATS` (activation checkpointing) each layer's
+    // input and one layer's activations at a time.
+    let per_token = 4 * h + 2 * q + 2 * kv + 4 * i;
+    let tape = if t * layers * per_token <= crate::cpu::TAPE_FLOATS as u64 {
+        t * layers * per_token * F32
+    } else {
+        (t * layers * h + t * per_token) * F32
+    };
     // Kept for every layer up to `KEEP_PROBS_FLOATS` a layer, else recomputed in the backward pass
     // (then at most about one layer's at a time).
     let probs_layer = t * row * m.num_attention_heads as u64;
@@ -156,7 +165,7 @@ mod tests {
         assert!((11.0..14.0).contains(&gb), "{gb}");
         // Staleness keeps policy copies; the update's space follows the budget.
         cfg.rollout.max_staleness = 2;
-        cfg.grpo.micro_batch_tokens = 4096;
+        cfg.grpo.micro_batch_tokens = 640; // still under `TAPE_FLOATS`: every layer's kept
         let f = estimate(&cfg, &m);
         assert_eq!(f.weight_copies, 2 * 4 * parameters(&m));
         assert!(f.update_work > e.update_work);
@@ -168,7 +177,10 @@ mod tests {
         cfg.grpo.micro_batch_tokens = 1536;
         let g = estimate(&cfg, &m);
         let row = 512 + 1024 + 8;
-        let tape = 1536 * 28 * (4 * 1024 + 2 * 2048 + 2 * 1024 + 4 * 3072) * 4;
+        // Past `TAPE_FLOATS`: each layer's input, and one layer's activations.
+        let per_token = 4 * 1024 + 2 * 2048 + 2 * 1024 + 4 * 3072;
+        assert!(1536 * 28 * per_token > crate::cpu::TAPE_FLOATS as u64);
+        let tape = (1536 * 28 * 1024 + 1536 * per_token) * 4;
         let head = 2 * crate::cpu::HEAD_CHUNK_FLOATS as u64 * 4;
         let probs = 1536 * row * 16 * 4;
         assert_eq!(g.update_work, tape + probs + head + 151_936 * 1024 * 4);
