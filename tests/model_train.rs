@@ -93,6 +93,22 @@ fn every_parameter_gets_a_gradient_that_matches_finite_differences() -> Result<(
     Ok(())
 }
 
+/// Every gradient of `fused` within 1e-3 of the largest of its tensor in `autograd`.
+fn assert_grads_close(family: &str, autograd: &Grads, fused: &Grads) -> Result<()> {
+    for (name, a) in autograd {
+        let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+        let f: Vec<f32> = fused[name].flatten_all()?.to_vec1()?;
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        for (x, y) in a.iter().zip(&f) {
+            assert!(
+                (x - y).abs() <= 1e-3 * scale,
+                "{family}: `{name}` gradient {x} (autograd) vs {y} (fused), max |g| {scale}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The hand-written pass and candle's autograd give the same log-probs and the same gradient for
 /// every parameter, on a padded batch, at a temperature, with an uneven upstream gradient.
 #[test]
@@ -141,17 +157,7 @@ fn fused_and_autograd_gradients_agree() -> Result<()> {
             g_f.keys().collect::<Vec<_>>(),
             "{family}: different parameters got gradients"
         );
-        for (name, a) in &g_a {
-            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
-            let f: Vec<f32> = g_f[name].flatten_all()?.to_vec1()?;
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-            for (x, y) in a.iter().zip(&f) {
-                assert!(
-                    (x - y).abs() <= 1e-3 * scale,
-                    "{family}: `{name}` gradient {x} (autograd) vs {y} (fused), max |g| {scale}"
-                );
-            }
-        }
+        assert_grads_close(family, &g_a, &g_f)?;
     }
     Ok(())
 }
@@ -188,17 +194,7 @@ fn long_rows_recompute_attention_and_agree_with_autograd() -> Result<()> {
         };
         let (g_a, g_f) = (run(GradPath::Autograd)?, run(GradPath::Fused)?);
         assert_eq!(g_a.len(), g_f.len(), "{family}");
-        for (name, a) in &g_a {
-            let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
-            let f: Vec<f32> = g_f[name].flatten_all()?.to_vec1()?;
-            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-            for (x, y) in a.iter().zip(&f) {
-                assert!(
-                    (x - y).abs() <= 1e-3 * scale,
-                    "{family}: `{name}` gradient {x} (autograd) vs {y} (fused), max |g| {scale}"
-                );
-            }
-        }
+        assert_grads_close(family, &g_a, &g_f)?;
     }
     Ok(())
 }

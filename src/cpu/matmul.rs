@@ -180,11 +180,7 @@ pub(super) unsafe fn small_block_avx512(
                     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
                     let mut p = 0;
                     while p < k {
-                        let mask: __mmask16 = if k - p >= 16 {
-                            0xFFFF
-                        } else {
-                            (1u16 << (k - p)) - 1
-                        };
+                        let mask = lanes_left(k - p);
                         if let (Some(next), true) = (next, i == i0) {
                             // Four cache lines of the next rows per 16 columns of these.
                             for line in 0..4 {
@@ -264,11 +260,7 @@ unsafe fn eight_by_two(
             let mut acc = [[_mm512_setzero_ps(); 8]; 2];
             let mut p = 0;
             while p < k {
-                let mask: __mmask16 = if k - p >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << (k - p)) - 1
-                };
+                let mask = lanes_left(k - p);
                 if let Some(next) = next {
                     for line in 0..2 {
                         let at = next.wrapping_add(4 * p + 16 * line);
@@ -299,6 +291,17 @@ unsafe fn eight_by_two(
             }
         }
         j += 2;
+    }
+}
+
+/// The load mask of a 16-lane step with `left` values left in the row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes_left(left: usize) -> std::arch::x86_64::__mmask16 {
+    if left >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << left) - 1
     }
 }
 
