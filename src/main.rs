@@ -13,13 +13,16 @@ unsafe extern "C" {
 /// mimalloc's `mi_option_purge_delay` (the same place in the option list of mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// Freed memory goes back to the system after a second unused instead of mimalloc's 10 ms, so that a
-/// training step's large buffers are reused by the next step rather than faulted in and zeroed by
-/// the kernel again (a few percent of a step). `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn keep_freed_memory_a_while() {
+/// Freed memory is kept for reuse instead of going back to the system after mimalloc's 10 ms, so that
+/// a training step's large buffers are reused by the next pass and the next step rather than faulted
+/// in and zeroed by the kernel again. At Qwen3-0.6B's shape (one GRPO step of 8 × 48 tokens, six
+/// steps) the update took 6.7 s a step this way against 10.5 s with a 10 s delay and about 15 s with
+/// 1 s, for a peak of 12.25 GB against 12.07 (the peak is reached within the first steps and does
+/// not grow after). `MIMALLOC_PURGE_DELAY` in the environment (milliseconds) still wins.
+fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain option setter of the allocator in use; any value is valid for the option.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
 
@@ -74,7 +77,7 @@ enum Command {
 
 fn main() -> Result<()> {
     no_backtraces_in_errors();
-    keep_freed_memory_a_while();
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RPT_LOG")

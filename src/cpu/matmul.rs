@@ -216,11 +216,19 @@ pub(super) unsafe fn small_block_avx512(
     }
 }
 
+/// Columns of x one pass of [`eight_by_two`] covers: eight rows of them (16 KB) stay in the L1 cache
+/// while every row of w passes over them. (Eight whole rows of 1,024 or more floats fill it, and
+/// would be read again from L2 for every row of w.)
+#[cfg(target_arch = "x86_64")]
+const K_BLOCK: usize = 512;
+
 /// [`small_block_avx512`] for a tile of five to eight rows of x (rows `i0 .. i_end`): two rows of w
 /// against all of them at a time, so each row of w is read from memory once and used eight times while
 /// the next rows stream in. (Four rows of w against four of x would take two passes over the same
-/// rows of w, the second from the cache with the memory idle.) Every output is the same 16-lane sum
-/// and the same reduction as in the four-by-four kernel, so the bits do not depend on which runs.
+/// rows of w, the second from the cache with the memory idle.) k is walked in blocks of [`K_BLOCK`];
+/// each pair of w rows carries its unreduced accumulators from one block to the next, so every output
+/// is the same fused multiply-adds in the same order as one pass, then the same 16-lane sum and the
+/// same reduction as in the four-by-four kernel: the bits do not depend on which runs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -243,54 +251,65 @@ unsafe fn eight_by_two(
             zeros.as_ptr()
         }
     });
-    let mut j = 0;
-    while j < rows {
-        let wp: [*const f32; 2] = std::array::from_fn(|b| {
-            if j + b < rows {
-                w[(j + b) * k..].as_ptr()
-            } else {
-                zeros.as_ptr()
-            }
-        });
-        // Two rows of w four ahead, fetched while these are multiplied (see `small_block_avx512`).
-        let next = (j + 4 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
-        // SAFETY: every pointer addresses k floats; the masked loads stop at k; the writes stay
-        // inside rows i0 .. i_end and columns j .. j + 2 < rows of out.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 8]; 2];
-            let mut p = 0;
-            while p < k {
-                let mask = lanes_left(k - p);
-                if let Some(next) = next {
-                    for line in 0..2 {
-                        let at = next.wrapping_add(4 * p + 16 * line);
-                        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
-                    }
+    let pairs = rows.div_ceil(2);
+    let mut carry = vec![[[_mm512_setzero_ps(); 8]; 2]; pairs];
+    let mut kb = 0;
+    while kb < k {
+        let k_end = (kb + K_BLOCK).min(k);
+        for (pair, kept) in carry.iter_mut().enumerate() {
+            let j = 2 * pair;
+            let wp: [*const f32; 2] = std::array::from_fn(|b| {
+                if j + b < rows {
+                    w[(j + b) * k..].as_ptr()
+                } else {
+                    zeros.as_ptr()
                 }
-                let wv: [__m512; 2] =
-                    std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, wp[b].add(p)));
-                for a in 0..8 {
-                    let xv = _mm512_maskz_loadu_ps(mask, xp[a].add(p));
-                    for b in 0..2 {
-                        acc[b][a] = _mm512_fmadd_ps(xv, wv[b], acc[b][a]);
-                    }
-                }
-                p += 16;
-            }
-            // Output (a, b) as lane n = 2a + b: `reduce_16` puts the sum of its acc[n % 4][n / 4]
-            // in lane n.
-            let grid: [[__m512; 4]; 4] = std::array::from_fn(|bb| {
-                std::array::from_fn(|aa| acc[(4 * aa + bb) % 2][(4 * aa + bb) / 2])
             });
-            let mut lanes = [0f32; 16];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), reduce_16(grid));
-            let cols = 2.min(rows - j);
-            for a in 0..i_end - i0 {
-                let dst = std::slice::from_raw_parts_mut(out.add((i0 + a) * ldo + j), cols);
-                dst.copy_from_slice(&lanes[2 * a..2 * a + cols]);
+            // The same block of the pair after next, fetched while this one is multiplied (see
+            // `small_block_avx512`).
+            let next = (j + 5 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
+            // SAFETY: every pointer addresses k floats; the masked loads stop at k; the writes stay
+            // inside rows i0 .. i_end and columns j .. j + 2 < rows of out.
+            unsafe {
+                let mut acc = *kept;
+                let mut p = kb;
+                while p < k_end {
+                    let mask = lanes_left(k - p);
+                    if let Some(next) = next {
+                        for row in 0..2 {
+                            let at = next.wrapping_add(row * k + p);
+                            _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                        }
+                    }
+                    let wv: [__m512; 2] =
+                        std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, wp[b].add(p)));
+                    for a in 0..8 {
+                        let xv = _mm512_maskz_loadu_ps(mask, xp[a].add(p));
+                        for b in 0..2 {
+                            acc[b][a] = _mm512_fmadd_ps(xv, wv[b], acc[b][a]);
+                        }
+                    }
+                    p += 16;
+                }
+                if k_end < k {
+                    *kept = acc;
+                    continue;
+                }
+                // Output (a, b) as lane n = 2a + b: `reduce_16` puts the sum of its
+                // acc[n % 4][n / 4] in lane n.
+                let grid: [[__m512; 4]; 4] = std::array::from_fn(|bb| {
+                    std::array::from_fn(|aa| acc[(4 * aa + bb) % 2][(4 * aa + bb) / 2])
+                });
+                let mut lanes = [0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), reduce_16(grid));
+                let cols = 2.min(rows - j);
+                for a in 0..i_end - i0 {
+                    let dst = std::slice::from_raw_parts_mut(out.add((i0 + a) * ldo + j), cols);
+                    dst.copy_from_slice(&lanes[2 * a..2 * a + cols]);
+                }
             }
         }
-        j += 2;
+        kb = k_end;
     }
 }
 
@@ -403,6 +422,28 @@ mod small_tests {
                 for (p, q) in r.iter().zip(s) {
                     assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
                 }
+            }
+        }
+    }
+
+    /// A row's outputs are the same bits whatever rows share the call: one row alone (the four-row
+    /// kernel) and every tile size up to sixteen rows (eight rows take `eight_by_two`, which walks k
+    /// in blocks), with k spanning blocks and a masked tail.
+    #[test]
+    fn a_rows_outputs_do_not_depend_on_the_batch() {
+        let (k, n) = (2 * K_BLOCK + 37, 70);
+        let x = Tensor::randn(0f32, 1.0, (16, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let alone: Vec<Vec<f32>> = (0..16)
+            .map(|i| small_matmul_t_slices(&xs[i * k..(i + 1) * k], 1, k, &ws, n))
+            .collect();
+        for m in 2..=16 {
+            let out = small_matmul_t_slices(&xs[..m * k], m, k, &ws, n);
+            for (i, row) in out.chunks(n).enumerate() {
+                let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "row {i} of {m} differs from the row alone");
             }
         }
     }
