@@ -16,9 +16,9 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// Freed memory is kept for reuse instead of going back to the system after mimalloc's 10 ms, so that
 /// a training step's large buffers are reused by the next pass and the next step rather than faulted
 /// in and zeroed by the kernel again. At Qwen3-0.6B's shape (one GRPO step of 8 × 48 tokens, six
-/// steps) the update took 6.7 s a step this way against 10.5 s with a 10 s delay and about 15 s with
-/// 1 s, for a peak of 12.25 GB against 12.07 (the peak is reached within the first steps and does
-/// not grow after). `MIMALLOC_PURGE_DELAY` in the environment (milliseconds) still wins.
+/// steps) the update took 6.7 s a step this way against 10.5 s with a 10 s delay and 15.3–16.2 s
+/// with 1 s, for a peak of 12.25 GB against 12.07 (the peak is reached within the first steps and
+/// does not grow after). `MIMALLOC_PURGE_DELAY` in the environment (milliseconds) still wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain option setter of the allocator in use; any value is valid for the option.
