@@ -442,7 +442,10 @@ mod small_tests {
         for m in 2..=16 {
             let out = small_matmul_t_slices(&xs[..m * k], m, k, &ws, n);
             for (i, row) in out.chunks(n).enumerate() {
-                let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                let same = row
+                    .iter()
+                    .zip(&alone[i])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "row {i} of {m} differs from the row alone");
             }
         }
