@@ -116,16 +116,16 @@ pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize)
     out
 }
 
-/// Pointers to rows `first .. first + 4` of a row-major matrix with `k` columns; rows at or past `end`
+/// Pointers to rows `first .. first + N` of a row-major matrix with `k` columns; rows at or past `end`
 /// point at `zeros`.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn four_rows(
+fn row_ptrs<const N: usize>(
     m: &[f32],
     first: usize,
     end: usize,
     k: usize,
     zeros: &[f32],
-) -> [*const f32; 4] {
+) -> [*const f32; N] {
     std::array::from_fn(|r| {
         if first + r < end {
             m[(first + r) * k..].as_ptr()
@@ -167,13 +167,13 @@ pub(super) unsafe fn small_block_avx512(
         }
         let mut j = 0;
         while j < rows {
-            let wp = four_rows(w, j, rows, k, zeros);
+            let wp = row_ptrs::<4>(w, j, rows, k, zeros);
             // The next four rows of w, fetched into the cache while these are multiplied (the
             // hardware prefetcher learns each page's streams too late for rows this short).
             let next = (j + 4 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
             let mut i = i0;
             while i < i_end {
-                let xp = four_rows(x, i, i_end, k, zeros);
+                let xp = row_ptrs::<4>(x, i, i_end, k, zeros);
                 // SAFETY: every pointer addresses k floats; the masked loads stop at k; the
                 // writes stay inside rows i .. i + 4 < m and columns j .. j + 4 < rows of out.
                 unsafe {
@@ -244,13 +244,7 @@ unsafe fn eight_by_two(
     zeros: &[f32],
 ) {
     use std::arch::x86_64::*;
-    let xp: [*const f32; 8] = std::array::from_fn(|a| {
-        if i0 + a < i_end {
-            x[(i0 + a) * k..].as_ptr()
-        } else {
-            zeros.as_ptr()
-        }
-    });
+    let xp = row_ptrs::<8>(x, i0, i_end, k, zeros);
     let pairs = rows.div_ceil(2);
     let mut carry = vec![[[_mm512_setzero_ps(); 8]; 2]; pairs];
     let mut kb = 0;
@@ -258,13 +252,7 @@ unsafe fn eight_by_two(
         let k_end = (kb + K_BLOCK).min(k);
         for (pair, kept) in carry.iter_mut().enumerate() {
             let j = 2 * pair;
-            let wp: [*const f32; 2] = std::array::from_fn(|b| {
-                if j + b < rows {
-                    w[(j + b) * k..].as_ptr()
-                } else {
-                    zeros.as_ptr()
-                }
-            });
+            let wp = row_ptrs::<2>(w, j, rows, k, zeros);
             // The same block of the pair after next, fetched while this one is multiplied (see
             // `small_block_avx512`).
             let next = (j + 5 < rows).then(|| w.as_ptr().wrapping_add((j + 4) * k));
