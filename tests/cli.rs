@@ -350,6 +350,9 @@ fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
         assert!(
             (r["bound_over_measured"].as_f64().unwrap() - bound / tps).abs() <= 1e-6 * bound / tps
         );
+        // Each round's step against its own bandwidth: never above the strictest bound's ratio.
+        let paired = r["bound_over_measured_paired"].as_f64().unwrap();
+        assert!(paired > 0.0 && paired <= bound / tps * (1.0 + 1e-9), "{r}");
     }
     let (ok, _, err) = rpt(&[
         "bench", "--work", "decode", "--shape", "small", "--new", "1",

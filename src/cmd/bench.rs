@@ -6,8 +6,12 @@
 //! every weight once (the embedding table only through the head, when it is tied; an untied table
 //! only at the batch's rows), so no decoder can make more than `batch × bandwidth ÷ weight bytes`
 //! tokens a second. The bandwidth is measured here, by summing a buffer as large as the weights (at
-//! least 1 GiB, far beyond the caches) on every thread of the pool the model runs on, the best of
-//! five passes; it is what a read-only stream reaches on this machine, not a datasheet figure.
+//! least 1 GiB, far beyond the caches) on every thread of the pool the model runs on; it is what a
+//! read-only stream reaches on this machine, not a datasheet figure. Each of `--repeat` rounds times the
+//! decode, then takes the best of two passes over that buffer right after it: `bound_over_measured`
+//! sets the median step against the best bandwidth of all rounds (the strictest bound), and
+//! `bound_over_measured_paired` is the median of each round's step against its own round's bandwidth
+//! (a shared machine's bandwidth drifts by tens of percent from one minute to the next).
 
 use std::time::Instant;
 
@@ -336,32 +340,42 @@ pub fn decode_weight_bytes(cfg: &ModelConfig, weights: &rpt::model::TensorMap) -
         .sum()
 }
 
-/// Read bandwidth in bytes a second: the best of five parallel sums over `bytes` (at least 1 GiB).
-pub fn read_bandwidth(bytes: usize) -> f64 {
-    use rayon::prelude::*;
-    let n = bytes.max(1 << 30) / 4;
-    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
-    let mut best = 0f64;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        let s: f32 = buf
-            .par_chunks(1 << 16)
-            .map(|c| {
-                // Eight sums side by side, so the adds keep up with the loads.
-                let mut acc = [0f32; 8];
-                for x in c.chunks_exact(8) {
-                    for k in 0..8 {
-                        acc[k] += x[k];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        let dt = t0.elapsed().as_secs_f64();
-        std::hint::black_box(s);
-        best = best.max((n * 4) as f64 / dt);
+/// A buffer of `bytes` (at least 1 GiB) to measure read bandwidth on.
+pub struct BandwidthProbe(Vec<f32>);
+
+impl BandwidthProbe {
+    pub fn new(bytes: usize) -> Self {
+        use rayon::prelude::*;
+        let n = bytes.max(1 << 30) / 4;
+        BandwidthProbe((0..n).into_par_iter().map(|i| (i % 7) as f32).collect())
     }
-    best
+
+    /// Read bandwidth in bytes a second: the best of `passes` parallel sums over the buffer.
+    pub fn measure(&self, passes: usize) -> f64 {
+        use rayon::prelude::*;
+        let mut best = 0f64;
+        for _ in 0..passes {
+            let t0 = Instant::now();
+            let s: f32 = self
+                .0
+                .par_chunks(1 << 16)
+                .map(|c| {
+                    // Eight sums side by side, so the adds keep up with the loads.
+                    let mut acc = [0f32; 8];
+                    for x in c.chunks_exact(8) {
+                        for k in 0..8 {
+                            acc[k] += x[k];
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+                .sum();
+            let dt = t0.elapsed().as_secs_f64();
+            std::hint::black_box(s);
+            best = best.max((self.0.len() * 4) as f64 / dt);
+        }
+        best
+    }
 }
 
 /// Decoding tokens a second at `--batch` (seconds of `--new` tokens less those of one, over the
@@ -408,26 +422,36 @@ fn decode(a: &BenchArgs) -> Result<()> {
             .map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64))
             .collect();
         let seeds: Vec<u64> = (0..a.batch as u64).collect();
-        let time = |new: usize| -> Result<f64> {
+        let run = |new: usize| -> Result<f64> {
             let params = SampleParams {
                 temperature: 0.8,
                 top_k: 0,
                 top_p: 1.0,
                 max_new_tokens: new,
             };
-            let run = || generate(&model, &prompts, &params, &seeds, &[], &|_, _| false);
-            run()?;
-            let mut times = vec![];
-            for _ in 0..a.repeat {
-                let t0 = Instant::now();
-                run()?;
-                times.push(t0.elapsed().as_secs_f64());
-            }
-            Ok(median(times))
+            let t0 = Instant::now();
+            generate(&model, &prompts, &params, &seeds, &[], &|_, _| false)?;
+            Ok(t0.elapsed().as_secs_f64())
         };
-        let per_step = (time(a.new)? - time(1)?) / (a.new - 1) as f64;
+        run(a.new)?;
+        run(1)?;
+        // Each repeat times `--new` tokens and one token, then measures the bandwidth right after, so
+        // that a step and its bound come from the same moment of a machine whose bandwidth drifts.
+        let probe = BandwidthProbe::new(bytes);
+        let (mut steps, mut bws) = (vec![], vec![]);
+        for _ in 0..a.repeat {
+            let per_step = (run(a.new)? - run(1)?) / (a.new - 1) as f64;
+            steps.push(per_step);
+            bws.push(probe.measure(2));
+        }
+        let paired: Vec<f64> = steps
+            .iter()
+            .zip(&bws)
+            .map(|(t, bw)| t * bw / bytes as f64)
+            .collect();
+        let per_step = median(steps);
         let tps = a.batch as f64 / per_step;
-        let bw = read_bandwidth(bytes);
+        let bw = bws.iter().copied().fold(0.0, f64::max);
         let bound = a.batch as f64 * bw / bytes as f64;
         println!(
             "{}",
@@ -435,6 +459,7 @@ fn decode(a: &BenchArgs) -> Result<()> {
                 "new": a.new, "tokens_per_s": tps, "ms_per_step": 1000.0 * per_step,
                 "weight_bytes_per_step": bytes, "read_bandwidth_gb_s": bw / 1e9,
                 "bound_tokens_per_s": bound, "bound_over_measured": bound / tps,
+                "bound_over_measured_paired": median(paired),
                 "threads": threads, "samples": a.repeat, "dtype": format!("{dtype:?}")})
         );
     }

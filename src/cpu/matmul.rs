@@ -82,38 +82,81 @@ pub(super) fn infer_linear_with(
 /// The largest row count the few-row kernel (`small_matmul_t_slices`) is used for.
 pub const SMALL_M: usize = 16;
 
+/// One `linear`'s (weight, bias, out).
+pub(super) type LinearWeight<'a> = (&'a [f32], Option<&'a [f32]>, usize);
+
+/// `infer_linear_with` for several weights applied to the same `x` (a layer's q, k and v, or gate
+/// and up): with [`Kernel::Few`] their blocks of rows are one parallel job, so the threads are
+/// started once and idle once for all of them. Each output is the one `infer_linear_with` gives, to
+/// the bit.
+pub(super) fn infer_linears_with(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    ws: &[LinearWeight],
+) -> Vec<Vec<f32>> {
+    if kernel == Kernel::Many {
+        return ws
+            .iter()
+            .map(|&(w, bias, out)| linear(x, rows, w, bias, out))
+            .collect();
+    }
+    let k = x.len() / rows.max(1);
+    let mats: Vec<(&[f32], usize)> = ws.iter().map(|&(w, _, n)| (w, n)).collect();
+    let mut ys = small_matmul_t_many(x, rows, k, &mats);
+    for (y, &(_, bias, _)) in ys.iter_mut().zip(ws) {
+        if let Some(b) = bias {
+            add_bias(y, b);
+        }
+    }
+    ys
+}
+
 /// `x · wᵀ` when x has few rows (decoding: one row per sequence of the batch), on row-major slices:
 /// x (m, k), w (n, k); returns (m, n). General matrix-multiply kernels pack `w` on every call, which
 /// dominates when m is small; here each output is a dot product of two contiguous rows, computed in
 /// parallel over chunks of `w`'s rows.
 pub fn small_matmul_t_slices(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    // Each task owns a block of `w`'s rows, that is a block of output columns in every row.
+    small_matmul_t_many(x, m, k, &[(w, n)]).remove(0)
+}
+
+/// [`small_matmul_t_slices`] for several weights `(w, n)` against the same x, in one parallel job
+/// over all their blocks of rows.
+fn small_matmul_t_many(x: &[f32], m: usize, k: usize, ws: &[(&[f32], usize)]) -> Vec<Vec<f32>> {
+    // Each task owns a block of one weight's rows, that is a block of its output's columns.
     let block = 64;
-    let mut out = vec![0f32; m * n];
-    let dst = Shared(out.as_mut_ptr());
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|&(_, n)| vec![0f32; m * n]).collect();
+    let dsts: Vec<Shared> = outs.iter_mut().map(|o| Shared(o.as_mut_ptr())).collect();
+    let tasks: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, &(_, n))| (0..n.div_ceil(block)).map(move |c| (wi, c)))
+        .collect();
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let zeros = vec![0f32; k];
-        (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+        tasks.into_par_iter().for_each(|(wi, c)| {
+            let (w, n) = ws[wi];
             let (j0, rows) = (c * block, block.min(n - c * block));
             let w = &w[j0 * k..(j0 + rows) * k];
             // SAFETY: the CPU has AVX-512F; x is (m, k), w (rows, k); this task alone writes
-            // columns j0 .. j0 + rows of the (m, n) output.
-            unsafe { small_block_avx512(x, m, k, w, rows, dst.at(j0), n, &zeros) };
+            // columns j0 .. j0 + rows of weight wi's (m, n) output.
+            unsafe { small_block_avx512(x, m, k, w, rows, dsts[wi].at(j0), n, &zeros) };
         });
-        return out;
+        return outs;
     }
-    (0..n.div_ceil(block)).into_par_iter().for_each(|c| {
+    tasks.into_par_iter().for_each(|(wi, c)| {
+        let (w, n) = ws[wi];
         let (j0, rows) = (c * block, block.min(n - c * block));
         for j in 0..rows {
             let row = &w[(j0 + j) * k..(j0 + j + 1) * k];
             for i in 0..m {
-                // SAFETY: this task alone writes columns j0 .. j0 + rows.
-                unsafe { *dst.at(i * n + j0 + j) = dot(&x[i * k..(i + 1) * k], row) };
+                // SAFETY: this task alone writes columns j0 .. j0 + rows of weight wi's output.
+                unsafe { *dsts[wi].at(i * n + j0 + j) = dot(&x[i * k..(i + 1) * k], row) };
             }
         }
     });
-    out
+    outs
 }
 
 /// Pointers to rows `first .. first + N` of a row-major matrix with `k` columns; rows at or past `end`
@@ -247,9 +290,25 @@ unsafe fn eight_by_two(
     let xp = row_ptrs::<8>(x, i0, i_end, k, zeros);
     let pairs = rows.div_ceil(2);
     let mut carry = vec![[[_mm512_setzero_ps(); 8]; 2]; pairs];
+    // The block of x's eight rows, interleaved: step s holds row a's 16 columns at `8 s + a`, zeros
+    // past k. One pointer addresses all eight at fixed offsets, so the loop keeps its pointers in
+    // registers.
+    let mut packed = vec![_mm512_setzero_ps(); 8 * K_BLOCK.min(k).div_ceil(16)];
     let mut kb = 0;
     while kb < k {
         let k_end = (kb + K_BLOCK).min(k);
+        let steps = (k_end - kb).div_ceil(16);
+        // SAFETY: every row pointer addresses k floats; the masked loads stop at k.
+        unsafe {
+            for s in 0..steps {
+                let mask = lanes_left(k - kb - 16 * s);
+                for a in 0..8 {
+                    packed[8 * s + a] = _mm512_maskz_loadu_ps(mask, xp[a].add(kb + 16 * s));
+                }
+            }
+        }
+        // Steps with 16 columns of w left; the last one may be masked.
+        let full = (k_end - kb) / 16;
         for (pair, kept) in carry.iter_mut().enumerate() {
             let j = 2 * pair;
             let wp = row_ptrs::<2>(w, j, rows, k, zeros);
@@ -260,24 +319,33 @@ unsafe fn eight_by_two(
             // inside rows i0 .. i_end and columns j .. j + 2 < rows of out.
             unsafe {
                 let mut acc = *kept;
-                let mut p = kb;
-                while p < k_end {
-                    let mask = lanes_left(k - p);
+                let step = |s: usize, wv: [__m512; 2], acc: &mut [[__m512; 8]; 2]| {
+                    for a in 0..8 {
+                        let xv = packed[8 * s + a];
+                        for b in 0..2 {
+                            acc[b][a] = _mm512_fmadd_ps(xv, wv[b], acc[b][a]);
+                        }
+                    }
+                };
+                for s in 0..full {
+                    let p = kb + 16 * s;
                     if let Some(next) = next {
                         for row in 0..2 {
                             let at = next.wrapping_add(row * k + p);
                             _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
                         }
                     }
-                    let wv: [__m512; 2] =
-                        std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, wp[b].add(p)));
-                    for a in 0..8 {
-                        let xv = _mm512_maskz_loadu_ps(mask, xp[a].add(p));
-                        for b in 0..2 {
-                            acc[b][a] = _mm512_fmadd_ps(xv, wv[b], acc[b][a]);
-                        }
-                    }
-                    p += 16;
+                    step(
+                        s,
+                        std::array::from_fn(|b| _mm512_loadu_ps(wp[b].add(p))),
+                        &mut acc,
+                    );
+                }
+                if full < steps {
+                    let p = kb + 16 * full;
+                    let mask = lanes_left(k - p);
+                    let wv = std::array::from_fn(|b| _mm512_maskz_loadu_ps(mask, wp[b].add(p)));
+                    step(full, wv, &mut acc);
                 }
                 if k_end < k {
                     *kept = acc;
@@ -410,6 +478,34 @@ mod small_tests {
                 for (p, q) in r.iter().zip(s) {
                     assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
                 }
+            }
+        }
+    }
+
+    /// Several weights in one parallel job give each weight's own outputs, bias included, to the bit.
+    #[test]
+    fn several_weights_in_one_job_equal_one_call_each() {
+        let k = K_BLOCK + 100;
+        let t = |r: usize, c: usize| -> Vec<f32> {
+            let t = Tensor::randn(0f32, 1.0, (r, c), &Device::Cpu).unwrap();
+            t.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (w1, w2, w3, b2) = (t(70, k), t(130, k), t(5, k), t(1, 130));
+        let ws: Vec<LinearWeight> = vec![(&w1, None, 70), (&w2, Some(&b2), 130), (&w3, None, 5)];
+        for (kernel, m) in [(Kernel::Few, 3), (Kernel::Few, 8), (Kernel::Many, 8)] {
+            let x = t(m, k);
+            let together = infer_linears_with(kernel, &x, m, &ws);
+            assert_eq!(together.len(), 3);
+            for (y, &(w, bias, n)) in together.iter().zip(&ws) {
+                let alone = infer_linear_with(kernel, &x, m, w, bias, n);
+                let same = y
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same && y.len() == alone.len(),
+                    "{kernel:?}, {m} rows, {n} outputs"
+                );
             }
         }
     }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::forward::{rms, rope};
 use super::gemm::{MatRef, gemm, gemm_into};
-use super::matmul::{Kernel, infer_linear_with};
+use super::matmul::{Kernel, infer_linear_with, infer_linears_with};
 use super::tape::{Params, get};
 use super::vector::{Shared, dot, sigmoid, softmax_prefix};
 use crate::model::config::ModelConfig;
@@ -109,10 +109,21 @@ pub fn step(
             let weight = get(p, &pr.weight)?;
             Ok(infer_linear_with(kernel, x, rows, weight, bias, pr.out()))
         };
+        // Several projections of the same rows, in one parallel job.
+        let projs = |x: &[f32], prs: &[&Proj]| -> Result<Vec<Vec<f32>>> {
+            let ws = prs
+                .iter()
+                .map(|pr| {
+                    let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
+                    Ok((get(p, &pr.weight)?, bias, pr.out()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(infer_linears_with(kernel, x, rows, &ws))
+        };
         let (h1, _) = rms(&x, get(p, &names.input_norm)?, eps);
-        let mut q = proj(&h1, &names.q)?;
-        let mut k = proj(&h1, &names.k)?;
-        let v = proj(&h1, &names.v)?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] = projs(&h1, &[&names.q, &names.k, &names.v])?
+            .try_into()
+            .expect("three projections");
         if let (Some(q_norm), Some(k_norm)) = (&names.q_norm, &names.k_norm) {
             q = rms(&q, get(p, q_norm)?, eps).0;
             k = rms(&k, get(p, k_norm)?, eps).0;
@@ -131,8 +142,9 @@ pub fn step(
         let o = proj(&att, &names.o)?;
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
         let (h2, _) = rms(&x, get(p, &names.post_norm)?, eps);
-        let g = proj(&h2, &names.gate)?;
-        let mut a = proj(&h2, &names.up)?;
+        let [g, mut a]: [Vec<f32>; 2] = projs(&h2, &[&names.gate, &names.up])?
+            .try_into()
+            .expect("two projections");
         let mut sg = vec![0f32; g.len()];
         sigmoid(&g, &mut sg);
         a.iter_mut()
