@@ -10,12 +10,14 @@
 //!   batch-invariant: prompts always take the GEMM, new tokens always the few-row kernel, and both
 //!   compute a row the same way in any batch.
 //! - **Kernels**: a packed single-precision GEMM with an AVX-512 register tile (`gemm.rs`; the `gemm`
-//!   crate where the CPU lacks AVX-512), a few-row decoding kernel (`matmul.rs`), the fused
+//!   crate where the CPU lacks AVX-512), a few-row decoding kernel (`matmul.rs`, its AVX-512 tiles in
+//!   `few_rows.rs`), the fused
 //!   log-softmax at the target (`logsoftmax.rs`), and vectorized element-wise work (`vector.rs`).
 //!
 //! The module depends on the model layer's configuration, errors and rotary tables only.
 
 mod backward;
+mod few_rows;
 mod forward;
 mod gemm;
 mod logsoftmax;
