@@ -5,12 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::forward::{
-    head_exps, job_probs, keep_logits_buffer, layer_forward, logits_buffer, rope,
-};
-use super::gemm::{MatRef, gemm, gemm_into, gemm_new};
-use super::tape::{AttnJob, Dims, FlatGrads, LayerTape, Params, Tape, get};
-use super::vector::{Shared, dot, dot3, exp_shifted, for_row_pairs, for_rows};
+use super::attention::attention_back;
+use super::forward::{head_exps, keep_logits_buffer, layer_forward, logits_buffer, rope};
+use super::gemm::{MatRef, gemm, gemm_new};
+use super::tape::{Dims, FlatGrads, Params, Tape, get};
+use super::vector::{dot3, exp_shifted, for_row_pairs, for_rows};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layout::{Layout, Proj};
@@ -326,92 +325,4 @@ pub fn backward(
         dst.iter_mut().zip(row).for_each(|(d, g)| *d += g);
     }
     Ok(())
-}
-
-/// Backward of `attention`: gradients of the post-rotary q and k and of v.
-pub(super) fn attention_back(
-    d: &Dims,
-    lt: &LayerTape,
-    datt: &[f32],
-    t_all: usize,
-    jobs: &[AttnJob],
-    units: &[std::ops::Range<usize>],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
-    let (qw, kw) = (nh * hd, nkv * hd);
-    let n_rep = nh / nkv;
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    let mut dq = vec![0f32; t_all * qw];
-    let mut dk = vec![0f32; t_all * kw];
-    let mut dv = vec![0f32; t_all * kw];
-    let (pq, pk, pv) = (
-        Shared(dq.as_mut_ptr()),
-        Shared(dk.as_mut_ptr()),
-        Shared(dv.as_mut_ptr()),
-    );
-    // One task per (unit, key/value group): the jobs of a unit (a prompt and its completions) share
-    // the prompt's keys and values, so their gradients there are summed by one task, in job order.
-    (0..units.len() * nkv).into_par_iter().for_each(|task| {
-        let (unit, g) = (&units[task / nkv], task % nkv);
-        for j in unit.clone() {
-            let job = jobs[j];
-            let (n, np) = (job.n, job.np);
-            let w = np + n;
-            let kv = |t0: usize| t0 * kw + g * hd;
-            let v_t = |t0: usize| MatRef {
-                data: &lt.v[kv(t0)..],
-                rs: 1,
-                cs: kw,
-            };
-            let mut dp = vec![0f32; n * w];
-            for head in g * n_rep..(g + 1) * n_rep {
-                let q_off = job.q0 * qw + head * hd;
-                let dout = MatRef::rows(&datt[q_off..], qw);
-                let q_rows = MatRef::rows(&lt.q[q_off..], qw);
-                // Kept by the forward pass, or recomputed here when a layer's were too large.
-                let recomputed;
-                let probs = match &lt.probs[j * nh + head] {
-                    p if p.is_empty() && n > 0 => {
-                        recomputed = job_probs(d, &lt.q, &lt.k, job, head);
-                        &recomputed
-                    }
-                    p => p,
-                };
-                // dP = dO · Vᵀ, over the prompt's and the job's own values.
-                for (t0, len, col) in job.segments() {
-                    gemm(n, len, hd, dout, v_t(t0), &mut dp[col..], w, false, false);
-                }
-                // SAFETY (every product below): this task alone owns key/value group g of the unit's
-                // tokens and the query heads of that group.
-                for (t0, len, col) in job.segments() {
-                    // dV += Pᵀ · dO
-                    let p_t = MatRef::rows_t(&probs[col..], w);
-                    unsafe { gemm_into(len, hd, n, p_t, dout, pv.at(kv(t0)), kw, true, false) };
-                }
-                // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd, in place in dp.
-                for (i, (dr, pr)) in dp.chunks_mut(w).zip(probs.chunks(w)).enumerate() {
-                    let seen = np + i + 1;
-                    let dot = dot(&dr[..seen], &pr[..seen]);
-                    for (x, &pv) in dr[..seen].iter_mut().zip(&pr[..seen]) {
-                        *x = pv * (*x - dot) * inv_sqrt;
-                    }
-                    dr[seen..].fill(0.0);
-                }
-                for (i, (t0, len, col)) in job.segments().enumerate() {
-                    // dQ = dS · K
-                    let (ds, keys) = (
-                        MatRef::rows(&dp[col..], w),
-                        MatRef::rows(&lt.k[kv(t0)..], kw),
-                    );
-                    unsafe { gemm_into(n, hd, len, ds, keys, pq.at(q_off), qw, i > 0, false) };
-                }
-                for (t0, len, col) in job.segments() {
-                    // dK += dSᵀ · Q
-                    let ds_t = MatRef::rows_t(&dp[col..], w);
-                    unsafe { gemm_into(len, hd, n, ds_t, q_rows, pk.at(kv(t0)), kw, true, false) };
-                }
-            }
-        }
-    });
-    (dq, dk, dv)
 }

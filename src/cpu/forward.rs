@@ -7,12 +7,11 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{MatRef, gemm, gemm_into};
+use super::attention::{attention, keep_probs};
+use super::gemm::{MatRef, gemm};
 use super::matmul::linear;
 use super::tape::{AttnJob, Dims, LayerTape, Params, SharedGroup, Tape, get};
-use super::vector::{
-    Shared, add_into, dot, exp_shifted, for_row_pairs, for_rows, sigmoid, softmax_prefix,
-};
+use super::vector::{add_into, dot, exp_shifted, for_row_pairs, for_rows, sigmoid};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layout::{Layout, Proj};
@@ -453,80 +452,4 @@ impl Default for Budget {
             tape_floats: TAPE_FLOATS,
         }
     }
-}
-
-/// The attention probabilities a layer keeps for the backward pass, in floats; past it they are
-/// recomputed there instead (the same arithmetic, so the same bits), which bounds a long sequence's
-/// memory by its activations rather than by heads × tokens².
-pub const KEEP_PROBS_FLOATS: usize = 1 << 22;
-
-/// Whether a layer's attention probabilities for `jobs` fit [`KEEP_PROBS_FLOATS`].
-pub(super) fn keep_probs(jobs: &[AttnJob], nh: usize) -> bool {
-    let floats: usize = jobs.iter().map(|j| nh * j.n * (j.np + j.n)).sum();
-    floats <= KEEP_PROBS_FLOATS
-}
-
-/// The attention probabilities of `head` for `job`, (n × (np + n)): its queries against the job's
-/// prompt (if any) and, causally, itself. The forward and the backward pass both call this.
-pub(super) fn job_probs(d: &Dims, q: &[f32], k: &[f32], job: AttnJob, head: usize) -> Vec<f32> {
-    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
-    let (qw, kw) = (nh * hd, nkv * hd);
-    let g = head / (nh / nkv);
-    let (n, np) = (job.n, job.np);
-    let w = np + n;
-    let inv_sqrt = 1.0 / (hd as f32).sqrt();
-    let qv = MatRef::rows(&q[job.q0 * qw + head * hd..], qw);
-    let keys = |t0: usize| MatRef {
-        data: &k[t0 * kw + g * hd..],
-        rs: 1,
-        cs: kw,
-    };
-    let mut sc = vec![0f32; n * w];
-    for (t0, len, col) in job.segments() {
-        gemm(n, len, hd, qv, keys(t0), &mut sc[col..], w, false, false);
-    }
-    for (i, row) in sc.chunks_mut(w).enumerate() {
-        softmax_prefix(row, np + i + 1, inv_sqrt);
-    }
-    sc
-}
-
-/// Attention with grouped-query heads for each job: its queries see the job's prompt (if any) and,
-/// causally, themselves. Returns the probabilities per (job, head), (n × (np + n)), each empty unless
-/// `keep`, and the output (tokens, heads · head_dim), zero at tokens no job queries from (padding).
-pub(super) fn attention(
-    d: &Dims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t_all: usize,
-    jobs: &[AttnJob],
-    keep: bool,
-) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let (nh, nkv, hd) = (d.nh, d.nkv, d.hd);
-    let (qw, kw) = (nh * hd, nkv * hd);
-    let n_rep = nh / nkv;
-    let mut att = vec![0f32; t_all * qw];
-    let out = Shared(att.as_mut_ptr());
-    let probs = (0..jobs.len() * nh)
-        .into_par_iter()
-        .map(|jh| {
-            let (job, head) = (jobs[jh / nh], jh % nh);
-            let g = head / n_rep;
-            let w = job.np + job.n;
-            let n = job.n;
-            let sc = job_probs(d, q, k, job, head);
-            let dst = out.at(job.q0 * qw + head * hd);
-            for (i, (t0, len, col)) in job.segments().enumerate() {
-                let values = MatRef::rows(&v[t0 * kw + g * hd..], kw);
-                // SAFETY: this job alone writes head `head` of its query tokens.
-                unsafe {
-                    let probs = MatRef::rows(&sc[col..], w);
-                    gemm_into(n, hd, len, probs, values, dst, qw, i > 0, false)
-                };
-            }
-            if keep { sc } else { Vec::new() }
-        })
-        .collect();
-    (probs, att)
 }

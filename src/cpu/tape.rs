@@ -35,7 +35,7 @@ pub(super) struct LayerTape {
     pub(super) k: Vec<f32>,
     pub(super) v: Vec<f32>,
     /// Attention probabilities per (job, head): (n × (np + n)), causal; each empty when the layer's
-    /// would exceed `forward::KEEP_PROBS_FLOATS` (the backward pass recomputes them).
+    /// would exceed `attention::KEEP_PROBS_FLOATS` (the backward pass recomputes them).
     pub(super) probs: Vec<Vec<f32>>,
     pub(super) att: Vec<f32>,
     pub(super) x_mid: Vec<f32>,
