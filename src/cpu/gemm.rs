@@ -11,52 +11,12 @@
 
 use rayon::prelude::*;
 
-use super::pack::{pack_a, pack_b, pack_panel};
+pub use super::pack::MatRef;
+use super::pack::{pack_panel, pack_panels};
+use super::vector::has_avx512;
 
-/// A read-only strided matrix: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// A row-major matrix with `cols` columns (leading dimension `cols`).
-    pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        MatRef {
-            data,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    pub fn rows_t(data: &'a [f32], cols: usize) -> Self {
-        MatRef {
-            data,
-            rs: 1,
-            cs: cols,
-        }
-    }
-
-    #[cfg(test)]
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.rs + j * self.cs]
-    }
-
-    /// Largest index touched by an (m, n) view, for the bounds check.
-    fn extent(&self, m: usize, n: usize) -> usize {
-        if m == 0 || n == 0 {
-            0
-        } else {
-            (m - 1) * self.rs + (n - 1) * self.cs + 1
-        }
-    }
-}
-
-pub(super) const MR: usize = 12;
-pub(super) const NR: usize = 32;
+const MR: usize = 12;
+const NR: usize = 32;
 const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 512;
@@ -72,17 +32,6 @@ impl Out {
     /// The pointer (a method, so that closures capture the whole `Out`, which is `Sync`).
     fn ptr(self) -> *mut f32 {
         self.0
-    }
-}
-
-pub(super) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -308,6 +257,24 @@ unsafe fn gemm_raw(
         }
         k0 += kc;
     }
+}
+
+/// Packs rows 0..m, columns k0..k0+kc of A into MR-row panels: panel p holds, for each kk, the MR
+/// values A[p·MR + r, k0 + kk] (zero past row m).
+fn pack_a(a: MatRef, m: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
+    pack_panels::<MR>(a, m, k0, kc, out, parallel)
+}
+
+/// Packs rows k0..k0+kc, columns 0..n of B into NR-column panels: panel p holds, for each kk, the NR
+/// values B[k0 + kk, p·NR + c] (zero past column n).
+fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
+    // B's panels are panels of Bᵀ's rows.
+    let bt = MatRef {
+        data: b.data,
+        rs: b.cs,
+        cs: b.rs,
+    };
+    pack_panels::<NR>(bt, n, k0, kc, out, parallel)
 }
 
 /// MR rows of A for the micro-kernel: packed (`kk · MR + r`), or read in place, rows `rs` apart.

@@ -1,34 +1,59 @@
-//! Packing the GEMM's operands (`gemm.rs`) into panels for its micro-kernel: A into `MR`-row panels,
+//! The GEMM's operands (`gemm.rs`): a strided view of a matrix ([`MatRef`]), and their packing into
+//! panels for the micro-kernel: A into `MR`-row panels,
 //! B into `NR`-column panels, each a run of `W` values per step along k so that the micro-kernel's
 //! loads are contiguous. Where a panel's values are a row-major operand's columns, 8 × 8 blocks are
 //! transposed with AVX.
 
 use rayon::prelude::*;
 
-use super::gemm::{MR, MatRef, NR, has_avx512};
+use super::vector::has_avx512;
 
-/// Packs rows 0..m, columns k0..k0+kc of A into MR-row panels: panel p holds, for each kk, the MR
-/// values A[p·MR + r, k0 + kk] (zero past row m).
-pub(super) fn pack_a(a: MatRef, m: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
-    pack_panels::<MR>(a, m, k0, kc, out, parallel)
+/// A read-only strided matrix: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
 }
 
-/// Packs rows k0..k0+kc, columns 0..n of B into NR-column panels: panel p holds, for each kk, the NR
-/// values B[k0 + kk, p·NR + c] (zero past column n).
-pub(super) fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
-    // B's panels are panels of Bᵀ's rows.
-    let bt = MatRef {
-        data: b.data,
-        rs: b.cs,
-        cs: b.rs,
-    };
-    pack_panels::<NR>(bt, n, k0, kc, out, parallel)
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns (leading dimension `cols`).
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn rows_t(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Largest index touched by an (m, n) view, for the bounds check.
+    pub(super) fn extent(&self, m: usize, n: usize) -> usize {
+        if m == 0 || n == 0 {
+            0
+        } else {
+            (m - 1) * self.rs + (n - 1) * self.cs + 1
+        }
+    }
 }
 
 /// Packs rows 0..rows, columns c0..c0+cols of `mat` into W-row panels (see `pack_panel`), in
 /// groups of `GROUP` panels: where a column's values are contiguous, a group reads them as one run
 /// instead of one short piece per panel (a transposed operand has a long stride between columns).
-fn pack_panels<const W: usize>(
+pub(super) fn pack_panels<const W: usize>(
     mat: MatRef,
     rows: usize,
     c0: usize,

@@ -104,12 +104,8 @@ pub fn step(
     for l in 0..cfg.num_hidden_layers {
         let names = &layout.layers[l];
         // The projection `pr` (its weight, and its bias when it has one) of `rows` rows of `x`.
-        let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> {
-            let bias = pr.bias.as_deref().map(|b| get(p, b)).transpose()?;
-            let weight = get(p, &pr.weight)?;
-            Ok(infer_linear_with(kernel, x, rows, weight, bias, pr.out()))
-        };
-        // Several projections of the same rows, in one parallel job.
+        // Projections of the same rows (their weights, and biases where they have them), several in
+        // one parallel job.
         let projs = |x: &[f32], prs: &[&Proj]| -> Result<Vec<Vec<f32>>> {
             let ws = prs
                 .iter()
@@ -120,6 +116,7 @@ pub fn step(
                 .collect::<Result<Vec<_>>>()?;
             Ok(infer_linears_with(kernel, x, rows, &ws))
         };
+        let proj = |x: &[f32], pr: &Proj| -> Result<Vec<f32>> { Ok(projs(x, &[pr])?.remove(0)) };
         let (h1, _) = rms(&x, get(p, &names.input_norm)?, eps);
         let [mut q, mut k, v]: [Vec<f32>; 3] = projs(&h1, &[&names.q, &names.k, &names.v])?
             .try_into()

@@ -5,6 +5,18 @@
 
 use rayon::prelude::*;
 
+/// Whether the CPU has AVX-512F (never, off x86-64).
+pub(super) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Raw pointer into a buffer that parallel tasks fill in disjoint parts.
 #[derive(Clone, Copy)]
 pub(super) struct Shared(pub(super) *mut f32);
