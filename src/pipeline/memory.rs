@@ -6,7 +6,8 @@
 //! - other copies of the weights: the policy's at `max_staleness ≥ 1` (one per version kept), the
 //!   frozen reference at β > 0, the EMA teacher of `info_gain`; 4 bytes a parameter each;
 //! - the KV cache of a sampling sub-batch: `rollout.kv_cache_tokens` (or the whole step's rows, if
-//!   fewer) × layers × 2 × KV heads × head_dim × 4 bytes;
+//!   fewer) × layers × 2 × KV heads × head_dim × 4 bytes, for each of the `rollout.policies` policy
+//!   actors;
 //! - the update's work space per micro-batch of `grpo.micro_batch_tokens`: the activations the
 //!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats; past
 //!   `cpu::TAPE_FLOATS` in all, each layer's input and one layer's activations at a time), its
@@ -14,9 +15,15 @@
 //!   the backward pass recomputes them, and one layer's is counted), the head's logits chunk (in the
 //!   forward and the backward pass), and an allowance of one embedding-sized buffer for temporaries.
 //!
-//! On Qwen3-0.6B's shape it estimates 11.7 GB where 12.1 GB was measured (one prompt × 8 × 48,
-//! `micro_batch_tokens` 448), and 11.5 GB where 11.3 GB was measured (512 + 1,024 tokens a row,
-//! `micro_batch_tokens` 1,536; README, Real sizes): an estimate, not a bound.
+//! The cache and the update's work space are added, though at `rollout.max_staleness = 0` sampling and
+//! the update take turns: the allocator keeps what each phase freed for reuse, and the larger of the
+//! two alone fell more than 1 GB short of a measured peak (the paper's lengths, two rows at a time).
+//!
+//! On Qwen3-0.6B's shape it estimates 11.7 GB where 12.1–12.9 GB was measured (one prompt × 8 × 48,
+//! `micro_batch_tokens` 448). At 512 + 1,024 tokens a row and `micro_batch_tokens` 1,536 (README,
+//! Real sizes): 11.5 GB where 11.83 GB was measured with `kv_cache_tokens` 3,072 (two rows at a
+//! time), 12.2 GB where 11.83 GB with 6,144 (four), 13.6 GB where 12.61 GB with 12,288 (eight). An
+//! estimate, not a bound.
 
 use crate::config::Config;
 use crate::model::ModelConfig;
@@ -82,7 +89,7 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
     MemoryEstimate {
         training_state: 16 * p,
         weight_copies: copies * p * F32,
-        kv_cache: kv_tokens * per_kv_token,
+        kv_cache: kv_tokens * per_kv_token * cfg.rollout.policies as u64,
         update_work: tape + probs + head + grad_buffer,
     }
 }
@@ -163,6 +170,10 @@ mod tests {
         assert_eq!(e.kv_cache, 8 * 120 * 28 * 2 * 8 * 128 * 4);
         let gb = e.total() as f64 / 1e9;
         assert!((11.0..14.0).contains(&gb), "{gb}");
+        // Each policy actor samples with a cache of its own.
+        let mut two = cfg.clone();
+        two.rollout.policies = 2;
+        assert_eq!(estimate(&two, &m).kv_cache, 2 * e.kv_cache);
         // Staleness keeps policy copies; the update's space follows the budget.
         cfg.rollout.max_staleness = 2;
         cfg.grpo.micro_batch_tokens = 640; // still under `TAPE_FLOATS`: every layer's kept
