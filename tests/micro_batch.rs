@@ -2,6 +2,8 @@
 //! of one big batch (every family, both gradient paths, every loss aggregation), and a real-vocabulary
 //! model takes a GRPO step with a small budget.
 
+mod common;
+
 use std::path::Path;
 
 use anyhow::Result;
@@ -166,18 +168,13 @@ fn micro_batched_gradients_equal_one_batch() -> Result<()> {
 
 #[test]
 fn a_real_vocabulary_model_steps_within_a_small_budget() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg_json = dir.path().join("config.json");
-    std::fs::write(
-        &cfg_json,
+    let (_dir, out, r) = common::random_model(
         serde_json::json!({"model_type": "qwen3", "vocab_size": 32768, "hidden_size": 512,
             "intermediate_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 8,
             "num_key_value_heads": 4, "head_dim": 64, "tie_word_embeddings": true,
-            "max_position_embeddings": 512})
-        .to_string(),
+            "max_position_embeddings": 512}),
+        3,
     )?;
-    let out = dir.path().join("model");
-    let r = rpt::pipeline::init::random_checkpoint(&cfg_json, &out, None, 3)?;
     assert!(r.parameters >= 20_000_000, "{}", r.parameters);
     let ck = Checkpoint::load(&out, &Device::Cpu)?;
     let b = batch(2, 4, 32_000, 11);

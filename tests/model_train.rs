@@ -2,6 +2,8 @@
 //! differences, save → load is exact, bad checkpoints are refused by name, snapshots are immutable,
 //! and a sample depends on its own seed only.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -573,18 +575,13 @@ fn host_and_candle_sampling_agree() -> Result<()> {
 /// own stream, so a row's tokens and log-probs are those it gets alone, with and without top-p.
 #[test]
 fn a_large_vocabulary_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg_json = dir.path().join("config.json");
-    std::fs::write(
-        &cfg_json,
+    let (_dir, out, _) = common::random_model(
         serde_json::json!({"model_type": "qwen2", "vocab_size": 40000, "hidden_size": 32,
             "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1, "head_dim": 16, "tie_word_embeddings": true,
-            "max_position_embeddings": 64})
-        .to_string(),
+            "max_position_embeddings": 64}),
+        5,
     )?;
-    let out = dir.path().join("model");
-    rpt::pipeline::init::random_checkpoint(&cfg_json, &out, None, 5)?;
     let model = Checkpoint::load(&out, &Device::Cpu)?.decoder()?;
     let prompts: Vec<Vec<u32>> = (0..5u32)
         .map(|i| {

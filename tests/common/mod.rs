@@ -182,3 +182,17 @@ pub fn run_config(name: &str) -> Config {
     }
     cfg
 }
+
+/// A checkpoint with random weights of the model `config` describes (a `config.json`'s fields), in a
+/// new temporary directory: (the directory, the checkpoint's path, what `rpt init` reported).
+pub fn random_model(
+    config: serde_json::Value,
+    seed: u64,
+) -> Result<(tempfile::TempDir, PathBuf, rpt::pipeline::init::InitReport)> {
+    let dir = tempfile::tempdir()?;
+    let cfg_json = dir.path().join("config.json");
+    std::fs::write(&cfg_json, config.to_string())?;
+    let out = dir.path().join("model");
+    let report = rpt::pipeline::init::random_checkpoint(&cfg_json, &out, None, seed)?;
+    Ok((dir, out, report))
+}
