@@ -110,9 +110,10 @@ pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
         let best = argmax(logits);
         return (best as u32, logp(best, &probs));
     }
-    // Truncation zeroes entries; the log-prob stays that of the untruncated distribution.
+    // Truncation only zeroes entries outside the kept set, and the token picked is always in it (the
+    // most likely token is always kept), so its entry and `z` still give its log-prob under the
+    // untruncated distribution.
     let truncate = p.top_k > 0 || p.top_p < 1.0;
-    let full = truncate.then(|| probs.clone());
     if truncate {
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -147,10 +148,7 @@ pub fn pick(logits: &[f32], p: &SampleParams, rng: &mut Rng) -> (u32, f32) {
             u -= q;
         }
     }
-    (
-        chosen as u32,
-        logp(chosen, full.as_deref().unwrap_or(&probs)),
-    )
+    (chosen as u32, logp(chosen, &probs))
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -415,8 +413,25 @@ mod tests {
             top_p: 0.5,
             ..Default::default()
         };
+        let full = [3.0f32, 1.0, 0.0, -1.0];
+        let z: f32 = full.iter().map(|l| (l - 3.0).exp()).sum();
         for s in 0..20 {
-            assert_eq!(pick(&[3.0, 1.0, 0.0, -1.0], &p, &mut Rng::new(s)).0, 0);
+            let (t, lp) = pick(&full, &p, &mut Rng::new(s));
+            assert_eq!(t, 0);
+            // The log-prob is under the untruncated distribution, not the kept token's 0.
+            assert!((lp - (1.0 / z).ln()).abs() < 1e-6, "{lp}");
+        }
+        // Top-k 2: either kept token, each with its untruncated log-prob.
+        let p = SampleParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        for s in 0..20 {
+            let (t, lp) = pick(&full, &p, &mut Rng::new(s));
+            assert!(t < 2, "{t}");
+            let want = (full[t as usize] - 3.0) - z.ln();
+            assert!((lp - want).abs() < 1e-6, "{lp} vs {want}");
         }
     }
 
