@@ -360,3 +360,46 @@ fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
     assert!(!ok && err.contains("--new"), "{err}");
     Ok(())
 }
+
+/// `rpt bench --work grpo`: the median of `--repeat` steps after an untimed one, or with `--repeat 0`
+/// the first step alone; the parts add up to the step. Other work refuses `--repeat 0`.
+#[test]
+fn grpo_bench_times_the_first_step_alone_with_repeat_zero() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-parity/qwen2");
+    for (repeat, steps) in [("0", 1), ("2", 2)] {
+        let (ok, stdout, err) = rpt(&[
+            "bench",
+            "--work",
+            "grpo",
+            "--model",
+            &dir.display().to_string(),
+            "--group",
+            "2",
+            "--prompt",
+            "4",
+            "--new",
+            "3",
+            "--repeat",
+            repeat,
+        ])?;
+        assert!(ok, "{err}");
+        let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))?;
+        assert_eq!(r["steps"].as_u64(), Some(steps), "{r}");
+        assert_eq!(r["first_step_only"].as_bool(), Some(repeat == "0"), "{r}");
+        let (step, sample, update) = (
+            r["s_per_step_median"].as_f64().unwrap(),
+            r["sample_and_score_s"].as_f64().unwrap(),
+            r["update_s"].as_f64().unwrap(),
+        );
+        assert!(sample > 0.0 && update > 0.0, "{r}");
+        if steps == 1 {
+            assert!((step - sample - update).abs() <= 1e-6 * step, "{r}");
+        }
+        assert!(err.contains("step 0: sampled and scored in"), "{err}");
+    }
+    let (ok, _, err) = rpt(&[
+        "bench", "--work", "decode", "--shape", "small", "--repeat", "0",
+    ])?;
+    assert!(!ok && err.contains("--repeat"), "{err}");
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! `rpt bench`: the model layer's speed on the peer's shapes (`small`, `big`), so that figures can be put
 //! beside `trl_peer.py generate` / `train` measured in the same sitting. Prints one JSON line per figure
-//! (median of `--repeat` runs after a warm-up).
+//! (median of `--repeat` runs after a warm-up; for `--work grpo`, `--repeat 0` times one step, the first).
 //!
 //! `--work decode` puts decoding speed beside the memory-bandwidth bound. A decode step of a batch reads
 //! every weight once (the embedding table only through the head, when it is tied; an untied table
@@ -30,6 +30,8 @@ pub struct BenchArgs {
     /// the memory-bandwidth bound; on `--model`, or on `--shape`).
     #[arg(long, default_value = "all")]
     pub work: String,
+    /// Timed rounds, after one untimed warm-up; `--work grpo --repeat 0` times a single step, the
+    /// first (for a step too long to run twice).
     #[arg(long, default_value_t = 7)]
     pub repeat: usize,
     #[arg(long, default_value_t = 8)]
@@ -144,9 +146,11 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         top_p: 1.0,
         max_new_tokens: a.new,
     };
-    // (whole step, sampling, learner update) seconds.
+    // (whole step, sampling, learner update) seconds. `--repeat 0` times one step, the first: its
+    // one-time costs included, for a step too long to run twice.
     let mut times = vec![];
-    for step in 0..(a.repeat + 1) as u64 {
+    let steps = if a.repeat == 0 { 1 } else { a.repeat + 1 };
+    for step in 0..steps as u64 {
         let states: Vec<(u64, State)> = (0..a.prompts_per_step as u64)
             .map(|i| {
                 let ids = random_ids(
@@ -200,13 +204,18 @@ fn grpo(a: &BenchArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?;
         let t1 = Instant::now();
+        eprintln!(
+            "step {step}: sampled and scored in {:.1} s",
+            (t1 - t0).as_secs_f64()
+        );
         learner.update(&scored)?;
-        if step > 0 {
-            let total = t0.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        eprintln!("step {step}: updated in {:.1} s", (t2 - t1).as_secs_f64());
+        if step > 0 || a.repeat == 0 {
             times.push([
-                total,
-                total - t1.elapsed().as_secs_f64(),
-                t1.elapsed().as_secs_f64(),
+                (t2 - t0).as_secs_f64(),
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
             ]);
         }
     }
@@ -215,7 +224,8 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         "{}",
         serde_json::json!({"rpt": "grpo step", "model": dir, "group": a.group, "new": a.new,
             "prompts_per_step": a.prompts_per_step, "s_per_step_median": part(0),
-            "sample_and_score_s": part(1), "update_s": part(2), "steps": a.repeat})
+            "sample_and_score_s": part(1), "update_s": part(2), "steps": times.len(),
+            "first_step_only": a.repeat == 0})
     );
     Ok(())
 }
@@ -231,6 +241,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.work == "grpo" {
         return grpo(a);
     }
+    anyhow::ensure!(
+        a.repeat >= 1,
+        "--repeat must be >= 1 for --work {} (only --work grpo times a single first step with 0)",
+        a.work
+    );
     if a.work == "decode" {
         return decode(a);
     }
