@@ -149,8 +149,8 @@ fn grpo(a: &BenchArgs) -> Result<()> {
     // (whole step, sampling, learner update) seconds. `--repeat 0` times one step, the first: its
     // one-time costs included, for a step too long to run twice.
     let mut times = vec![];
-    let steps = if a.repeat == 0 { 1 } else { a.repeat + 1 };
-    for step in 0..steps as u64 {
+    let warm_up = (a.repeat > 0) as u64;
+    for step in 0..a.repeat.max(1) as u64 + warm_up {
         let states: Vec<(u64, State)> = (0..a.prompts_per_step as u64)
             .map(|i| {
                 let ids = random_ids(
@@ -211,7 +211,7 @@ fn grpo(a: &BenchArgs) -> Result<()> {
         learner.update(&scored)?;
         let t2 = Instant::now();
         eprintln!("step {step}: updated in {:.1} s", (t2 - t1).as_secs_f64());
-        if step > 0 || a.repeat == 0 {
+        if step >= warm_up {
             times.push([
                 (t2 - t0).as_secs_f64(),
                 (t1 - t0).as_secs_f64(),
