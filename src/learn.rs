@@ -60,11 +60,12 @@ impl Learner {
         } else {
             None
         };
-        let opt = AdamW::new(AdamWConfig {
+        let mut opt = AdamW::new(AdamWConfig {
             lr: cfg.optim.lr,
             weight_decay: cfg.optim.weight_decay,
             ..Default::default()
         });
+        opt.reserve(&params)?;
         Ok(Learner {
             params,
             opt,

@@ -461,6 +461,54 @@ fn an_optimizer_step_never_touches_a_snapshot() -> Result<()> {
 }
 
 #[test]
+fn moments_made_up_front_change_no_update() -> Result<()> {
+    let ck = Checkpoint::load(&fixture("qwen3"), &Device::Cpu)?;
+    let cfg = AdamWConfig {
+        lr: 0.1,
+        ..Default::default()
+    };
+    let (early, lazy) = (
+        Trainable::new(&ck.config, &ck.weights)?,
+        Trainable::new(&ck.config, &ck.weights)?,
+    );
+    let (mut reserved, mut plain) = (AdamW::new(cfg.clone()), AdamW::new(cfg));
+    reserved.reserve(&early)?;
+    assert!(plain.state()?.is_empty());
+    let state = reserved.state()?;
+    assert_eq!(
+        state.len(),
+        2 * early.vars().count(),
+        "a moment pair per parameter"
+    );
+    for (name, t) in &state {
+        let nonzero = t.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(nonzero, 0.0, "{name} is not zero before any step");
+    }
+    for _ in 0..2 {
+        for (params, opt) in [(&early, &mut reserved), (&lazy, &mut plain)] {
+            let (_, grads) = objective_grads(params)?;
+            opt.step(params, &grads, 0.1, 0.5)?;
+        }
+    }
+    let (a, b) = (early.snapshot()?, lazy.snapshot()?);
+    let (sa, sb) = (reserved.state()?, plain.state()?);
+    assert_eq!(sa.len(), sb.len());
+    for (x, y) in [(&a, &b), (&sa, &sb)] {
+        for (name, t) in x {
+            let (t, u): (Vec<f32>, Vec<f32>) = (
+                t.flatten_all()?.to_vec1()?,
+                y[name].flatten_all()?.to_vec1()?,
+            );
+            assert!(
+                t.iter().zip(&u).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{name} differs"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn a_sample_depends_on_its_seed_not_on_its_batch() -> Result<()> {
     let ck = Checkpoint::load(&fixture("qwen2"), &Device::Cpu)?;
     let model = ck.decoder()?;

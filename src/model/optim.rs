@@ -135,6 +135,34 @@ impl AdamW {
         }
     }
 
+    /// Makes zero moments for every parameter of `params` that has none yet, so that a run holds its
+    /// whole optimizer state from the start: a machine too small for it fails before the first step,
+    /// not after it, and the first step's peak memory is every later step's. Zero moments are what
+    /// the first update would start from anyway, so the numbers are the same.
+    pub fn reserve(&mut self, params: &Trainable) -> Result<()> {
+        for (name, var) in params.vars() {
+            if self.moments.contains_key(name) {
+                continue;
+            }
+            let w = var.as_tensor();
+            let mo = if Route::of(w).host {
+                let n = w.elem_count();
+                Moments::Host {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                    shape: w.shape().clone(),
+                }
+            } else {
+                Moments::Device {
+                    m: w.zeros_like()?,
+                    v: w.zeros_like()?,
+                }
+            };
+            self.moments.insert(name.clone(), mo);
+        }
+        Ok(())
+    }
+
     /// The global L2 norm of the gradients.
     pub fn grad_norm(grads: &Grads) -> Result<f64> {
         let mut sq = 0f64;

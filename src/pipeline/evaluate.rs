@@ -4,6 +4,13 @@
 //! accuracy (√(p(1 − p)/n)). Positions where the corpus offers a teacher thought (a computed number
 //! of the built-in corpus) are also scored on their own, as the `taught` split: where a thought can
 //! do work that a direct prediction cannot.
+//!
+//! Some positions cannot be answered in reasoning mode at all: every right answer (each prefix of
+//! the continuation that ends on a token boundary) has unbalanced braces, as after `\frac{8` where the
+//! next token is `}{`, and a `\boxed{…}` answer is read with its braces counted (METHOD §2). Standard
+//! mode can still be right there. Each split counts these positions (`unboxable`) and standard mode's
+//! right guesses among them, so that a reader can see how much of a gap between the modes is the
+//! answer format's.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +36,10 @@ pub struct SplitScore {
     pub standard_correct: usize,
     pub reasoning_correct: usize,
     pub format_failures: usize,
+    /// Positions no `\boxed{}` answer can get right (see the module doc).
+    pub unboxable: usize,
+    /// Standard mode's right guesses among those positions.
+    pub standard_correct_unboxable: usize,
     pub standard_accuracy: f64,
     pub reasoning_accuracy: f64,
     pub format_failure_rate: f64,
@@ -123,6 +134,7 @@ pub fn evaluate(
                 .entry(f.as_str().to_string())
                 .or_default() += 1;
         }
+        let unboxable = !boxable(&st.continuation, &st.boundaries);
         let mut splits = vec!["all"];
         if known {
             let h = item.entropy.unwrap_or(0.0);
@@ -153,6 +165,8 @@ pub fn evaluate(
             s.standard_correct += std_ok as usize;
             s.reasoning_correct += rsn_ok as usize;
             s.format_failures += failure.is_some() as usize;
+            s.unboxable += unboxable as usize;
+            s.standard_correct_unboxable += (unboxable && std_ok) as usize;
         }
     }
     for s in report.splits.values_mut() {
@@ -164,6 +178,28 @@ pub fn evaluate(
         s.reasoning_se = standard_error(s.reasoning_accuracy, s.positions);
     }
     Ok(report)
+}
+
+/// Whether some right answer (a prefix of `continuation` ending at one of `boundaries`) can be written
+/// inside `\boxed{}` and read back: its braces balance and never close more than they opened.
+pub fn boxable(continuation: &[u8], boundaries: &[usize]) -> bool {
+    let mut depth = 0i64;
+    let mut at = 0;
+    let mut ends = boundaries.iter().copied().filter(|&l| l > 0).peekable();
+    while let Some(&end) = ends.peek() {
+        for &b in &continuation[at..end.min(continuation.len())] {
+            depth += (b == b'{') as i64 - (b == b'}') as i64;
+            if depth < 0 {
+                return false;
+            }
+        }
+        if depth == 0 {
+            return true;
+        }
+        at = end.min(continuation.len());
+        ends.next();
+    }
+    false
 }
 
 /// √(p(1 − p)/n), the standard error of an accuracy `p` over `n` positions (0 for none).
@@ -178,22 +214,43 @@ impl EvalReport {
     /// A table: one row per split, accuracies ± their standard errors, in percent.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<8} {:>9} {:>13} {:>13} {:>11}\n",
-            "split", "positions", "standard", "reasoning", "format-fail"
+            "{:<8} {:>9} {:>13} {:>13} {:>11} {:>18}\n",
+            "split", "positions", "standard", "reasoning", "format-fail", "unboxable (std ok)"
         );
         for name in ["all", "easy", "medium", "hard", "taught"] {
             if let Some(s) = self.splits.get(name) {
                 let pct = |p: f64, se: f64| format!("{:.1}±{:.1}%", 100.0 * p, 100.0 * se);
                 out.push_str(&format!(
-                    "{:<8} {:>9} {:>13} {:>13} {:>10.1}%\n",
+                    "{:<8} {:>9} {:>13} {:>13} {:>10.1}% {:>18}\n",
                     name,
                     s.positions,
                     pct(s.standard_accuracy, s.standard_se),
                     pct(s.reasoning_accuracy, s.reasoning_se),
-                    100.0 * s.format_failure_rate
+                    100.0 * s.format_failure_rate,
+                    format!("{} ({})", s.unboxable, s.standard_correct_unboxable)
                 ));
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boxable;
+
+    #[test]
+    fn an_answer_is_boxable_when_some_right_prefix_balances_its_braces() {
+        // A plain token, and a longer right answer that closes what the first token opened.
+        assert!(boxable(b" 5 +", &[2, 4]));
+        assert!(boxable(b"{3}+", &[1, 3, 4]));
+        assert!(boxable(b"^{2}", &[2, 3, 4]));
+        // Closing first can never be undone; an opening never closed within the window stays open.
+        assert!(!boxable(b"}{3}", &[2, 3, 4]));
+        assert!(!boxable(b"}$.", &[3]));
+        assert!(!boxable(b"{3", &[1, 2]));
+        // The balanced prefix must end on a boundary: `{3}` inside one token with `x` is `{3}x`.
+        assert!(boxable(b"{3}x", &[4]));
+        assert!(!boxable(b"{3}x{", &[5]));
     }
 }
