@@ -131,7 +131,7 @@ fn the_environment_order_is_seeded_and_resumable() {
 fn warm_up_rows_carry_the_teacher_thought_where_the_corpus_offers_one() {
     use rpt::config::Config;
     use rpt::env::arithmetic_thoughts;
-    use rpt::pipeline::bootstrap::{sft_example, teacher_positions};
+    use rpt::pipeline::rows::{sft_example, teacher_positions};
     use rpt::prompt::Prompt;
 
     let texts = rpt::env::generate_corpus(30, 5);
@@ -169,4 +169,59 @@ fn warm_up_rows_carry_the_teacher_thought_where_the_corpus_offers_one() {
             assert!(generic.ends_with(&format!("\\boxed{{{}}}", decode(&doc.ids[t..t + 1]))));
         }
     }
+}
+
+/// A generic thought inserted into a pre-training window: `… a b<think>b c …`, the text intact around
+/// it, and only the `<think>` token left out of the loss (with left padding in the batch).
+#[test]
+fn a_thought_inserted_into_a_window_leaves_only_its_marker_unscored() {
+    use rpt::model::{Device, Rng, Tensor};
+    use rpt::pipeline::NllBatch;
+    use rpt::pipeline::rows::insert_thought;
+
+    const THINK: u32 = 99;
+    let mut rng = Rng::new(7);
+    let original: Vec<u32> = (0..10).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let mut row = original.clone();
+        let at = insert_thought(&mut row, THINK, &mut rng).unwrap();
+        seen.insert(at);
+        assert!((1..original.len() - 1).contains(&at), "{at}");
+        assert_eq!(row.len(), original.len() + 2);
+        assert_eq!((row[at], row[at + 1]), (THINK, original[at - 1]), "{row:?}");
+        let mut back = row.clone();
+        back.drain(at..at + 2);
+        assert_eq!(back, original);
+    }
+    assert_eq!(seen.len(), original.len() - 2, "every place is drawn");
+    for short in [vec![], vec![1], vec![1, 2]] {
+        let mut row = short.clone();
+        assert_eq!(insert_thought(&mut row, THINK, &mut rng), None);
+        assert_eq!(row, short);
+    }
+
+    // Two rows, the shorter left-padded by 3. The log-prob of the skipped token is 100, every other 0.
+    let rows = vec![(0..12).collect::<Vec<u32>>(), (0..9).collect()];
+    let (skip_long, skip_short) = (5usize, 4usize);
+    let (width, pads) = (12usize, [0usize, 3]);
+    let mut lp = vec![0f32; 2 * (width - 1)];
+    // Column j scores token j + 1 − pad of its row.
+    lp[skip_long - 1] = 100.0;
+    lp[(width - 1) + skip_short + pads[1] - 1] = 100.0;
+    let lp = Tensor::from_vec(lp, (2, width - 1), &Device::Cpu).unwrap();
+    let from = [1, 1];
+    let (_, all) = NllBatch::new(&rows, &from, &Device::Cpu).unwrap();
+    let (_, some) = NllBatch::skipping(
+        &rows,
+        &from,
+        &[Some(skip_long), Some(skip_short)],
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(all.count, 11 + 8);
+    assert_eq!(some.count, all.count - 2);
+    let loss = |b: &NllBatch| b.loss(&lp).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(loss(&some), 0.0, "a skipped token was scored");
+    assert!((loss(&all) + 200.0 / 19.0).abs() < 1e-4, "{}", loss(&all));
 }

@@ -129,6 +129,9 @@ pub(super) fn default_boot_lr() -> f64 {
 pub(super) fn default_thought_bytes() -> usize {
     1
 }
+pub(super) fn default_pretrain_thought_share() -> f64 {
+    0.5
+}
 pub(super) fn yes() -> bool {
     true
 }

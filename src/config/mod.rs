@@ -432,6 +432,12 @@ pub struct BootstrapSection {
     /// reasoning-mode accuracy (README, Results).
     #[serde(default = "default_teacher_share")]
     pub teacher_share: f64,
+    /// Share of next-token pre-training windows (and of the warm-up's next-token batches) into which
+    /// a generic thought is inserted at a random place (`… a b<think>b c …`, `<think>` unscored), so
+    /// that the model learns from whole documents to continue a text through the re-read token. 0
+    /// inserts none (README, The built-in model and its thought).
+    #[serde(default = "default_pretrain_thought_share")]
+    pub pretrain_thought_share: f64,
 }
 
 macro_rules! default_from_serde {

@@ -142,6 +142,14 @@ mod cases {
             ),
             ("[bootstrap]\nlr = nan\n", "bootstrap.lr"),
             (
+                "[bootstrap]\npretrain_thought_share = 1.5\n",
+                "bootstrap.pretrain_thought_share",
+            ),
+            (
+                "[bootstrap]\npretrain_thought_share = nan\n",
+                "bootstrap.pretrain_thought_share",
+            ),
+            (
                 &format!("[rollout]\ngroup_size = {max}\n"),
                 "rollout.group_size",
             ),

@@ -386,6 +386,11 @@ impl Config {
             b.teacher_share,
             Range::Closed(0.0, 1.0),
         )?;
+        v.float(
+            "bootstrap.pretrain_thought_share",
+            b.pretrain_thought_share,
+            Range::Closed(0.0, 1.0),
+        )?;
         if !b.heads.is_multiple_of(b.kv_heads)
             || !b.hidden_size.is_multiple_of(b.heads)
             || !(b.hidden_size / b.heads).is_multiple_of(2)

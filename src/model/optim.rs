@@ -148,8 +148,8 @@ impl AdamW {
             let mo = if Route::of(w).host {
                 let n = w.elem_count();
                 Moments::Host {
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
+                    m: resident_zeros(n),
+                    v: resident_zeros(n),
                     shape: w.shape().clone(),
                 }
             } else {
@@ -301,6 +301,22 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// `n` zeros whose memory is resident now. Zeroed allocations of this size come from fresh pages
+/// that the system maps only when first written, which would put the moments' memory off to the
+/// first update again; one write per page makes it resident here.
+fn resident_zeros(n: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; n];
+    let per_page = 4096 / std::mem::size_of::<f32>();
+    v.par_chunks_mut(CHUNK).for_each(|c| {
+        for x in c.iter_mut().step_by(per_page) {
+            // SAFETY: `x` is a valid, aligned, exclusive reference into `v`. The write is volatile
+            // so that it is not removed as a store of the zero already there.
+            unsafe { std::ptr::write_volatile(x, 0.0) };
+        }
+    });
+    v
 }
 
 /// Runs `f` on the elements of an f32 CPU tensor in place (no copy); None for other tensors.

@@ -1,7 +1,10 @@
 //! `rpt bootstrap`: the built-in model, made on this machine with nothing downloaded.
 //!
 //! 1. a byte-level BPE tokenizer trained on the corpus (with `<think>`, `</think>`, `<|endoftext|>`);
-//! 2. a tiny Qwen2-family model pre-trained by next-token prediction on the training documents;
+//! 2. a tiny Qwen2-family model pre-trained by next-token prediction on the training documents, a
+//!    share `pretrain_thought_share` of the windows with the generic thought's re-read token inserted
+//!    at a random place (`… a b<think>b c …`, `<think>` unscored; `rows::insert_thought`), so that
+//!    continuing a text through it is learned from whole documents, not only from the warm-up's rows;
 //! 3. a supervised warm-up on the answer format `CONTEXT<think>THOUGHT</think>\boxed{NEXT TOKEN}`,
 //!    the answer written as the corpus's own token; loss on the completion only, interleaved with
 //!    next-token batches so that standard mode is kept.
@@ -31,6 +34,7 @@ use crate::model::{
 use crate::prompt::Prompt;
 
 use super::evaluate::{EvalItem, evaluate};
+use super::rows::{lm_window, lm_windows, sft_batch, teacher_positions};
 use super::{NllBatch, cosine_lr, load_texts, masked_nll, progress, tokenize_splits};
 
 /// What `rpt bootstrap` measured.
@@ -76,127 +80,6 @@ pub fn builtin_config(cfg: &Config, vocab_size: usize) -> ModelConfig {
         bos_token_id: None,
         pad_token_id: Some(0),
     }
-}
-
-/// A random window of `len + 1` tokens from a random training document.
-fn lm_window(docs: &[TokenizedDoc], len: usize, rng: &mut Rng) -> Vec<u32> {
-    let d = &docs[rng.below(docs.len())];
-    if d.len() <= len + 1 {
-        return d.ids.clone();
-    }
-    let start = rng.below(d.len() - len - 1);
-    d.ids[start..start + len + 1].to_vec()
-}
-
-/// One warm-up example at position `t`: (row ids, index where the completion starts). With `teach`,
-/// the thought is the teacher's where `doc` offers one for `t`; otherwise the generic one (see the
-/// module doc).
-pub fn sft_example(
-    doc: &TokenizedDoc,
-    t: usize,
-    teach: bool,
-    tok: &Tokenizer,
-    prompt: &Prompt,
-    cfg: &Config,
-) -> Option<(Vec<u32>, usize)> {
-    let st = make_state(
-        doc,
-        t,
-        tok,
-        cfg.states.max_context_tokens,
-        cfg.states.max_target_bytes,
-    )?;
-    let teacher = if teach { doc.teacher_at(t) } else { None };
-    // The answer: the corpus's own tokens, not the answer re-tokenized inside the braces (byte-level
-    // BPE would merge it with `{` or `}`), so the box holds exactly what the text continues with.
-    let answer: &[u32] = match teacher {
-        Some((_, k)) => &doc.ids[t..k],
-        None => &doc.ids[t..t + 1],
-    };
-    let bytes: Vec<u8> = answer
-        .iter()
-        .flat_map(|&id| tok.bytes(id).to_vec())
-        .collect();
-    let mut depth = 0i32;
-    for c in std::str::from_utf8(&bytes).ok()?.chars() {
-        depth += (c == '{') as i32 - (c == '}') as i32;
-        if depth < 0 {
-            return None;
-        }
-    }
-    if depth != 0 {
-        return None;
-    }
-    let mut row = prompt.build(&st.context);
-    let from = row.len();
-    match teacher {
-        Some((thought, _)) => row.extend(tok.encode(thought).ok()?),
-        None => {
-            let mut k = 0;
-            let mut bytes = 0;
-            while k < st.context.len()
-                && (k == 0
-                    || bytes + tok.bytes(st.context[st.context.len() - 1 - k]).len()
-                        <= cfg.bootstrap.thought_bytes)
-            {
-                bytes += tok.bytes(st.context[st.context.len() - 1 - k]).len();
-                k += 1;
-            }
-            row.extend_from_slice(&st.context[st.context.len() - k..]);
-            row.push(st.next_token);
-        }
-    }
-    row.push(tok.token_id("</think>")?);
-    row.extend(tok.encode("\\boxed{").ok()?);
-    row.extend_from_slice(answer);
-    row.extend(tok.encode("}").ok()?);
-    Some((row, from))
-}
-
-/// Every (document, position) of `docs` with a teacher thought.
-pub fn teacher_positions(docs: &[TokenizedDoc]) -> Vec<(usize, usize)> {
-    let mut out = vec![];
-    for (d, doc) in docs.iter().enumerate() {
-        for t in 1..doc.len() {
-            if doc.teacher_at(t).is_some() {
-                out.push((d, t));
-            }
-        }
-    }
-    out
-}
-
-fn sft_batch(
-    docs: &[TokenizedDoc],
-    taught: &[(usize, usize)],
-    n: usize,
-    tok: &Tokenizer,
-    prompt: &Prompt,
-    cfg: &Config,
-    rng: &mut Rng,
-) -> (Vec<Vec<u32>>, Vec<usize>) {
-    let (mut rows, mut from) = (vec![], vec![]);
-    let mut tries = 0usize;
-    while rows.len() < n {
-        tries += 1;
-        let share = cfg.bootstrap.teacher_share;
-        let (d, t, teach) = if share > 0.0 && !taught.is_empty() && rng.next_f64() < share {
-            let (d, t) = taught[rng.below(taught.len())];
-            (d, t, true)
-        } else {
-            let d = rng.below(docs.len());
-            if docs[d].len() < 2 {
-                continue;
-            }
-            (d, 1 + rng.below(docs[d].len() - 1), false)
-        };
-        if let Some((r, f)) = sft_example(&docs[d], t, teach, tok, prompt, cfg) {
-            rows.push(r);
-            from.push(f);
-        }
-        assert!(tries < 1_000_000, "no position gives a warm-up example");
-    }
-    (rows, from)
 }
 
 /// Mean next-token loss over `n` windows (no gradient).
@@ -331,13 +214,15 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         ..Default::default()
     });
     let mut rng = Rng::new(Rng::derive(&[cfg.seed, 0xB007]));
+    let think = tok.token_id("<think>").ok_or_else(|| {
+        crate::Error::Run("the bootstrap tokenizer has no `<think>` token".into())
+    })?;
 
     let bar = progress(b.pretrain_steps as u64, "pretrain");
     for step in 0..b.pretrain_steps {
-        let rows: Vec<Vec<u32>> = (0..b.batch)
-            .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
-            .collect();
-        let (loss, grads) = nll_grads(&params, &rows, &vec![1; rows.len()], device)?;
+        let (rows, skip) = lm_windows(&splits.train, cfg, think, &mut rng);
+        let (loss, grads) =
+            nll_grads_skipping(&params, &rows, &vec![1; rows.len()], &skip, device)?;
         let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
@@ -363,14 +248,12 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let sft_lr = b.lr / 3.0;
     for step in 0..b.sft_steps {
         // Two answer-format steps, then one next-token step, so standard mode is not forgotten.
-        let (rows, from) = if step % 3 == 2 {
-            let rows: Vec<Vec<u32>> = (0..b.batch)
-                .map(|_| lm_window(&splits.train, b.seq_len, &mut rng))
-                .collect();
+        let (rows, from, skip) = if step % 3 == 2 {
+            let (rows, skip) = lm_windows(&splits.train, cfg, think, &mut rng);
             let n = rows.len();
-            (rows, vec![1; n])
+            (rows, vec![1; n], skip)
         } else {
-            sft_batch(
+            let (rows, from) = sft_batch(
                 &splits.train,
                 &taught,
                 b.batch,
@@ -378,9 +261,11 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
                 &prompt,
                 cfg,
                 &mut rng,
-            )
+            );
+            let n = rows.len();
+            (rows, from, vec![None; n])
         };
-        let (loss, grads) = nll_grads(&params, &rows, &from, device)?;
+        let (loss, grads) = nll_grads_skipping(&params, &rows, &from, &skip, device)?;
         let scale = (1.0 / AdamW::grad_norm(&grads)?.max(1.0)).min(1.0);
         opt.step(
             &params,
@@ -469,7 +354,18 @@ pub(super) fn nll_grads(
     loss_from: &[usize],
     device: &Device,
 ) -> Result<(Tensor, crate::model::Grads)> {
-    let (batch, nll) = NllBatch::new(rows, loss_from, device)?;
+    nll_grads_skipping(params, rows, loss_from, &vec![None; rows.len()], device)
+}
+
+/// [`nll_grads`] leaving out token `skip[i]` of row `i` where one is given.
+fn nll_grads_skipping(
+    params: &Trainable,
+    rows: &[Vec<u32>],
+    loss_from: &[usize],
+    skip: &[Option<usize>],
+    device: &Device,
+) -> Result<(Tensor, crate::model::Grads)> {
+    let (batch, nll) = NllBatch::skipping(rows, loss_from, skip, device)?;
     params.value_and_grad(&batch.ids, &batch.pad, 1, 1.0, |lp| {
         let loss = nll.loss(lp)?;
         Ok((loss.clone(), loss))

@@ -9,6 +9,7 @@ pub mod init;
 pub mod memory;
 pub mod next_token;
 pub mod prepare;
+pub mod rows;
 pub mod sweep;
 pub mod train;
 
@@ -108,12 +109,25 @@ impl NllBatch {
         loss_from: &[usize],
         device: &crate::model::Device,
     ) -> Result<(crate::model::Padded, Self)> {
+        Self::skipping(rows, loss_from, &vec![None; rows.len()], device)
+    }
+
+    /// [`NllBatch::new`] that also leaves out token `skip[i]` of row `i` where one is given.
+    pub fn skipping(
+        rows: &[Vec<u32>],
+        loss_from: &[usize],
+        skip: &[Option<usize>],
+        device: &crate::model::Device,
+    ) -> Result<(crate::model::Padded, Self)> {
         let batch = left_pad(rows, device)?;
         let (width, pad) = (batch.width, &batch.pad);
         let mut mask = Vec::with_capacity(rows.len() * (width - 1));
-        for (&p, &from) in pad.iter().zip(loss_from) {
+        for ((&p, &from), &skip) in pad.iter().zip(loss_from).zip(skip) {
             // Column j scores token j + 1 of the padded row, i.e. token j + 1 − p of the row.
-            mask.extend((0..width - 1).map(|j| ((j + 1 >= p + from.max(1)) as u8) as f32));
+            mask.extend((0..width - 1).map(|j| {
+                let scored = j + 1 >= p + from.max(1) && skip != Some(j + 1 - p);
+                (scored as u8) as f32
+            }));
         }
         let count = mask.iter().filter(|&&m| m > 0.0).count();
         let mask = Tensor::from_vec(mask, (rows.len(), width - 1), device)?;
