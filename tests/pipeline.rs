@@ -655,6 +655,48 @@ fn eval_over_a_runs_checkpoints_against_compute() -> Result<()> {
     );
     assert!(!v["samples_after"].as_array().unwrap().is_empty());
 
+    // `--positions FILE`: every evaluated position written out, adding up to the report's counts,
+    // while the report itself still writes out only the first few.
+    let file = cfg.run_dir.join("positions.jsonl");
+    let ckpt = cfg.run_dir.join("checkpoints/step-000004");
+    let run_cfg = cfg.run_dir.join("config.toml");
+    let args = [
+        "eval",
+        "--config",
+        run_cfg.to_str().unwrap(),
+        "--model",
+        ckpt.to_str().unwrap(),
+        "--positions",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    let (ok, out, err) = common::rpt_cli(&args, &[])?;
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim())?;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let all = &report["splits"]["all"];
+    assert_eq!(lines.len() as u64, all["positions"].as_u64().unwrap());
+    let count = |key: &str| lines.iter().filter(|l| l[key] == true).count() as u64;
+    assert_eq!(
+        count("standard_correct"),
+        all["standard_correct"].as_u64().unwrap()
+    );
+    assert_eq!(
+        count("reasoning_correct"),
+        all["reasoning_correct"].as_u64().unwrap()
+    );
+    assert_eq!(count("unboxable"), all["unboxable"].as_u64().unwrap());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["entropy"].is_number() && l["completion"].is_string())
+    );
+    assert!(report["samples"].as_array().unwrap().len() <= 6);
+    assert_eq!(report["samples"][0], lines[0]);
+
     // Metrics without FLOPs (an earlier version's run): named, nothing evaluated.
     let text = std::fs::read_to_string(cfg.run_dir.join("metrics.jsonl"))?;
     let stripped: String = text

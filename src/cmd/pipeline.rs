@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use rpt::config::Config;
 use rpt::env::{Split, make_state};
 use rpt::model::{Rng, SampleParams};
-use rpt::pipeline::evaluate::{EvalItem, evaluate};
+use rpt::pipeline::evaluate::{EvalItem, evaluate_writing};
 use rpt::pipeline::{bootstrap, load_texts, prepare, tokenize_splits};
 use rpt::prompt::Prompt;
 
@@ -114,6 +114,11 @@ pub struct EvalArgs {
     pub config: ConfigArgs,
     #[arg(long)]
     pub json: bool,
+    /// Also write every evaluated position to FILE, one JSON object a line: the context's end, the
+    /// true next token, standard mode's guess, reasoning mode's whole completion, whether each is
+    /// right, the position's entropy and whether any `\boxed{}` answer could be right there.
+    #[arg(long, value_name = "FILE", conflicts_with = "run")]
+    pub positions: Option<PathBuf>,
 }
 
 /// Held-out positions for evaluation: a seeded sample of `eval.positions` from the easy split.
@@ -152,7 +157,21 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let cfg = load_config(a.config.config.as_deref())?;
     let dir = a.model.clone().unwrap_or_else(|| cfg.model.path.clone());
     let ck = super::load_checkpoint(&dir)?;
-    let report = eval_report(&cfg, &ck, &dir).context("evaluation")?;
+    let written = match a.positions {
+        Some(_) => usize::MAX,
+        None => rpt::pipeline::evaluate::SAMPLES,
+    };
+    let mut report = eval_report_writing(&cfg, &ck, &dir, written).context("evaluation")?;
+    if let Some(path) = &a.positions {
+        let mut text = String::new();
+        for p in &report.samples {
+            text.push_str(&serde_json::to_string(p)?);
+            text.push('\n');
+        }
+        rpt::model::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        report.samples.truncate(rpt::pipeline::evaluate::SAMPLES);
+    }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -167,6 +186,16 @@ pub fn eval_report(
     ck: &rpt::model::Checkpoint,
     dir: &Path,
 ) -> Result<rpt::pipeline::evaluate::EvalReport> {
+    eval_report_writing(cfg, ck, dir, rpt::pipeline::evaluate::SAMPLES)
+}
+
+/// [`eval_report`] with the first `samples` positions written out.
+fn eval_report_writing(
+    cfg: &Config,
+    ck: &rpt::model::Checkpoint,
+    dir: &Path,
+    samples: usize,
+) -> Result<rpt::pipeline::evaluate::EvalReport> {
     let prompt = Prompt::new(&cfg.prompt.template, &ck.tokenizer)?;
     rpt::pipeline::checks::check_lengths(cfg, &ck.config, &prompt, dir)?;
     let items = eval_items(cfg, &ck.tokenizer)?;
@@ -176,7 +205,7 @@ pub fn eval_report(
         top_p: 1.0,
         max_new_tokens: cfg.rollout.max_new_tokens,
     };
-    Ok(evaluate(
+    Ok(evaluate_writing(
         &ck.decoder()?,
         &ck.tokenizer,
         &prompt,
@@ -184,6 +213,7 @@ pub fn eval_report(
         &params,
         cfg.seed,
         32,
+        samples,
     )?)
 }
 

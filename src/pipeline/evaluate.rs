@@ -71,10 +71,15 @@ pub struct EvalSample {
     /// Reasoning mode's whole completion (thought and answer).
     pub completion: String,
     pub reasoning_correct: bool,
+    pub standard_correct: bool,
+    /// The proxy entropy of the position, where an index is known.
+    pub entropy: Option<f32>,
+    /// No `\boxed{}` answer can be right here (see the module doc).
+    pub unboxable: bool,
 }
 
-/// Positions written out in an [`EvalReport`].
-const SAMPLES: usize = 6;
+/// Positions written out in an [`EvalReport`] by [`evaluate`].
+pub const SAMPLES: usize = 6;
 
 /// Greedy next token on each raw context: (predicted token) per item.
 pub fn standard_predictions(model: &Decoder, items: &[EvalItem], batch: usize) -> Result<Vec<u32>> {
@@ -87,6 +92,7 @@ pub fn standard_predictions(model: &Decoder, items: &[EvalItem], batch: usize) -
 }
 
 /// Scores `items` in both modes. Reasoning completions use `params` and per-item seeds from `seed`.
+/// The first [`SAMPLES`] positions are written out in the report.
 pub fn evaluate(
     model: &Decoder,
     tok: &Tokenizer,
@@ -95,6 +101,21 @@ pub fn evaluate(
     params: &SampleParams,
     seed: u64,
     batch: usize,
+) -> Result<EvalReport> {
+    evaluate_writing(model, tok, prompt, items, params, seed, batch, SAMPLES)
+}
+
+/// [`evaluate`], writing out the first `samples` positions (all of them with `usize::MAX`).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_writing(
+    model: &Decoder,
+    tok: &Tokenizer,
+    prompt: &Prompt,
+    items: &[EvalItem],
+    params: &SampleParams,
+    seed: u64,
+    batch: usize,
+    samples: usize,
 ) -> Result<EvalReport> {
     let standard = standard_predictions(model, items, batch)?;
     let mut reasoning: Vec<std::result::Result<Vec<u8>, crate::reward::FormatFailure>> =
@@ -108,13 +129,13 @@ pub fn evaluate(
         let seeds: Vec<u64> = (0..chunk.len())
             .map(|j| Rng::derive(&[seed, (c * batch + j) as u64]))
             .collect();
-        let samples = generate(model, &prompts, params, &seeds, &[0], &|_, toks| {
+        let drawn = generate(model, &prompts, params, &seeds, &[0], &|_, toks| {
             answer_closed(&tok.decode_bytes(toks))
         })?;
-        for s in samples {
+        for s in drawn {
             let bytes = tok.decode_bytes(&s.tokens);
             reasoning.push(parse_prediction(&bytes).map(<[u8]>::to_vec));
-            if completions.len() < SAMPLES {
+            if completions.len() < samples {
                 completions.push(bytes);
             }
         }
@@ -157,6 +178,9 @@ pub fn evaluate(
                 standard: text(tok.bytes(standard[i])),
                 completion: text(&completions[i]),
                 reasoning_correct: rsn_ok,
+                standard_correct: std_ok,
+                entropy: item.entropy,
+                unboxable,
             });
         }
         for name in splits {
