@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use rpt::config::Config;
 use rpt::env::{Split, make_state};
 use rpt::model::{Rng, SampleParams};
-use rpt::pipeline::evaluate::{EvalItem, evaluate_writing};
+use rpt::pipeline::evaluate::{EvalItem, SAMPLES, evaluate};
 use rpt::pipeline::{bootstrap, load_texts, prepare, tokenize_splits};
 use rpt::prompt::Prompt;
 
@@ -159,9 +159,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let ck = super::load_checkpoint(&dir)?;
     let written = match a.positions {
         Some(_) => usize::MAX,
-        None => rpt::pipeline::evaluate::SAMPLES,
+        None => SAMPLES,
     };
-    let mut report = eval_report_writing(&cfg, &ck, &dir, written).context("evaluation")?;
+    let mut report = eval_report(&cfg, &ck, &dir, written).context("evaluation")?;
     if let Some(path) = &a.positions {
         let mut text = String::new();
         for p in &report.samples {
@@ -170,7 +170,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
         }
         rpt::model::write_atomic(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-        report.samples.truncate(rpt::pipeline::evaluate::SAMPLES);
+        report.samples.truncate(SAMPLES);
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -180,17 +180,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Held-out accuracy of checkpoint `ck`, loaded from `dir` (named in errors).
+/// Held-out accuracy of checkpoint `ck`, loaded from `dir` (named in errors), with its first `samples`
+/// positions written out.
 pub fn eval_report(
-    cfg: &Config,
-    ck: &rpt::model::Checkpoint,
-    dir: &Path,
-) -> Result<rpt::pipeline::evaluate::EvalReport> {
-    eval_report_writing(cfg, ck, dir, rpt::pipeline::evaluate::SAMPLES)
-}
-
-/// [`eval_report`] with the first `samples` positions written out.
-fn eval_report_writing(
     cfg: &Config,
     ck: &rpt::model::Checkpoint,
     dir: &Path,
@@ -205,7 +197,7 @@ fn eval_report_writing(
         top_p: 1.0,
         max_new_tokens: cfg.rollout.max_new_tokens,
     };
-    Ok(evaluate_writing(
+    Ok(evaluate(
         &ck.decoder()?,
         &ck.tokenizer,
         &prompt,
@@ -258,7 +250,7 @@ fn eval_run(run: &Path, json: bool) -> Result<()> {
     let mut reports = vec![];
     for (step, dir, flops) in todo {
         let ck = super::load_checkpoint(&dir)?;
-        let r = eval_report(&cfg, &ck, &dir)
+        let r = eval_report(&cfg, &ck, &dir, SAMPLES)
             .with_context(|| format!("evaluating {}", dir.display()))?;
         eprintln!("step {step:>6}  {:.3e} FLOPs\n{}", flops as f64, r.table());
         points.push(serde_json::json!({"step": step, "flops": flops, "checkpoint": dir, "splits": r.splits}));

@@ -8,6 +8,7 @@ use rpt::env::Split;
 use rpt::pipeline::train::{TrainOptions, train};
 
 use super::pipeline::{ensure_builtin, eval_report, load_config, prepare_and_print};
+use rpt::pipeline::evaluate::SAMPLES;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -67,7 +68,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let device = super::device()?;
     let before = if cfg.train.eval_before_after && !a.resume {
         let ck = super::load_checkpoint(&cfg.model.path)?;
-        let r = eval_report(&cfg, &ck, &cfg.model.path).context("evaluation before training")?;
+        let r = eval_report(&cfg, &ck, &cfg.model.path, SAMPLES)
+            .context("evaluation before training")?;
         println!(
             "held-out accuracy before training ({}):\n{}",
             cfg.model.path.display(),
@@ -119,7 +121,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if cfg.train.eval_before_after {
         let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
         let ck = super::load_checkpoint(&dir)?;
-        let after = eval_report(&cfg, &ck, &dir).context("evaluation after training")?;
+        let after = eval_report(&cfg, &ck, &dir, SAMPLES).context("evaluation after training")?;
         println!(
             "held-out accuracy after training ({}):\n{}",
             dir.display(),

@@ -321,7 +321,16 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         top_p: 1.0,
         max_new_tokens: cfg.rollout.max_new_tokens,
     };
-    let report = evaluate(&model, &tok, &prompt, &items, &params_sample, cfg.seed, 32)?;
+    let report = evaluate(
+        &model,
+        &tok,
+        &prompt,
+        &items,
+        &params_sample,
+        cfg.seed,
+        32,
+        super::evaluate::SAMPLES,
+    )?;
     let all = report.splits.get("all").cloned().unwrap_or_default();
 
     let r = BootstrapReport {

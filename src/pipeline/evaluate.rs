@@ -18,7 +18,7 @@ use crate::env::{Difficulty, State};
 use crate::error::Result;
 use crate::model::{Decoder, Rng, SampleParams, Tokenizer, generate};
 use crate::prompt::Prompt;
-use crate::reward::{answer_closed, parse_prediction, prefix_match};
+use crate::reward::{answer_closed, boxable_answer, parse_prediction, prefix_match};
 
 /// A held-out position and, when an index exists, its proxy entropy.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub struct EvalSample {
     pub unboxable: bool,
 }
 
-/// Positions written out in an [`EvalReport`] by [`evaluate`].
+/// Positions an [`EvalReport`] writes out as a rule.
 pub const SAMPLES: usize = 6;
 
 /// Greedy next token on each raw context: (predicted token) per item.
@@ -92,22 +92,10 @@ pub fn standard_predictions(model: &Decoder, items: &[EvalItem], batch: usize) -
 }
 
 /// Scores `items` in both modes. Reasoning completions use `params` and per-item seeds from `seed`.
-/// The first [`SAMPLES`] positions are written out in the report.
-pub fn evaluate(
-    model: &Decoder,
-    tok: &Tokenizer,
-    prompt: &Prompt,
-    items: &[EvalItem],
-    params: &SampleParams,
-    seed: u64,
-    batch: usize,
-) -> Result<EvalReport> {
-    evaluate_writing(model, tok, prompt, items, params, seed, batch, SAMPLES)
-}
-
-/// [`evaluate`], writing out the first `samples` positions (all of them with `usize::MAX`).
+/// The first `samples` positions are written out in the report ([`SAMPLES`] as a rule, all of them
+/// with `usize::MAX`).
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_writing(
+pub fn evaluate(
     model: &Decoder,
     tok: &Tokenizer,
     prompt: &Prompt,
@@ -207,23 +195,9 @@ pub fn evaluate_writing(
 /// Whether some right answer (a prefix of `continuation` ending at one of `boundaries`) can be written
 /// inside `\boxed{}` and read back: its braces balance and never close more than they opened.
 pub fn boxable(continuation: &[u8], boundaries: &[usize]) -> bool {
-    let mut depth = 0i64;
-    let mut at = 0;
-    let mut ends = boundaries.iter().copied().filter(|&l| l > 0).peekable();
-    while let Some(&end) = ends.peek() {
-        for &b in &continuation[at..end.min(continuation.len())] {
-            depth += (b == b'{') as i64 - (b == b'}') as i64;
-            if depth < 0 {
-                return false;
-            }
-        }
-        if depth == 0 {
-            return true;
-        }
-        at = end.min(continuation.len());
-        ends.next();
-    }
-    false
+    boundaries
+        .iter()
+        .any(|&l| l > 0 && boxable_answer(&continuation[..l.min(continuation.len())]))
 }
 
 /// √(p(1 − p)/n), the standard error of an accuracy `p` over `n` positions (0 for none).

@@ -84,14 +84,8 @@ pub fn sft_example(
         .iter()
         .flat_map(|&id| tok.bytes(id).to_vec())
         .collect();
-    let mut depth = 0i32;
-    for c in std::str::from_utf8(&bytes).ok()?.chars() {
-        depth += (c == '{') as i32 - (c == '}') as i32;
-        if depth < 0 {
-            return None;
-        }
-    }
-    if depth != 0 {
+    std::str::from_utf8(&bytes).ok()?;
+    if !crate::reward::boxable_answer(&bytes) {
         return None;
     }
     let mut row = prompt.build(&st.context);

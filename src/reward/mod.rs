@@ -12,7 +12,9 @@ mod variants;
 use std::sync::Arc;
 
 pub use command::{CommandReward, MAX_REWARD};
-pub use parse::{BOXED, FormatFailure, THINK_END, answer_closed, parse_prediction, thought};
+pub use parse::{
+    BOXED, FormatFailure, THINK_END, answer_closed, boxable_answer, parse_prediction, thought,
+};
 pub use variants::{ConditionalDense, Dense, FirstToken, InfoGain, PrefixMatch};
 
 /// What the verifier knows about one completion of one state.

@@ -84,6 +84,16 @@ fn closing_brace(s: &[u8]) -> Option<usize> {
     None
 }
 
+/// Whether `answer` can be written inside `\boxed{…}` and read back whole by [`parse_prediction`]:
+/// its braces balance and never close more than they opened.
+pub fn boxable_answer(answer: &[u8]) -> bool {
+    let mut depth = 0i64;
+    answer.iter().all(|&b| {
+        depth += (b == b'{') as i64 - (b == b'}') as i64;
+        depth >= 0
+    }) && depth == 0
+}
+
 /// True once `generated` holds a complete answer: a `\boxed{…}` closed after the last `</think>`.
 /// The sampler's stop rule for RPT completions.
 pub fn answer_closed(generated: &[u8]) -> bool {
@@ -172,9 +182,7 @@ mod tests {
         #[test]
         fn any_braced_answer_round_trips(answer in "[a-z0-9 {}]{0,12}", thought in "[a-z ]{0,12}") {
             // Balanced answers only.
-            let mut depth = 0i32;
-            let balanced = answer.chars().all(|c| { depth += (c == '{') as i32 - (c == '}') as i32; depth >= 0 }) && depth == 0;
-            prop_assume!(balanced);
+            prop_assume!(boxable_answer(answer.as_bytes()));
             let text = format!("{thought}</think>\\boxed{{{answer}}}");
             prop_assert_eq!(parse_prediction(text.as_bytes()), Ok(answer.as_bytes()));
             prop_assert!(answer_closed(text.as_bytes()));
