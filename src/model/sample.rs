@@ -180,7 +180,7 @@ pub fn generate(
     params: &SampleParams,
     seeds: &[u64],
     eos: &[u32],
-    stop: &dyn Fn(usize, &[u32]) -> bool,
+    stop: &(dyn Fn(usize, &[u32]) -> bool + Sync),
 ) -> Result<Vec<Sample>> {
     generate_on(InferPath::Auto, model, prompts, params, seeds, eos, stop)
 }
@@ -193,22 +193,25 @@ pub fn generate_on(
     params: &SampleParams,
     seeds: &[u64],
     eos: &[u32],
-    stop: &dyn Fn(usize, &[u32]) -> bool,
+    stop: &(dyn Fn(usize, &[u32]) -> bool + Sync),
 ) -> Result<Vec<Sample>> {
     check_length(model, prompts, params)?;
     if path == InferPath::Auto && model.on_host() {
         return crate::cpu::with_params(model.named_tensors(), |p| {
-            let mut cache: Option<crate::cpu::HostCache> = None;
-            sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
-                let cache = cache.get_or_insert_with(|| {
-                    let cap = s + params.max_new_tokens;
-                    crate::cpu::HostCache::new(model.config(), pad.len(), cap)
-                });
-                let logits = crate::cpu::step(model.config(), model.layout(), p, cache, ids, pad)?;
-                Ok(logits
-                    .chunks(model.config().vocab_size)
-                    .map(<[f32]>::to_vec)
-                    .collect())
+            crate::cpu::on_pool(|| {
+                let mut cache: Option<crate::cpu::HostCache> = None;
+                sample_loop(model, prompts, params, seeds, eos, stop, |ids, pad, s| {
+                    let cache = cache.get_or_insert_with(|| {
+                        let cap = s + params.max_new_tokens;
+                        crate::cpu::HostCache::new(model.config(), pad.len(), cap)
+                    });
+                    let logits =
+                        crate::cpu::step(model.config(), model.layout(), p, cache, ids, pad)?;
+                    Ok(logits
+                        .chunks(model.config().vocab_size)
+                        .map(<[f32]>::to_vec)
+                        .collect())
+                })
             })
         });
     }
@@ -255,7 +258,7 @@ fn sample_loop(
     params: &SampleParams,
     seeds: &[u64],
     eos: &[u32],
-    stop: &dyn Fn(usize, &[u32]) -> bool,
+    stop: &(dyn Fn(usize, &[u32]) -> bool + Sync),
     mut step: impl FnMut(&[u32], &[usize], usize) -> Result<Vec<Vec<f32>>>,
 ) -> Result<Vec<Sample>> {
     if prompts.len() != seeds.len() {

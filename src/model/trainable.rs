@@ -169,7 +169,7 @@ impl Trainable {
     /// backward pass from the loss's gradient.
     fn fused_value_and_grad<X, E>(
         &self,
-        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)>,
+        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)> + Send,
         shape: (usize, usize),
         device: &candle_core::Device,
         loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
@@ -185,7 +185,7 @@ impl Trainable {
     /// The fused forward pass, the loss, and the backward pass, whose gradients are added into `acc`.
     fn fused_pass<X, E>(
         &self,
-        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)>,
+        forward: impl FnOnce(&fused::Params) -> Result<(Vec<f32>, fused::Tape)> + Send,
         shape: (usize, usize),
         device: &candle_core::Device,
         loss: impl FnOnce(&Tensor) -> std::result::Result<(Tensor, X), E>,
@@ -197,7 +197,9 @@ impl Trainable {
         // The parameters are read in place, read-locked until the gradients are computed.
         let named = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_tensor()));
         fused::with_params(named, |flat| {
-            let (lp, tape) = forward(flat)?;
+            // Both passes run on a thread of the pool (see `on_pool`); the loss between them is a few
+            // candle ops on the per-token log-probs.
+            let (lp, tape) = fused::on_pool(|| forward(flat))?;
             let lp = Var::from_tensor(&Tensor::from_vec(lp, shape, device)?)?;
             let (l, x) = loss(lp.as_tensor())?;
             let store = l.backward()?;
@@ -205,7 +207,7 @@ impl Trainable {
                 Some(g) => g.flatten_all()?.to_vec1()?,
                 None => vec![0.0; shape.0 * shape.1],
             };
-            fused::backward(&self.config, &self.layout, flat, tape, &dlp, acc)?;
+            fused::on_pool(|| fused::backward(&self.config, &self.layout, flat, tape, &dlp, acc))?;
             Ok(x)
         })
     }
