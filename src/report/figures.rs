@@ -86,7 +86,7 @@ pub const SPLITS: &[&str] = &["all", "easy", "medium", "hard"];
 const SIZE: (u32, u32) = (760, 420);
 
 /// Series colours (Tableau 10): distinct in print and for the common colour-vision deficiencies.
-const COLORS: [RGBColor; 10] = [
+pub(super) const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -100,7 +100,7 @@ const COLORS: [RGBColor; 10] = [
 ];
 
 /// A legend entry short enough to leave the curves visible; the page's table has the full name.
-fn legend_label(label: &str) -> String {
+pub(super) fn legend_label(label: &str) -> String {
     const MAX: usize = 64;
     if label.chars().count() <= MAX {
         label.to_string()
@@ -114,6 +114,8 @@ fn legend_label(label: &str) -> String {
 pub struct Drawn {
     pub curves: Vec<(String, String)>,
     pub bars: Vec<(String, String)>,
+    /// Held-out accuracy against training FLOPs, per split (runs with `accuracy_vs_compute.json`).
+    pub compute: Vec<(String, String)>,
     pub png: bool,
     pub dir: PathBuf,
     pub warnings: Vec<String>,
@@ -122,7 +124,7 @@ pub struct Drawn {
 impl Drawn {
     pub fn files(&self) -> Vec<PathBuf> {
         let mut out = vec![];
-        for (_, stem) in self.curves.iter().chain(&self.bars) {
+        for (_, stem) in self.curves.iter().chain(&self.bars).chain(&self.compute) {
             out.push(self.dir.join(format!("{stem}.svg")));
             if self.png {
                 out.push(self.dir.join(format!("{stem}.png")));
@@ -237,6 +239,23 @@ pub fn draw_all(series: &[Series], dir: &Path) -> Result<Drawn> {
         )?;
         drawn.bars.push((title.clone(), file));
     }
+    for split in SPLITS {
+        let curves = super::compute::curves(series, split);
+        if curves.is_empty() {
+            continue;
+        }
+        let file = format!("heldout_vs_flops_{split}");
+        let title =
+            format!("held-out accuracy against training compute, {split} (± SE; dashed: fit)");
+        render(
+            dir,
+            &file,
+            drawn.png,
+            |r| super::compute::chart(r, &title, &curves),
+            |r| super::compute::chart(r, &title, &curves),
+        )?;
+        drawn.compute.push((title, file));
+    }
     Ok(drawn)
 }
 
@@ -300,7 +319,7 @@ where
     Ok(())
 }
 
-fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(super) fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in values.filter(|v| v.is_finite()) {
         lo = lo.min(v);
@@ -411,34 +430,11 @@ fn bar_chart<DB: DrawingBackend>(
         .max(0.01)
         * 1.45;
     let width = bars.len() as f64 * 5.0;
-    // Under each group of bars, the values of the keys that differ (`dense`), short enough to fit.
-    // The first key's value alone where it tells every series apart (series name the key that
-    // differs most first).
-    let first_values: Vec<&str> = bars
-        .iter()
-        .map(|(l, _)| {
-            let first = l.split(", ").next().unwrap_or(l);
-            first.rsplit('=').next().unwrap_or(first)
-        })
-        .collect();
-    let first_alone = first_values
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
-        == bars.len();
-    let labels: Vec<String> = bars
-        .iter()
-        .enumerate()
-        .map(|(i, (l, _))| {
-            let values: Vec<&str> = l
-                .split(", ")
-                .map(|p| p.rsplit('=').next().unwrap_or(p))
-                .collect();
-            let v = if first_alone {
-                first_values[i].to_string()
-            } else {
-                values.join(", ")
-            };
+    // Under each group of bars, the series' short names, short enough to fit.
+    let names = super::short_names(&bars.iter().map(|b| b.0.clone()).collect::<Vec<_>>());
+    let labels: Vec<String> = names
+        .into_iter()
+        .map(|v| {
             if v.chars().count() > 20 {
                 format!("{}…", v.chars().take(19).collect::<String>())
             } else {
@@ -513,7 +509,7 @@ fn bar_chart<DB: DrawingBackend>(
 }
 
 /// A tick label: short, in scientific notation when large or small.
-fn short(v: f64) -> String {
+pub(super) fn short(v: f64) -> String {
     let a = v.abs();
     if a < 1e-12 {
         // Float noise around a zero tick.

@@ -139,6 +139,12 @@ figcaption{font-size:12px;color:#555;max-width:560px}
             h.push_str(&figure(stem, title, drawn.png));
         }
     }
+    if !drawn.compute.is_empty() {
+        h.push_str("<h2>Held-out accuracy against training compute</h2><p>Every checkpoint that <code>rpt eval --run</code> measured, against the run's cumulative model FLOPs; dashed, the fit <code>accuracy = a − b·C<sup>−α</sup></code> over the checkpoints (not the starting model), with its R² in the legend.</p>");
+        for (title, stem) in &drawn.compute {
+            h.push_str(&figure(stem, title, drawn.png));
+        }
+    }
     h.push_str("<h2>Curves</h2>");
     for (title, stem) in &drawn.curves {
         h.push_str(&figure(stem, title, drawn.png));

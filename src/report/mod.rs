@@ -6,6 +6,7 @@
 //! configs differ only by `seed` form one series, drawn as the mean with a band from the lowest to the
 //! highest seed; the config keys that differ between series name them in the legend.
 
+mod compute;
 mod figures;
 mod html;
 
@@ -24,6 +25,8 @@ pub struct RunData {
     /// `eval.json`: `before` and `after`, each with `splits`.
     pub eval: Option<serde_json::Value>,
     pub samples: Vec<serde_json::Value>,
+    /// `accuracy_vs_compute.json`, where `rpt eval --run` wrote one.
+    pub compute: Option<serde_json::Value>,
 }
 
 /// Runs that differ only by seed, under one name.
@@ -95,12 +98,16 @@ pub fn read_run(dir: &Path, warnings: &mut Vec<String>) -> Result<RunData> {
                 .collect()
         })
         .unwrap_or_default();
+    let compute = std::fs::read_to_string(dir.join("accuracy_vs_compute.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     Ok(RunData {
         dir: dir.to_path_buf(),
         config,
         metrics,
         eval,
         samples,
+        compute,
     })
 }
 
@@ -166,6 +173,45 @@ pub fn group(runs: Vec<RunData>) -> Vec<Series> {
             }
         })
         .collect()
+}
+
+/// Short names for series labelled `key=value, key=value, …` (the keys that differ between them):
+/// the values of the one key that tells every series apart with the shortest values (`rpt` and
+/// `next_token` rather than two FLOP budgets), else all the values.
+pub fn short_names(labels: &[String]) -> Vec<String> {
+    let parts: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|l| {
+            l.split(", ")
+                .map(|p| p.split_once('=').unwrap_or(("", p)))
+                .collect()
+        })
+        .collect();
+    let keys: Vec<&str> = parts
+        .first()
+        .map_or(vec![], |p| p.iter().map(|kv| kv.0).collect());
+    let best = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(k, key)| {
+            let values: Vec<&str> = parts
+                .iter()
+                .map(|p| p.get(k).filter(|kv| kv.0 == *key).map(|kv| kv.1))
+                .collect::<Option<_>>()?;
+            let distinct = values
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            (distinct == labels.len()).then(|| (values.iter().map(|v| v.len()).max(), values))
+        })
+        .min_by_key(|(len, _)| *len);
+    match best {
+        Some((_, values)) => values.into_iter().map(str::to_string).collect(),
+        None => parts
+            .iter()
+            .map(|p| p.iter().map(|kv| kv.1).collect::<Vec<_>>().join(", "))
+            .collect(),
+    }
 }
 
 /// Writes the report of `dirs` into `out` (`report.html`, `figures/*.png` and `*.svg`).
@@ -277,6 +323,7 @@ mod tests {
                 .collect(),
             eval: None,
             samples: vec![],
+            compute: None,
         }
     }
 
