@@ -134,6 +134,8 @@ fn every_loss_type_and_correction_trains_with_finite_metrics() -> Result<()> {
         (LossType::Gspo, OffPolicy::SequenceMask, 1),
         (LossType::Cispo, OffPolicy::TokenMask, 1),
         (LossType::Grpo, OffPolicy::Tis, 1),
+        (LossType::Sapo, OffPolicy::Tis, 1),
+        (LossType::Bnpo, OffPolicy::None, 0),
     ];
     for (loss_type, off, staleness) in cases {
         let name = format!("loss-{loss_type:?}-{off:?}-{staleness}");

@@ -287,8 +287,8 @@ pub struct RewardSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpoSection {
-    /// The policy loss: `grpo` (default), `dr_grpo`, `dapo`, `gspo` or `cispo` (`crate::grpo`'s module
-    /// docs give each one's equation). Each type sets `scale_rewards`, `loss_agg_mode`, `epsilon_low`,
+    /// The policy loss: `grpo` (default), `dr_grpo`, `dapo`, `gspo`, `cispo`, `sapo` or `bnpo`
+    /// (`crate::grpo`'s module docs give each one's equation). Each type sets `scale_rewards`, `loss_agg_mode`, `epsilon_low`,
     /// `epsilon_high` and `overlong_buffer` where the config leaves them out ([`LossType::preset`]);
     /// a key the config sets wins.
     #[serde(default = "default_loss_type")]
@@ -345,6 +345,13 @@ pub struct GrpoSection {
     /// The cap C of `off_policy`: weights truncated at C, or masked outside [1/C, C]; `inf` allowed.
     #[serde(default = "default_is_cap")]
     pub is_cap: f64,
+    /// `sapo`'s gate temperature for positive advantages (SAPO's τ_pos).
+    #[serde(default = "one")]
+    pub sapo_tau_pos: f64,
+    /// `sapo`'s gate temperature for negative advantages (SAPO's τ_neg); above τ_pos, so that a
+    /// negative token's gradient fades sooner off policy.
+    #[serde(default = "default_sapo_tau_neg")]
+    pub sapo_tau_neg: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -523,6 +530,8 @@ impl Config {
             max_completion_tokens: self.rollout.max_new_tokens,
             off_policy: self.grpo.off_policy,
             is_cap: self.grpo.is_cap,
+            sapo_tau_pos: self.grpo.sapo_tau_pos,
+            sapo_tau_neg: self.grpo.sapo_tau_neg,
         }
     }
 

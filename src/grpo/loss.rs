@@ -20,6 +20,14 @@
 //!   stop-gradient importance weight, `ℓ_{i,t} = −sg(min(ρ, 1 + ε_high)) A_i log π_θ(o_{i,t})`, averaged
 //!   over tokens. No token loses its gradient to the clip. As in the paper's runs there is no lower
 //!   bound (`ε_low` is not used); the default cap `1 + ε_high = 5` is this crate's choice.
+//! - `sapo` (Gao et al. 2025, "Soft Adaptive Policy Optimization", arXiv:2511.20347): a soft gate in
+//!   place of the clip, `ℓ_{i,t} = −f_τ(ρ_{i,t}) A_i` with `f_τ(ρ) = σ(τ (ρ − 1)) · 4/τ`, τ =
+//!   `sapo_tau_pos` (1.0) where A > 0 and `sapo_tau_neg` (1.05) where A < 0, averaged over sequences
+//!   (`seq-mean-token-mean`). Its gradient is the policy gradient's at ρ = 1 and fades smoothly as ρ
+//!   leaves 1, sooner for negative advantages; no token is cut off at a fixed bound.
+//! - `bnpo` (TRL's name): `grpo`'s token loss averaged over every loss token of the batch. TRL takes
+//!   that mean over each process's local batch; here micro-batches are exact, so the batch is the
+//!   mini-batch, and `bnpo` is `grpo` with its default `token-mean` (the same numbers, tested).
 //!
 //! With `β > 0` every type adds `β · k3` per token against the reference (METHOD §4).
 //!
@@ -64,15 +72,19 @@ pub enum LossType {
     Dapo,
     Gspo,
     Cispo,
+    Sapo,
+    Bnpo,
 }
 
 impl LossType {
-    pub const ALL: [LossType; 5] = [
+    pub const ALL: [LossType; 7] = [
         LossType::Grpo,
         LossType::DrGrpo,
         LossType::Dapo,
         LossType::Gspo,
         LossType::Cispo,
+        LossType::Sapo,
+        LossType::Bnpo,
     ];
 
     /// The settings that define the type, for the config keys a user leaves out: (advantage
@@ -80,11 +92,13 @@ impl LossType {
     pub fn preset(self) -> Preset {
         use super::ScaleRewards::{Group, None};
         let (scale, agg, lo, hi, overlong) = match self {
-            LossType::Grpo => (Group, LossAgg::TokenMean, 0.2, 0.2, false),
+            LossType::Grpo | LossType::Bnpo => (Group, LossAgg::TokenMean, 0.2, 0.2, false),
             LossType::DrGrpo => (None, LossAgg::SeqMeanTokenSumNorm, 0.2, 0.2, false),
             LossType::Dapo => (Group, LossAgg::TokenMean, 0.2, 0.28, true),
             LossType::Gspo => (Group, LossAgg::SeqMeanTokenMean, 3e-4, 4e-4, false),
             LossType::Cispo => (Group, LossAgg::TokenMean, 0.2, 4.0, false),
+            // ε is not used by the soft gate.
+            LossType::Sapo => (Group, LossAgg::SeqMeanTokenMean, 0.2, 0.2, false),
         };
         Preset {
             scale_rewards: scale,
@@ -130,6 +144,9 @@ pub struct LossConfig {
     pub off_policy: OffPolicy,
     /// The cap C of the off-policy correction (`f64::INFINITY` allowed).
     pub is_cap: f64,
+    /// `sapo`'s gate temperatures τ for positive and for negative advantages.
+    pub sapo_tau_pos: f64,
+    pub sapo_tau_neg: f64,
 }
 
 /// Numbers the learner logs about one loss evaluation, over loss tokens only.
@@ -137,10 +154,10 @@ pub struct LossConfig {
 pub struct LossStats {
     pub loss: f64,
     /// Share of tokens where the lower clip bound is the active branch (ρ < 1 − ε_low, A < 0; for
-    /// `gspo` the sequence's ratio, for `cispo` never).
+    /// `gspo` the sequence's ratio, for `cispo` and `sapo` never).
     pub clip_low: f64,
     /// Share of tokens where the upper clip bound is the active branch (ρ > 1 + ε_high, A > 0; for
-    /// `cispo`, ρ > 1 + ε_high whatever the sign of A: the weight is truncated).
+    /// `cispo`, ρ > 1 + ε_high whatever the sign of A: the weight is truncated; for `sapo` never).
     pub clip_high: f64,
     /// Mean of `log π_old − log π_θ` (k1 estimate of KL(old ‖ θ)).
     pub approx_kl: f64,
@@ -186,9 +203,13 @@ pub fn policy_loss(x: &LossInputs<'_>, cfg: &LossConfig) -> Result<(Tensor, Loss
     let (weight, active) = correction(x, cfg)?;
     // `ratio`: the ratio each token's clip looks at (the sequence's, broadcast, for gspo).
     let (mut per_token, ratio) = match cfg.loss_type {
-        LossType::Grpo | LossType::DrGrpo | LossType::Dapo => {
+        LossType::Grpo | LossType::DrGrpo | LossType::Dapo | LossType::Bnpo => {
             let ratio = log_ratio.exp()?;
             (clipped_surrogate(&ratio, &adv, cfg)?, ratio)
+        }
+        LossType::Sapo => {
+            let ratio = log_ratio.exp()?;
+            (soft_gate(&ratio, x.advantages, cfg)?, ratio)
         }
         LossType::Gspo => {
             let per_seq = (log_ratio.broadcast_mul(x.mask)?.sum_keepdim(D::Minus1)?
@@ -236,6 +257,29 @@ fn clipped_surrogate(ratio: &Tensor, adv: &Tensor, cfg: &LossConfig) -> Result<T
         .clamp(1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high)?
         .broadcast_mul(adv)?;
     unclipped.minimum(&clipped)?.neg()
+}
+
+/// SAPO's `−σ(τ (ρ − 1)) · 4/τ · A`, per token, τ by the sign of each row's advantage. The sigmoid is
+/// written with differentiable ops (`1 / (1 + e^(−x))`); x ≥ −τ since ρ ≥ 0, so e^(−x) stays finite
+/// for the temperatures validation allows.
+fn soft_gate(ratio: &Tensor, advantages: &Tensor, cfg: &LossConfig) -> Result<Tensor> {
+    let taus: Vec<f32> = advantages
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|&a| {
+            if a > 0.0 {
+                cfg.sapo_tau_pos as f32
+            } else {
+                cfg.sapo_tau_neg as f32
+            }
+        })
+        .collect();
+    let n = taus.len();
+    let tau = Tensor::from_vec(taus, (n, 1), ratio.device())?;
+    let x = (ratio - 1.0)?.broadcast_mul(&tau)?;
+    let gate = (x.neg()?.exp()? + 1.0)?.recip()?;
+    let scale = (tau.recip()? * 4.0)?.broadcast_mul(&advantages.unsqueeze(1)?)?;
+    gate.broadcast_mul(&scale)?.neg()
 }
 
 /// The off-policy correction: a detached per-token weight (`tis`) or a reduced loss mask (the two
@@ -324,6 +368,7 @@ fn stats(
     let (mut mis_max, mut mis, mut mis_k3) = (0f64, 0f64, 0f64);
     let (mut off, mut w_sum) = (0usize, 0f64);
     let cispo = cfg.loss_type == LossType::Cispo;
+    let gated = cfg.loss_type == LossType::Sapo;
     for i in 0..mask.len() {
         for j in 0..mask[i].len() {
             if mask[i][j] == 0.0 {
@@ -331,7 +376,9 @@ fn stats(
             }
             s.tokens += 1;
             let r = ratio[i][j] as f64;
-            if cispo {
+            if gated {
+                // No clip: the soft gate never cuts a token off.
+            } else if cispo {
                 high += (r > 1.0 + cfg.epsilon_high) as usize;
             } else {
                 low += (r < 1.0 - cfg.epsilon_low && adv[i] < 0.0) as usize;

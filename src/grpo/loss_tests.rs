@@ -19,6 +19,8 @@ fn cfg(agg: LossAgg) -> LossConfig {
         max_completion_tokens: 4,
         off_policy: OffPolicy::None,
         is_cap: 2.0,
+        sapo_tau_pos: 1.0,
+        sapo_tau_neg: 1.05,
     }
 }
 
@@ -226,7 +228,7 @@ fn by_hand(
             let wt = w.map_or(1.0, |w| w[i][j]) * on * weight(i);
             let rho = (logp[i][j] - old[i][j]).exp();
             let (value, d) = match cfg.loss_type {
-                LossType::Grpo | LossType::DrGrpo | LossType::Dapo => {
+                LossType::Grpo | LossType::DrGrpo | LossType::Dapo | LossType::Bnpo => {
                     let unclipped_active = rho * a <= clip(rho) * a;
                     let d = if unclipped_active { -rho * a } else { 0.0 };
                     (-(rho * a).min(clip(rho) * a), d)
@@ -246,6 +248,16 @@ fn by_hand(
                 LossType::Cispo => {
                     let c = rho.min(1.0 + cfg.epsilon_high);
                     (-c * a * logp[i][j], -c * a)
+                }
+                LossType::Sapo => {
+                    let tau = if a > 0.0 {
+                        cfg.sapo_tau_pos
+                    } else {
+                        cfg.sapo_tau_neg
+                    };
+                    let sig = 1.0 / (1.0 + (-tau * (rho - 1.0)).exp());
+                    // d/d logp of σ(τ(ρ − 1))·4/τ is 4 σ (1 − σ) ρ.
+                    (-sig * 4.0 / tau * a, -a * 4.0 * sig * (1.0 - sig) * rho)
                 }
             };
             loss += wt * value;
@@ -528,4 +540,66 @@ fn overlong_shaping_by_hand() {
     );
     assert_eq!(overlong_penalty(20, 20, 0, 1.0), 0.0);
     assert_eq!(overlong_penalty(18, 20, 4, 0.5), -0.25);
+}
+
+#[test]
+fn sapo_is_the_policy_gradient_on_policy_and_fades_off_it() {
+    // On policy (ρ = 1) the gate's gradient is grpo's, −A per token, whatever τ.
+    let logp = Var::from_tensor(&t2(&[&[-1.0, -0.5], &[-0.2, -2.0]])).unwrap();
+    let old = logp.as_tensor().detach();
+    let adv = Tensor::new(&[1.0f32, -0.5], &Device::Cpu).unwrap();
+    let mask = t2(&[&[1.0, 1.0], &[1.0, 1.0]]);
+    let grad = |loss_type| {
+        let c = LossConfig {
+            loss_type,
+            sapo_tau_pos: 3.0,
+            ..cfg(LossAgg::TokenMean)
+        };
+        let (l, s) = policy_loss(&plain(&logp, &old, &adv, &mask), &c).unwrap();
+        (
+            rows(l.backward().unwrap().get(logp.as_tensor()).unwrap()),
+            s,
+        )
+    };
+    let ((sapo, s), (grpo, _)) = (grad(LossType::Sapo), grad(LossType::Grpo));
+    for (a, b) in sapo.iter().flatten().zip(grpo.iter().flatten()) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert_eq!((s.clip_low, s.clip_high), (0.0, 0.0));
+    // Far off policy the gradient fades instead of stopping at a bound: with A = 1 and ρ = e^2, at
+    // τ = 1 the token's weight is 4 σ (1 − σ) ρ ≈ 0.05 of the on-policy one (a quarter of it in the
+    // mean over four tokens), where grpo's clip would give 0.
+    let far = (logp.as_tensor().detach() - 2.0).unwrap();
+    let c = LossConfig {
+        loss_type: LossType::Sapo,
+        ..cfg(LossAgg::TokenMean)
+    };
+    let (l, _) = policy_loss(&plain(&logp, &far, &adv, &mask), &c).unwrap();
+    let g = rows(l.backward().unwrap().get(logp.as_tensor()).unwrap());
+    let sig = 1.0 / (1.0 + (-(2f64.exp() - 1.0)).exp());
+    // A = 1: −4 σ (1 − σ) ρ, over the mean's four tokens.
+    let want = -4.0 * sig * (1.0 - sig) * 2f64.exp() / 4.0;
+    assert!(
+        (g[0][0] - want).abs() < 1e-6 && g[0][0] < 0.0,
+        "{} vs {want}",
+        g[0][0]
+    );
+}
+
+#[test]
+fn bnpo_is_grpo_with_its_token_mean() {
+    let (logp, old, adv, mask) = off_ratio_batch();
+    let x = plain(&logp, &old, &adv, &mask);
+    let of = |loss_type: LossType| {
+        let c = LossConfig {
+            loss_type,
+            agg: loss_type.preset().agg,
+            ..cfg(LossAgg::TokenMean)
+        };
+        let (l, _) = policy_loss(&x, &c).unwrap();
+        let g = rows(l.backward().unwrap().get(logp.as_tensor()).unwrap());
+        (l.to_scalar::<f32>().unwrap(), g)
+    };
+    assert_eq!(LossType::Bnpo.preset(), LossType::Grpo.preset());
+    assert_eq!(of(LossType::Bnpo), of(LossType::Grpo));
 }

@@ -1,5 +1,5 @@
 //! GRPO (METHOD §4) as pure maths: group advantages, the policy losses of `grpo.loss_type` (grpo,
-//! dr_grpo, dapo, gspo, cispo) with the optional k3 KL, the off-policy corrections, loss aggregation,
+//! dr_grpo, dapo, gspo, cispo, sapo, bnpo) with the optional k3 KL, the off-policy corrections, loss aggregation,
 //! DAPO's overlong shaping, the EMA teacher of RLP, and dynamic sampling's group filter. No actors, no
 //! model.
 
