@@ -6,9 +6,8 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::Series;
-use super::figures::{COLORS, bounds, legend_label, short};
-use super::short_names;
+use super::plot::{self, Axes, Line};
+use super::{Series, short_names};
 
 /// One mode of one run: its checkpoints as (FLOPs, accuracy, accuracy − SE, accuracy + SE), and the
 /// fit over them where `rpt eval --run` made one.
@@ -104,96 +103,43 @@ fn fit_line(fit: &Fit, points: &[(f64, f64, f64, f64)]) -> Vec<(f64, f64)> {
 
 /// One split's figure: every curve's checkpoints as points joined by a line with an error band, its
 /// fit dashed in the same colour. The y axis spans the measurements (a fit that leaves them is cut
-/// at the frame).
+/// at the frame), with room above them for the legend.
 pub fn chart<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     curves: &[ComputeCurve],
 ) -> std::result::Result<(), String> {
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let (x0, x1) = bounds(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)));
-    let (y0, y1) = bounds(
-        curves
-            .iter()
-            .flat_map(|c| c.points.iter().flat_map(|p| [p.2, p.3])),
-    );
-    // Room above the measurements for the legend, a line per curve.
-    let y1 = y1 + (y1 - y0) * (0.1 * curves.len() as f64).clamp(0.2, 0.8);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 17))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("model FLOPs of training (cumulative)")
-        .y_desc("held-out accuracy")
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&|v| short(*v))
-        .y_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(e)?;
-    for (i, c) in curves.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()].to_rgba();
-        let band: Vec<(f64, f64)> = c
-            .points
-            .iter()
-            .map(|p| (p.0, p.3))
-            .chain(c.points.iter().rev().map(|p| (p.0, p.2)))
-            .collect();
-        chart
-            .draw_series(std::iter::once(Polygon::new(
-                band,
-                color.mix(0.12).filled(),
-            )))
-            .map_err(e)?;
-        let label = match &c.fit {
-            Some(f) => format!(
-                "{}, fit R² {:.2}{}",
-                c.label,
-                f.r2,
-                if f.alpha_at_bound {
-                    ", α at a bound"
-                } else {
-                    ""
-                }
-            ),
-            None => c.label.clone(),
-        };
-        chart
-            .draw_series(
-                LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), color.stroke_width(2))
-                    .point_size(3),
-            )
-            .map_err(e)?
-            .label(legend_label(&label))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        if let Some(f) = &c.fit {
-            let line: Vec<(f64, f64)> = fit_line(f, &c.points)
-                .into_iter()
-                .map(|(x, y)| (x, y.clamp(y0, y1)))
-                .collect();
-            chart
-                .draw_series(DashedLineSeries::new(line, 6, 4, color.stroke_width(1)))
-                .map_err(e)?;
-        }
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 12))
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)
+    let lines: Vec<Line> = curves
+        .iter()
+        .map(|c| Line {
+            label: match &c.fit {
+                Some(f) => format!(
+                    "{}, fit R² {:.2}{}",
+                    c.label,
+                    f.r2,
+                    if f.alpha_at_bound {
+                        ", α at a bound"
+                    } else {
+                        ""
+                    }
+                ),
+                None => c.label.clone(),
+            },
+            points: c.points.clone(),
+            markers: true,
+            dashed: c.fit.map(|f| fit_line(&f, &c.points)).unwrap_or_default(),
+        })
+        .collect();
+    let axes = Axes {
+        title,
+        xlabel: "model FLOPs of training (cumulative)",
+        ylabel: "held-out accuracy",
+        percent: true,
+        // A line of legend per curve.
+        headroom: (0.1 * curves.len() as f64).clamp(0.2, 0.8),
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    plot::lines(root, &axes, &lines)
 }
 
 #[cfg(test)]

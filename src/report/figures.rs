@@ -6,13 +6,13 @@
 //! drawing the text to the viewer.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::plot::{self, Axes, Line, font, render};
 use super::{Series, eval_score, series_points};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The curves: (file stem, title, metrics key; `a/b` reads key `b` inside object `a`).
 pub const PANELS: &[(&str, &str, &str)] = &[
@@ -83,32 +83,6 @@ pub const AXES: &[(&str, &str, &str)] = &[
 /// The held-out splits drawn as bars, where a run has them.
 pub const SPLITS: &[&str] = &["all", "easy", "medium", "hard"];
 
-const SIZE: (u32, u32) = (760, 420);
-
-/// Series colours (Tableau 10): distinct in print and for the common colour-vision deficiencies.
-pub(super) const COLORS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
-/// A legend entry short enough to leave the curves visible; the page's table has the full name.
-pub(super) fn legend_label(label: &str) -> String {
-    const MAX: usize = 64;
-    if label.chars().count() <= MAX {
-        label.to_string()
-    } else {
-        format!("{}…", label.chars().take(MAX - 1).collect::<String>())
-    }
-}
-
 /// What was drawn: per figure its title and file stem (the files are `stem.svg`, `stem.png`).
 #[derive(Debug, Default)]
 pub struct Drawn {
@@ -132,39 +106,6 @@ impl Drawn {
         }
         out
     }
-}
-
-/// Registers a font for PNG text, once; whether one was found.
-fn font() -> bool {
-    static FOUND: OnceLock<bool> = OnceLock::new();
-    *FOUND.get_or_init(|| {
-        let mut candidates: Vec<PathBuf> = std::env::var_os("RPT_FONT")
-            .map(PathBuf::from)
-            .into_iter()
-            .collect();
-        candidates.extend(
-            [
-                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-                "/usr/share/fonts/TTF/DejaVuSans.ttf",
-                "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-                "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-                "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-                "/System/Library/Fonts/Supplemental/Arial.ttf",
-                "/Library/Fonts/Arial.ttf",
-                "C:\\Windows\\Fonts\\arial.ttf",
-            ]
-            .map(PathBuf::from),
-        );
-        for path in candidates {
-            if let Ok(bytes) = std::fs::read(&path) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
-        }
-        false
-    })
 }
 
 /// Draws every figure of `series` into `dir`.
@@ -297,113 +238,33 @@ fn curve(s: &Series, x: &str, key: &str) -> Vec<(f64, f64, f64, f64)> {
     p
 }
 
-/// Draws one figure with `svg` into `file.svg` and, where a font exists, with `png` into `file.png`.
-fn render<S, P>(dir: &Path, file: &str, png: bool, svg: S, draw_png: P) -> Result<()>
-where
-    S: for<'b> Fn(DrawingArea<SVGBackend<'b>, Shift>) -> std::result::Result<(), String>,
-    P: for<'b> Fn(DrawingArea<BitMapBackend<'b>, Shift>) -> std::result::Result<(), String>,
-{
-    let fail = |e: String| Error::Run(format!("drawing {file}: {e}"));
-    let svg_path = dir.join(format!("{file}.svg"));
-    let mut text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
-        svg(root).map_err(fail)?;
-    }
-    std::fs::write(&svg_path, text).map_err(|e| Error::io(&svg_path, e))?;
-    if png {
-        let png_path = dir.join(format!("{file}.png"));
-        let root = BitMapBackend::new(&png_path, SIZE).into_drawing_area();
-        draw_png(root).map_err(fail)?;
-    }
-    Ok(())
-}
-
-pub(super) fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in values.filter(|v| v.is_finite()) {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    if !lo.is_finite() {
-        return (0.0, 1.0);
-    }
-    if hi - lo < 1e-12 {
-        let pad = lo.abs().max(1.0) * 0.05;
-        return (lo - pad, hi + pad);
-    }
-    let pad = (hi - lo) * 0.05;
-    (lo - pad, hi + pad)
-}
-
 type Curve = (String, Vec<(f64, f64, f64, f64)>);
 
+/// A figure of per-step curves, each with its band where it has one.
 fn line_chart<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     xlabel: &str,
-    lines: &[Curve],
+    curves: &[Curve],
 ) -> std::result::Result<(), String> {
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let (x0, x1) = bounds(lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
-    let (y0, y1) = bounds(
-        lines
-            .iter()
-            .flat_map(|(_, p)| p.iter().flat_map(|q| [q.1, q.2, q.3])),
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 17))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc(xlabel)
-        .x_labels(6)
-        .y_labels(6)
-        .x_label_formatter(&|v| short(*v))
-        .y_label_formatter(&|v| short(*v))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(e)?;
-    for (i, (label, pts)) in lines.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()].to_rgba();
-        if pts.iter().any(|p| p.3 > p.2) {
-            let band: Vec<(f64, f64)> = pts
-                .iter()
-                .map(|p| (p.0, p.3))
-                .chain(pts.iter().rev().map(|p| (p.0, p.2)))
-                .collect();
-            chart
-                .draw_series(std::iter::once(Polygon::new(
-                    band,
-                    color.mix(0.12).filled(),
-                )))
-                .map_err(e)?;
-        }
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label(legend_label(label))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 12))
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)
+    let lines: Vec<Line> = curves
+        .iter()
+        .map(|(label, points)| Line {
+            label: label.clone(),
+            points: points.clone(),
+            markers: false,
+            dashed: vec![],
+        })
+        .collect();
+    let axes = Axes {
+        title,
+        xlabel,
+        ylabel: "",
+        percent: false,
+        headroom: 0.0,
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    plot::lines(root, &axes, &lines)
 }
 
 /// The four bars of a series: standard mode before and after, reasoning mode before and after.
@@ -506,21 +367,4 @@ fn bar_chart<DB: DrawingBackend>(
         .draw()
         .map_err(e)?;
     root.present().map_err(e)
-}
-
-/// A tick label: short, in scientific notation when large or small.
-pub(super) fn short(v: f64) -> String {
-    let a = v.abs();
-    if a < 1e-12 {
-        // Float noise around a zero tick.
-        return "0".into();
-    }
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
-        format!("{v:.1e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
 }

@@ -9,6 +9,7 @@
 mod compute;
 mod figures;
 mod html;
+mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
