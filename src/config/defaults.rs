@@ -168,6 +168,7 @@ pub(super) fn default_overlong_penalty() -> f64 {
 pub(super) fn default_off_policy() -> OffPolicy {
     OffPolicy::None
 }
+
 pub(super) fn default_sapo_tau_neg() -> f64 {
     1.05
 }

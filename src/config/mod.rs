@@ -288,9 +288,9 @@ pub struct RewardSection {
 #[serde(deny_unknown_fields)]
 pub struct GrpoSection {
     /// The policy loss: `grpo` (default), `dr_grpo`, `dapo`, `gspo`, `cispo`, `sapo` or `bnpo`
-    /// (`crate::grpo`'s module docs give each one's equation). Each type sets `scale_rewards`, `loss_agg_mode`, `epsilon_low`,
-    /// `epsilon_high` and `overlong_buffer` where the config leaves them out ([`LossType::preset`]);
-    /// a key the config sets wins.
+    /// (`crate::grpo`'s module docs give each one's equation). Each type sets `scale_rewards`,
+    /// `loss_agg_mode`, `epsilon_low`, `epsilon_high` and `overlong_buffer` where the config leaves
+    /// them out ([`LossType::preset`]); a key the config sets wins.
     #[serde(default = "default_loss_type")]
     pub loss_type: LossType,
     /// `group`, `batch` or `none`; ignored by `advantage = "rlp"`.

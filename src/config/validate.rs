@@ -191,16 +191,12 @@ impl Config {
         v.float("grpo.epsilon_high", g.epsilon_high, Range::Closed(0.0, 1e3))?;
         v.float("grpo.beta", g.beta, Range::Closed(0.0, 1e6))?;
         // Up to 20: the gate's e^(τ(1 − ρ)) stays finite in f32 (ρ ≥ 0).
-        v.float(
-            "grpo.sapo_tau_pos",
-            g.sapo_tau_pos,
-            Range::OpenClosed(0.0, 20.0),
-        )?;
-        v.float(
-            "grpo.sapo_tau_neg",
-            g.sapo_tau_neg,
-            Range::OpenClosed(0.0, 20.0),
-        )?;
+        for (key, tau) in [
+            ("grpo.sapo_tau_pos", g.sapo_tau_pos),
+            ("grpo.sapo_tau_neg", g.sapo_tau_neg),
+        ] {
+            v.float(key, tau, Range::OpenClosed(0.0, 20.0))?;
+        }
         if g.is_cap != f64::INFINITY {
             v.float("grpo.is_cap", g.is_cap, Range::OpenClosed(1.0, 1e9))?;
         }
