@@ -16,7 +16,7 @@ fn tokenizer() -> Tokenizer {
             )
         })
         .collect();
-    Tokenizer::train_bpe(&texts, 300).unwrap()
+    Tokenizer::train_bpe(&texts, 300, false).unwrap()
 }
 
 const DOC: &str = "Le café coûte 3 €. 数学は楽しい 🙂🙂! Then $x = 42$.";
@@ -135,7 +135,7 @@ fn warm_up_rows_carry_the_teacher_thought_where_the_corpus_offers_one() {
     use rpt::prompt::Prompt;
 
     let texts = rpt::env::generate_corpus(30, 5);
-    let tok = Tokenizer::train_bpe(&texts, 400).unwrap();
+    let tok = Tokenizer::train_bpe(&texts, 400, false).unwrap();
     let cfg = Config::default();
     let prompt = Prompt::new(&cfg.prompt.template, &tok).unwrap();
     let text = &texts[0];

@@ -115,7 +115,7 @@ pub(super) fn default_pretrain_steps() -> usize {
     1200
 }
 pub(super) fn default_sft_steps() -> usize {
-    900
+    2700
 }
 pub(super) fn default_boot_batch() -> usize {
     16
@@ -154,7 +154,10 @@ pub(super) fn default_teacher() -> TeacherKind {
     TeacherKind::Arithmetic
 }
 pub(super) fn default_teacher_share() -> f64 {
-    0.0
+    0.5
+}
+pub(super) fn default_split_digits() -> bool {
+    true
 }
 pub(super) fn default_objective() -> Objective {
     Objective::Rpt

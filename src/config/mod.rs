@@ -435,8 +435,9 @@ pub struct BootstrapSection {
     pub thought_bytes: usize,
     /// Share of answer-format warm-up rows drawn from positions with a teacher thought (when the
     /// corpus offers any), each teaching that thought; the rest are uniform positions with the
-    /// generic thought. 0 (the default) teaches no teacher thought: on the built-in model it cost
-    /// reasoning-mode accuracy (README, Results).
+    /// generic thought. A corpus that offers none (plain text, JSONL) gets the generic thought in
+    /// every row, whatever the share. 0 teaches no teacher thought (README, The built-in model and
+    /// its thought).
     #[serde(default = "default_teacher_share")]
     pub teacher_share: f64,
     /// Share of next-token pre-training windows (and of the warm-up's next-token batches) into which
@@ -445,6 +446,11 @@ pub struct BootstrapSection {
     /// inserts none (README, The built-in model and its thought).
     #[serde(default = "default_pretrain_thought_share")]
     pub pretrain_thought_share: f64,
+    /// Whether the trained tokenizer writes every digit as its own token (a space before the first
+    /// one kept with it: ` 162` is ` 1`, `6`, `2`), as Qwen's and Llama's tokenizers do, so that a
+    /// number's digits can be read and written one at a time. `false` lets BPE merge digits.
+    #[serde(default = "default_split_digits")]
+    pub split_digits: bool,
 }
 
 macro_rules! default_from_serde {

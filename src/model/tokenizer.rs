@@ -256,11 +256,13 @@ pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<think>", "</think>"];
 impl Tokenizer {
     /// Trains a byte-level BPE tokenizer of `vocab_size` ids on `texts` (deterministic for the same
     /// input). Ids 0–2 are the special tokens (`<|endoftext|>`, `<think>`, `</think>`).
-    pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+    pub fn train_bpe(texts: &[String], vocab_size: usize, split_digits: bool) -> Result<Self> {
         use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
         use tokenizers::models::{ModelWrapper, TrainerWrapper};
         use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-        use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
         let wrap = |e: tokenizers::Error| ModelError::Tokenizer {
             path: PathBuf::from("<training>"),
             reason: e.to_string(),
@@ -278,9 +280,19 @@ impl Tokenizer {
             .build()
             .into();
         let mut tk = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
-        tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-            false, true, true,
-        ))));
+        let bytes = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+        tk.with_pre_tokenizer(Some(if split_digits {
+            // Every digit its own piece, the space before a number kept with its first digit.
+            let digits = Split::new(
+                SplitPattern::Regex(r" ?\p{N}".into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(wrap)?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![digits.into(), bytes]))
+        } else {
+            bytes
+        }));
         tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
             false, true, true,
         ))));
@@ -299,17 +311,45 @@ mod tests {
         let texts: Vec<String> = (0..50)
             .map(|i| format!("Solve $3x + {i} = 7$. café 数学 🙂 x^{{2}}"))
             .collect();
-        let tok = Tokenizer::train_bpe(&texts, 320).unwrap();
+        let tok = Tokenizer::train_bpe(&texts, 320, false).unwrap();
         assert_eq!(tok.token_id("<think>"), Some(1));
         assert_eq!(tok.token_id("</think>"), Some(2));
         let text = "Then $x = 42$, café 数学 🙂 and <think>yes</think>";
         let ids = tok.encode(text).unwrap();
         assert_eq!(tok.decode_bytes(&ids), text.as_bytes());
         assert!(ids.contains(&1) && ids.contains(&2));
-        let again = Tokenizer::train_bpe(&texts, 320).unwrap();
+        let again = Tokenizer::train_bpe(&texts, 320, false).unwrap();
         assert_eq!(
             tok.inner().to_string(false).unwrap(),
             again.inner().to_string(false).unwrap()
+        );
+    }
+
+    #[test]
+    fn split_digits_writes_every_digit_as_its_own_token() {
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("Then ${i} + {} = {}$. Each term is 162 more.", i * 7, i * 8))
+            .collect();
+        let pieces = |split: bool| {
+            let tok = Tokenizer::train_bpe(&texts, 400, split).unwrap();
+            let text = "So $47 + 115 = 162$.";
+            let ids = tok.encode(text).unwrap();
+            assert_eq!(tok.decode_bytes(&ids), text.as_bytes());
+            ids.iter()
+                .map(|&id| String::from_utf8(tok.bytes(id).to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let split = pieces(true);
+        let at = split.iter().position(|p| p == " =").unwrap();
+        assert_eq!(split[at + 1..at + 4], [" 1", "6", "2"], "{split:?}");
+        assert!(split.contains(&"4".to_string()) && split.contains(&"7".to_string()));
+        // Without the split, BPE merges digits of numbers this frequent.
+        let merged = pieces(false);
+        assert!(
+            merged
+                .iter()
+                .any(|p| p.trim().len() > 1 && p.trim().bytes().all(|b| b.is_ascii_digit())),
+            "{merged:?}"
         );
     }
 }

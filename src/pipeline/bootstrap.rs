@@ -1,6 +1,7 @@
 //! `rpt bootstrap`: the built-in model, made on this machine with nothing downloaded.
 //!
-//! 1. a byte-level BPE tokenizer trained on the corpus (with `<think>`, `</think>`, `<|endoftext|>`);
+//! 1. a byte-level BPE tokenizer trained on the corpus (with `<think>`, `</think>`, `<|endoftext|>`),
+//!    every digit its own token where `split_digits` (the default);
 //! 2. a tiny Qwen2-family model pre-trained by next-token prediction on the training documents, a
 //!    share `pretrain_thought_share` of the windows with the generic thought's re-read token inserted
 //!    at a random place (`… a b<think>b c …`, `<think>` unscored; `rows::insert_thought`), so that
@@ -13,13 +14,16 @@
 //! - **teacher thoughts**, where the corpus offers one for the position (`TokenizedDoc::teacher_at`,
 //!   from `corpus.teacher`'s solver): the solver's worked steps, then the box holds the rest of the
 //!   span they compute (e.g. the whole number after `=`). A share `teacher_share` of the answer-format
-//!   rows is drawn from such positions and teaches their thought (default 0: none).
+//!   rows is drawn from such positions and teaches their thought (default 0.5).
 //! - the **generic thought** in every other row: the end of the context (up to `thought_bytes` bytes, at
 //!   least its last token) copied after `<think>`, then the next token, which the box repeats, so the
 //!   guess is made right after the text it continues.
 //!
 //! Positions whose answer has unbalanced braces are skipped: it cannot be written inside `\boxed{}`
 //! and parsed back.
+//!
+//! `bootstrap.json` records what was measured and the `[corpus]` and `[bootstrap]` sections the model
+//! was built from; a later run with other sections is refused ([`check_settings`]).
 
 use std::path::Path;
 use std::time::Instant;
@@ -54,6 +58,81 @@ pub struct BootstrapReport {
     pub format_rate: f64,
     pub eval_positions: usize,
     pub seconds: f64,
+    /// The config sections the model was built from ([`settings`]): a later run whose sections
+    /// differ is refused rather than handed a model built another way ([`check_settings`]).
+    pub settings: serde_json::Value,
+}
+
+/// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` sections.
+/// (The seed is left out: a sweep's seeds share one built-in model.)
+pub fn settings(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({"corpus": cfg.corpus, "bootstrap": cfg.bootstrap})
+}
+
+/// Refuses the built-in model in `dir` when it was built from other `[corpus]` or `[bootstrap]`
+/// settings than `cfg`'s, naming the first key that differs, or by an earlier `rpt` that did not
+/// record them. A directory without `bootstrap.json` is not a built-in model and is not checked.
+pub fn check_settings(cfg: &Config, dir: &Path) -> Result<()> {
+    let path = dir.join("bootstrap.json");
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+    let recorded: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| crate::Error::Run(format!("{}: not JSON ({e})", path.display())))?;
+    let rebuild = format!(
+        "remove {} to have it built again, or point `model.path` at another directory",
+        dir.display()
+    );
+    let Some(built) = recorded.get("settings") else {
+        return Err(crate::Error::Run(format!(
+            "{}: this built-in model was made by an earlier rpt that did not record its [corpus] \
+             and [bootstrap] settings, so it may not be the model this config describes; {rebuild}",
+            path.display()
+        )));
+    };
+    let want = settings(cfg);
+    if let Some((key, was, now)) = first_difference(built, &want, String::new()) {
+        return Err(crate::Error::Run(format!(
+            "{}: this built-in model was built with {key} = {was}, and the config asks for {now}; \
+             {rebuild}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The first dotted key at which `a` and `b` differ, with both values (`none` where absent).
+fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    at: String,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let key = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, key),
+                    (p, q) => Some((key, shown(p), shown(q))),
+                }
+            })
+        }
+        _ if a == b => None,
+        _ => Some((at, a.to_string(), b.to_string())),
+    }
+}
+
+fn shown(v: Option<&serde_json::Value>) -> String {
+    v.map_or_else(|| "none".into(), |v| v.to_string())
 }
 
 /// The architecture of the built-in model.
@@ -193,7 +272,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
     let (train_idx, _) =
         crate::env::split_documents(texts.len(), cfg.corpus.heldout_fraction, cfg.seed);
     let train_texts: Vec<String> = train_idx.iter().map(|&i| texts[i].clone()).collect();
-    let tok = Tokenizer::train_bpe(&train_texts, b.vocab_size)?;
+    let tok = Tokenizer::train_bpe(&train_texts, b.vocab_size, b.split_digits)?;
     tracing::info!(vocab = tok.vocab_size(), "tokenizer trained");
     let splits = tokenize_splits(cfg, &texts, &tok)?;
     if splits.train.is_empty() || splits.heldout.is_empty() {
@@ -346,6 +425,7 @@ pub fn bootstrap(cfg: &Config, out: &Path, device: &Device) -> Result<BootstrapR
         format_rate: 1.0 - all.format_failure_rate,
         eval_positions: all.positions,
         seconds: t0.elapsed().as_secs_f64(),
+        settings: settings(cfg),
     };
     let json = serde_json::to_vec_pretty(&r).expect("report serialises");
     write_model_dir(out, true, |tmp| {
@@ -379,4 +459,51 @@ fn nll_grads_skipping(
         let loss = nll.loss(lp)?;
         Ok((loss.clone(), loss))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_report(dir: &Path, settings: Option<serde_json::Value>) {
+        let mut report = serde_json::json!({"parameters": 1});
+        if let Some(s) = settings {
+            report["settings"] = s;
+        }
+        std::fs::write(dir.join("bootstrap.json"), report.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_built_in_model_from_other_settings_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        // Not a built-in model: nothing to check.
+        check_settings(&cfg, dir.path()).unwrap();
+        write_report(dir.path(), Some(settings(&cfg)));
+        check_settings(&cfg, dir.path()).unwrap();
+
+        let mut other = cfg.clone();
+        other.bootstrap.split_digits = !cfg.bootstrap.split_digits;
+        let e = check_settings(&other, dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("bootstrap.split_digits = true") && e.contains("asks for false"),
+            "{e}"
+        );
+        assert!(
+            e.contains("bootstrap.json") && e.contains("model.path"),
+            "{e}"
+        );
+        other = cfg.clone();
+        other.corpus.documents += 1;
+        let e = check_settings(&other, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("corpus.documents"), "{e}");
+        // The seed is not a bootstrap setting: a sweep's seeds share one model.
+        other = cfg.clone();
+        other.seed += 1;
+        check_settings(&other, dir.path()).unwrap();
+
+        write_report(dir.path(), None);
+        let e = check_settings(&cfg, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("earlier rpt") && e.contains("remove"), "{e}");
+    }
 }

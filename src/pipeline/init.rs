@@ -42,7 +42,7 @@ pub fn random_checkpoint(
                 )));
             }
             let texts = crate::env::generate_corpus(200, seed);
-            let tok = Tokenizer::train_bpe(&texts, vocab)?;
+            let tok = Tokenizer::train_bpe(&texts, vocab, false)?;
             (
                 tok,
                 format!("byte-level BPE of {vocab} ids, trained on the built-in corpus"),

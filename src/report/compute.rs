@@ -198,6 +198,14 @@ mod tests {
             "train.flop_budget=27895753484288, train.objective=next_token",
         ]);
         assert_eq!(short_names(&two), l(&["rpt", "next_token"]));
+        // Words before numbers, even shorter ones.
+        let steps = l(&[
+            "train.objective=rpt, train.steps=600",
+            "train.objective=next_token, train.steps=1200",
+        ]);
+        assert_eq!(short_names(&steps), l(&["rpt", "next_token"]));
+        let numbers = l(&["lr=0.001, seed=0", "lr=0.0001, seed=1"]);
+        assert_eq!(short_names(&numbers), l(&["0", "1"]));
         assert_eq!(short_names(&l(&["tiny"])), l(&["tiny"]));
         // No one key tells them apart: all the values.
         let pairs = l(&["a=1, b=x", "a=1, b=y", "a=2, b=x"]);

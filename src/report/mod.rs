@@ -177,8 +177,9 @@ pub fn group(runs: Vec<RunData>) -> Vec<Series> {
 }
 
 /// Short names for series labelled `key=value, key=value, …` (the keys that differ between them):
-/// the values of the one key that tells every series apart with the shortest values (`rpt` and
-/// `next_token` rather than two FLOP budgets), else all the values.
+/// the values of the one key that tells every series apart, a key whose values are words before one
+/// whose values are numbers (what a run is before how long or how big it was: `rpt` and `next_token`
+/// rather than two step counts or FLOP budgets), the shortest values first; else all the values.
 pub fn short_names(labels: &[String]) -> Vec<String> {
     let parts: Vec<Vec<(&str, &str)>> = labels
         .iter()
@@ -203,9 +204,11 @@ pub fn short_names(labels: &[String]) -> Vec<String> {
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
-            (distinct == labels.len()).then(|| (values.iter().map(|v| v.len()).max(), values))
+            let numbers = values.iter().all(|v| v.parse::<f64>().is_ok());
+            (distinct == labels.len())
+                .then(|| ((numbers, values.iter().map(|v| v.len()).max()), values))
         })
-        .min_by_key(|(len, _)| *len);
+        .min_by_key(|(rank, _)| *rank);
     match best {
         Some((_, values)) => values.into_iter().map(str::to_string).collect(),
         None => parts
