@@ -14,7 +14,7 @@ pub use command::{MAX_DOCUMENTS, plugin_documents};
 pub use corpus::{Corpus, CorpusError, Document, JsonlFields, Skip, cut_text, read_corpus};
 pub use index::{Difficulty, DocEntropies, EntropyIndex, IndexError, Split, fingerprint};
 pub use state::{State, TokenizedDoc, continuation_window, make_state};
-pub use teacher::{TeacherThought, arithmetic_thoughts};
+pub use teacher::{SOLVER, TeacherThought, arithmetic_thoughts, solver_thoughts};
 
 use crate::model::{Rng, Tokenizer};
 

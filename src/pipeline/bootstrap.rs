@@ -63,10 +63,15 @@ pub struct BootstrapReport {
     pub settings: serde_json::Value,
 }
 
-/// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` sections.
-/// (The seed is left out: a sweep's seeds share one built-in model.)
+/// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` sections,
+/// and which thoughts the corpus's solver writes ([`crate::env::SOLVER`]). (The seed is left out: a
+/// sweep's seeds share one built-in model.)
 pub fn settings(cfg: &Config) -> serde_json::Value {
-    serde_json::json!({"corpus": cfg.corpus, "bootstrap": cfg.bootstrap})
+    serde_json::json!({
+        "corpus": cfg.corpus,
+        "bootstrap": cfg.bootstrap,
+        "solver": crate::env::SOLVER,
+    })
 }
 
 /// Refuses the built-in model in `dir` when it was built from other `[corpus]` or `[bootstrap]`
@@ -501,6 +506,13 @@ mod tests {
         other = cfg.clone();
         other.seed += 1;
         check_settings(&other, dir.path()).unwrap();
+
+        // A model taught by another solver.
+        let mut older = settings(&cfg);
+        older["solver"] = serde_json::json!("X op Y = Z only");
+        write_report(dir.path(), Some(older));
+        let e = check_settings(&cfg, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("solver = \"X op Y = Z only\""), "{e}");
 
         write_report(dir.path(), None);
         let e = check_settings(&cfg, dir.path()).unwrap_err().to_string();

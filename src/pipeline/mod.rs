@@ -17,7 +17,7 @@ use candle_core::Tensor;
 
 use crate::config::{Config, TeacherKind};
 use crate::env::{
-    JsonlFields, TokenizedDoc, arithmetic_thoughts, generate_corpus, read_corpus, split_documents,
+    JsonlFields, TokenizedDoc, generate_corpus, read_corpus, solver_thoughts, split_documents,
 };
 use crate::error::Result;
 use crate::model::{Decoder, Mode, Tokenizer, left_pad, token_logprobs};
@@ -72,7 +72,7 @@ pub fn tokenize_splits(cfg: &Config, texts: &[String], tok: &Tokenizer) -> Resul
             .map(|i| {
                 let doc = TokenizedDoc::new(i, &texts[i], tok)?;
                 Ok(match teacher {
-                    TeacherKind::Arithmetic => doc.with_thoughts(arithmetic_thoughts(&texts[i])),
+                    TeacherKind::Arithmetic => doc.with_thoughts(solver_thoughts(&texts[i])),
                     TeacherKind::None => doc,
                 })
             })
