@@ -72,8 +72,10 @@ pub enum CorpusKind {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TeacherKind {
-    /// Column arithmetic for every correct integer `X + Y = Z`, `X - Y = Z`, `X \times Y = Z` in a
-    /// document (the built-in corpus is full of them; ordinary prose has none).
+    /// Column arithmetic for every number a document computes that the built-in solver reads:
+    /// `X + Y = Z`, `X - Y = Z`, `X \times Y = Z`, progressions, subtracting from both sides, fraction
+    /// sums (`env::teacher::solver_thoughts`; the built-in corpus is full of them, ordinary prose has
+    /// none).
     Arithmetic,
     /// No teacher thoughts: every warm-up position gets the generic thought.
     None,

@@ -3,7 +3,8 @@
 //!
 //! A [`TeacherThought`] covers the bytes `start..end` of a document: a position whose next token starts
 //! inside the span may be taught `CONTEXT<think>TEXT</think>\boxed{REST}`, where `REST` is the span's
-//! bytes from that position on. A corpus that offers none (plain text, JSONL) gets the generic thought.
+//! bytes from that position on. A position without one (all of ordinary prose) gets the generic
+//! thought.
 //!
 //! The built-in corpus's solver, [`solver_thoughts`], reads every `X + Y = Z`, `X - Y = Z` and
 //! `X \times Y = Z` of integers in a text ([`arithmetic_thoughts`]), every term of an arithmetic or
@@ -131,7 +132,7 @@ fn integer_lists(text: &str) -> Vec<Vec<(i64, usize, usize)>> {
 
 /// Arithmetic and geometric progressions in a list (`26, 31, 36, 41`; `3, 9, 27, 81`): from the third
 /// term on, each is worked out from the two before it, e.g. for `41`: `the step: 1 - 6: borrow, 11 - 6
-/// = 5; 3 - 1 - 2 = 0; so 5; then 6 + 5 = 11, carry 1; 3 + 1 = 4; so 41`. The rule must hold for the
+/// = 5; 3 - 2 - 1 = 0; so 5; then 6 + 5 = 11, carry 1; 3 + 1 = 4; so 41`. The rule must hold for the
 /// whole list; terms are non-negative, the step positive, the ratio 2 to 9.
 pub fn sequence_thoughts(text: &str) -> Vec<TeacherThought> {
     let mut out = vec![];
