@@ -29,10 +29,7 @@ pub struct TeacherThought {
 pub fn arithmetic_thoughts(text: &str) -> Vec<TeacherThought> {
     let b = text.as_bytes();
     let mut out = vec![];
-    let mut from = 0;
-    while let Some(k) = text[from..].find(" = ") {
-        let eq = from + k;
-        from = eq + 3;
+    for (eq, _) in text.match_indices(" = ") {
         let Some((y, ystart)) = int_before(b, eq) else {
             continue;
         };
@@ -147,26 +144,18 @@ pub fn sequence_thoughts(text: &str) -> Vec<TeacherThought> {
         } else {
             0
         };
-        let rule: Option<Box<dyn Fn(usize) -> String>> =
-            if d > 0 && v.windows(2).all(|w| w[1] - w[0] == d) {
-                let step = sub(v[1], v[0]);
-                Some(Box::new(move |k| {
-                    format!("the step: {step}; then {}", add(v[k - 1], d))
-                }))
-            } else if (2..10).contains(&r) && v.windows(2).all(|w| w[1] == w[0] * r) {
-                Some(Box::new(move |k| {
-                    format!("the ratio is {r}; then {}", mul(v[k - 1], r))
-                }))
-            } else {
-                None
-            };
-        let Some(rule) = rule else { continue };
+        let arithmetic = d > 0 && v.windows(2).all(|w| w[1] - w[0] == d);
+        let geometric = (2..10).contains(&r) && v.windows(2).all(|w| w[1] == w[0] * r);
+        if !(arithmetic || geometric) {
+            continue;
+        }
         for (k, &(_, start, end)) in terms.iter().enumerate().skip(2) {
-            out.push(TeacherThought {
-                start,
-                end,
-                text: rule(k),
-            });
+            let text = if arithmetic {
+                format!("the step: {}; then {}", sub(v[1], v[0]), add(v[k - 1], d))
+            } else {
+                format!("the ratio is {r}; then {}", mul(v[k - 1], r))
+            };
+            out.push(TeacherThought { start, end, text });
         }
     }
     out
@@ -178,11 +167,8 @@ pub fn both_sides_thoughts(text: &str) -> Vec<TeacherThought> {
     const CUE: &str = "Subtract ";
     let b = text.as_bytes();
     let mut out = vec![];
-    let mut from = 0;
-    while let Some(k) = text[from..].find(CUE) {
-        let at = from + k;
-        from = at + CUE.len();
-        let Some((y, yend)) = int_after(b, from) else {
+    for (at, _) in text.match_indices(CUE) {
+        let Some((y, yend)) = int_after(b, at + CUE.len()) else {
             continue;
         };
         if !text[yend..].starts_with(" from both sides: $") {
@@ -219,10 +205,7 @@ pub fn fraction_sum_thoughts(text: &str) -> Vec<TeacherThought> {
     const FRAC: &str = "\\frac{";
     let b = text.as_bytes();
     let mut out = vec![];
-    let mut from = 0;
-    while let Some(k) = text[from..].find(" = \\frac{") {
-        let eq = from + k;
-        from = eq + 3;
+    for (eq, _) in text.match_indices(" = \\frac{") {
         let zstart = eq + 3 + FRAC.len();
         let Some((z, zend)) = int_after(b, zstart) else {
             continue;

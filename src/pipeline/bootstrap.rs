@@ -25,6 +25,7 @@
 //! `bootstrap.json` records what was measured and the `[corpus]` and `[bootstrap]` sections the model
 //! was built from; a later run with other sections is refused ([`check_settings`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -60,18 +61,21 @@ pub struct BootstrapReport {
     pub seconds: f64,
     /// The config sections the model was built from ([`settings`]): a later run whose sections
     /// differ is refused rather than handed a model built another way ([`check_settings`]).
-    pub settings: serde_json::Value,
+    pub settings: BTreeMap<String, String>,
 }
 
-/// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` sections,
-/// and which thoughts the corpus's solver writes ([`crate::env::SOLVER`]). (The seed is left out: a
-/// sweep's seeds share one built-in model.)
-pub fn settings(cfg: &Config) -> serde_json::Value {
-    serde_json::json!({
-        "corpus": cfg.corpus,
-        "bootstrap": cfg.bootstrap,
-        "solver": crate::env::SOLVER,
-    })
+/// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` keys, dotted
+/// as a resumed run's config is compared ([`super::checks::flatten`]), and which thoughts the corpus's
+/// solver writes ([`crate::env::SOLVER`]). (The seed is left out: a sweep's seeds share one built-in
+/// model.)
+pub fn settings(cfg: &Config) -> BTreeMap<String, String> {
+    let mut keys = super::checks::flatten(cfg);
+    keys.retain(|k, _| k.starts_with("corpus.") || k.starts_with("bootstrap."));
+    keys.insert(
+        "solver".into(),
+        toml::Value::String(crate::env::SOLVER.into()).to_string(),
+    );
+    keys
 }
 
 /// Refuses the built-in model in `dir` when it was built from other `[corpus]` or `[bootstrap]`
@@ -89,7 +93,10 @@ pub fn check_settings(cfg: &Config, dir: &Path) -> Result<()> {
         "remove {} to have it built again, or point `model.path` at another directory",
         dir.display()
     );
-    let Some(built) = recorded.get("settings") else {
+    let Some(built) = recorded
+        .get("settings")
+        .and_then(|v| serde_json::from_value::<BTreeMap<String, String>>(v.clone()).ok())
+    else {
         return Err(crate::Error::Run(format!(
             "{}: this built-in model was made by an earlier rpt that did not record its [corpus] \
              and [bootstrap] settings, so it may not be the model this config describes; {rebuild}",
@@ -97,47 +104,22 @@ pub fn check_settings(cfg: &Config, dir: &Path) -> Result<()> {
         )));
     };
     let want = settings(cfg);
-    if let Some((key, was, now)) = first_difference(built, &want, String::new()) {
+    let none = || "none".to_string();
+    if let Some(key) = built
+        .keys()
+        .chain(want.keys())
+        .filter(|k| built.get(*k) != want.get(*k))
+        .min()
+    {
         return Err(crate::Error::Run(format!(
-            "{}: this built-in model was built with {key} = {was}, and the config asks for {now}; \
+            "{}: this built-in model was built with {key} = {}, and the config asks for {}; \
              {rebuild}",
-            path.display()
+            path.display(),
+            built.get(key).cloned().unwrap_or_else(none),
+            want.get(key).cloned().unwrap_or_else(none)
         )));
     }
     Ok(())
-}
-
-/// The first dotted key at which `a` and `b` differ, with both values (`none` where absent).
-fn first_difference(
-    a: &serde_json::Value,
-    b: &serde_json::Value,
-    at: String,
-) -> Option<(String, String, String)> {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|k| {
-                let key = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => first_difference(p, q, key),
-                    (p, q) => Some((key, shown(p), shown(q))),
-                }
-            })
-        }
-        _ if a == b => None,
-        _ => Some((at, a.to_string(), b.to_string())),
-    }
-}
-
-fn shown(v: Option<&serde_json::Value>) -> String {
-    v.map_or_else(|| "none".into(), |v| v.to_string())
 }
 
 /// The architecture of the built-in model.
@@ -470,10 +452,10 @@ fn nll_grads_skipping(
 mod tests {
     use super::*;
 
-    fn write_report(dir: &Path, settings: Option<serde_json::Value>) {
+    fn write_report(dir: &Path, settings: Option<BTreeMap<String, String>>) {
         let mut report = serde_json::json!({"parameters": 1});
         if let Some(s) = settings {
-            report["settings"] = s;
+            report["settings"] = serde_json::json!(s);
         }
         std::fs::write(dir.join("bootstrap.json"), report.to_string()).unwrap();
     }
@@ -509,7 +491,7 @@ mod tests {
 
         // A model taught by another solver.
         let mut older = settings(&cfg);
-        older["solver"] = serde_json::json!("X op Y = Z only");
+        older.insert("solver".into(), "\"X op Y = Z only\"".into());
         write_report(dir.path(), Some(older));
         let e = check_settings(&cfg, dir.path()).unwrap_err().to_string();
         assert!(e.contains("solver = \"X op Y = Z only\""), "{e}");

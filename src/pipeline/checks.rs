@@ -71,7 +71,8 @@ pub fn config_changes(old: &Config, new: &Config) -> Vec<String> {
         .collect()
 }
 
-fn flatten(cfg: &Config) -> BTreeMap<String, String> {
+/// Every key of `cfg`, dotted (`bootstrap.split_digits`), with its value as TOML text.
+pub(super) fn flatten(cfg: &Config) -> BTreeMap<String, String> {
     crate::config::flat_keys(&toml::Value::try_from(cfg).expect("config serialises"))
 }
 
