@@ -37,6 +37,9 @@ pub fn forward(cfg: &ModelConfig, n: u64, past: u64) -> u64 {
     2 * matmul_params(cfg) * n + attn * keys
 }
 
+/// A group's shape as the counter needs it: (prompt length, each completion's length).
+pub type GroupShape = (usize, Vec<usize>);
+
 /// FLOPs of one step, by phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StepFlops {
@@ -48,6 +51,14 @@ pub struct StepFlops {
 impl StepFlops {
     pub fn total(&self) -> u64 {
         self.sampling + self.scoring + self.update
+    }
+
+    /// Adds groups that were sampled and scored but not learned from (dropped by dynamic sampling):
+    /// their sampling and scoring, no update.
+    pub fn add_unlearned(&mut self, cfg: &ModelConfig, groups: &[GroupShape], scoring: (u64, u64)) {
+        let f = grpo_step(cfg, groups, scoring, 0, 0);
+        self.sampling += f.sampling;
+        self.scoring += f.scoring;
     }
 }
 
@@ -66,7 +77,7 @@ pub fn scoring_passes(needs: &crate::reward::Needs) -> (u64, u64) {
 /// A GRPO step over `groups` (each: prompt length, completion lengths).
 pub fn grpo_step(
     cfg: &ModelConfig,
-    groups: &[(usize, Vec<usize>)],
+    groups: &[GroupShape],
     scoring: (u64, u64),
     epochs: u64,
     extra_forwards: u64,
@@ -141,6 +152,13 @@ mod tests {
         assert_eq!(g.scoring, forward(&c, 5, 0) + forward(&c, 4, 0));
         assert_eq!(g.update, 6 * (forward(&c, 3, 0) + forward(&c, 2, 3)));
         assert_eq!(next_token_step(&c, &[3, 3]), 6 * forward(&c, 3, 0));
+        // Groups dropped before the update: sampled and scored like the rest, never updated on.
+        let (kept, dropped) = ((3, vec![2, 1]), (5, vec![4, 0]));
+        let mut f = grpo_step(&c, std::slice::from_ref(&kept), (1, 1), 1, 0);
+        f.add_unlearned(&c, std::slice::from_ref(&dropped), (1, 1));
+        let all = grpo_step(&c, &[kept.clone(), dropped], (1, 1), 1, 0);
+        assert_eq!((f.sampling, f.scoring), (all.sampling, all.scoring));
+        assert_eq!(f.update, grpo_step(&c, &[kept], (1, 1), 1, 0).update);
     }
 
     #[test]

@@ -691,6 +691,12 @@ fn eval_over_a_runs_checkpoints_against_compute() -> Result<()> {
         all["reasoning_correct"].as_u64().unwrap()
     );
     assert_eq!(count("unboxable"), all["unboxable"].as_u64().unwrap());
+    assert_eq!(
+        count("taught"),
+        report["splits"]["taught"]["positions"]
+            .as_u64()
+            .unwrap_or(0)
+    );
     assert!(
         lines
             .iter()

@@ -21,6 +21,9 @@ pub struct RunShared {
     pub prompt: Prompt,
     pub reward: Arc<dyn RewardFn>,
     pub sample_params: SampleParams,
+    /// The policy's shape, for counting the FLOPs of work no update sees (groups dropped by dynamic
+    /// sampling).
+    pub model: crate::model::ModelConfig,
 }
 
 /// A finished piece of work coming back to the supervisor.

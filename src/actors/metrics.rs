@@ -53,6 +53,13 @@ pub fn step_line(
         scored.values().flat_map(|g| &g.group.completions).collect();
     let tokens: usize = comps.iter().map(|c| c.tokens.len()).sum();
     let cn = comps.len().max(1) as f64;
+    // The update counted what it learned from; dropped groups were sampled and scored too.
+    let mut flops = u.flops;
+    flops.add_unlearned(
+        &shared.model,
+        &w.dropped_shapes,
+        crate::flops::scoring_passes(&shared.reward.needs()),
+    );
     serde_json::json!({
         "step": step + 1,
         "reward_mean": mean,
@@ -65,10 +72,10 @@ pub fn step_line(
         "entropy": u.loss.entropy,
         "approx_kl": u.loss.approx_kl,
         "kl_ref": u.loss.kl_ref,
-        "flops": u.flops.total(),
-        "flops_sampling": u.flops.sampling,
-        "flops_scoring": u.flops.scoring,
-        "flops_update": u.flops.update,
+        "flops": flops.total(),
+        "flops_sampling": flops.sampling,
+        "flops_scoring": flops.scoring,
+        "flops_update": flops.update,
         "logprob_mismatch_max": u.loss.mismatch_max,
         "logprob_mismatch_mean": u.loss.mismatch_mean,
         "logprob_mismatch_k3": u.loss.mismatch_k3,
@@ -84,7 +91,7 @@ pub fn step_line(
         "advantage_std": u.advantage_std,
         "groups": scored.len(),
         "states": scored.keys().collect::<Vec<_>>(),
-        "groups_dropped": w.dropped,
+        "groups_dropped": w.dropped_shapes.len(),
         "states_reissued": w.reissued,
         "remote_states": w.remote_states,
         "weight_version_lag": step - w.version,

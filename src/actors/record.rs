@@ -27,7 +27,9 @@ pub struct StepWork {
     /// State index → (group, verifier it was sent to).
     pub scoring: BTreeMap<u64, (Group, usize)>,
     pub scored: BTreeMap<u64, ScoredGroup>,
-    pub dropped: usize,
+    /// (prompt length, completion lengths) of each group dynamic sampling dropped: sampled and scored,
+    /// so counted in the step's FLOPs, but never learned from.
+    pub dropped_shapes: Vec<crate::flops::GroupShape>,
     pub reissued: usize,
     /// The batch went to the learner; nothing about this step changes any more.
     pub sent: bool,

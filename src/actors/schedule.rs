@@ -258,8 +258,11 @@ impl<V: Clone> Schedule<V> {
                     .map(|g| g.rewards.iter().map(|r| r.value).collect())
                     .collect();
                 for i in zero_variance_groups(&rewards) {
-                    w.scored.remove(&seqs[i]);
-                    w.dropped += 1;
+                    if let Some(g) = w.scored.remove(&seqs[i]) {
+                        let lens = g.group.completions.iter().map(|c| c.tokens.len());
+                        w.dropped_shapes
+                            .push((g.group.prompt.len(), lens.collect()));
+                    }
                 }
                 if w.scored.len() < b && w.rounds < self.plan.max_gen_batches {
                     let n = b - w.scored.len();

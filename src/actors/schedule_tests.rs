@@ -73,6 +73,8 @@ struct Log {
     learned: Vec<(u64, Vec<u64>)>,
     finished: Option<Result<Summary, String>>,
     checkpoints: Vec<u64>,
+    /// (step, shapes of the groups dynamic sampling dropped) of each finished update.
+    dropped: Vec<(u64, Vec<crate::flops::GroupShape>)>,
 }
 
 /// Runs `sched` to the end. Work waits in queues; `pick` chooses which pending event happens next
@@ -147,6 +149,7 @@ fn simulate(
             Ev::Updated(step) => {
                 let (w, c) = sched.updated(step, step + 1).unwrap();
                 assert!(w.sent);
+                log.dropped.push((step, w.dropped_shapes.clone()));
                 cmds.extend(c);
             }
         }
@@ -322,6 +325,9 @@ fn dynamic_sampling_drops_flat_groups_and_takes_more_states() {
     // States 1 and 2 get equal rewards: dropped, and replaced by states 3 and 4.
     let log = simulate(&mut s, |_| 0, |seq| seq == 1 || seq == 2);
     assert_eq!(log.learned, vec![(0, vec![0, 3, 4])]);
+    // The dropped groups were sampled all the same: the step's record keeps their shapes, for its
+    // FLOPs (prompt of 2 tokens, two completions of 1).
+    assert_eq!(log.dropped, vec![(0, vec![(2, vec![1, 1]); 2])]);
 }
 
 #[test]

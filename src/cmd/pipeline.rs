@@ -116,7 +116,8 @@ pub struct EvalArgs {
     pub json: bool,
     /// Also write every evaluated position to FILE, one JSON object a line: the context's end, the
     /// true next token, standard mode's guess, reasoning mode's whole completion, whether each is
-    /// right, the position's entropy and whether any `\boxed{}` answer could be right there.
+    /// right, the position's entropy, whether any `\boxed{}` answer could be right there, and
+    /// whether the corpus offers a teacher thought for it.
     #[arg(long, value_name = "FILE", conflicts_with = "run")]
     pub positions: Option<PathBuf>,
 }

@@ -76,6 +76,8 @@ pub struct EvalSample {
     pub entropy: Option<f32>,
     /// No `\boxed{}` answer can be right here (see the module doc).
     pub unboxable: bool,
+    /// The corpus offers a teacher thought for this position.
+    pub taught: bool,
 }
 
 /// Positions an [`EvalReport`] writes out as a rule.
@@ -169,6 +171,7 @@ pub fn evaluate(
                 standard_correct: std_ok,
                 entropy: item.entropy,
                 unboxable,
+                taught: item.taught,
             });
         }
         for name in splits {

@@ -193,6 +193,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
             top_p: cfg.rollout.top_p,
             max_new_tokens: cfg.rollout.max_new_tokens,
         },
+        model: base.config.clone(),
     });
 
     let bar = super::progress(cfg.train.steps, "train");

@@ -204,6 +204,14 @@ mod tests {
             "train.objective=next_token, train.steps=1200",
         ]);
         assert_eq!(short_names(&steps), l(&["rpt", "next_token"]));
+        // Words before booleans, which need their key to mean anything.
+        let flags = l(&[
+            "grpo.dynamic_sampling=true, train.objective=rpt",
+            "grpo.dynamic_sampling=false, train.objective=next_token",
+        ]);
+        assert_eq!(short_names(&flags), l(&["rpt", "next_token"]));
+        let flag = l(&["grpo.dynamic_sampling=true", "grpo.dynamic_sampling=false"]);
+        assert_eq!(short_names(&flag), l(&["true", "false"]));
         let numbers = l(&["lr=0.001, seed=0", "lr=0.0001, seed=1"]);
         assert_eq!(short_names(&numbers), l(&["0", "1"]));
         assert_eq!(short_names(&l(&["tiny"])), l(&["tiny"]));

@@ -178,6 +178,7 @@ pub fn group(runs: Vec<RunData>) -> Vec<Series> {
 
 /// Short names for series labelled `key=value, key=value, …` (the keys that differ between them):
 /// the values of the one key that tells every series apart, a key whose values are words before one
+/// whose values are `true` and `false` (which say nothing without their key), and those before one
 /// whose values are numbers (what a run is before how long or how big it was: `rpt` and `next_token`
 /// rather than two step counts or FLOP budgets), the shortest values first; else all the values.
 pub fn short_names(labels: &[String]) -> Vec<String> {
@@ -204,9 +205,15 @@ pub fn short_names(labels: &[String]) -> Vec<String> {
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
-            let numbers = values.iter().all(|v| v.parse::<f64>().is_ok());
+            let tier = if values.iter().all(|v| v.parse::<f64>().is_ok()) {
+                2
+            } else if values.iter().all(|v| v.parse::<bool>().is_ok()) {
+                1
+            } else {
+                0
+            };
             (distinct == labels.len())
-                .then(|| ((numbers, values.iter().map(|v| v.len()).max()), values))
+                .then(|| ((tier, values.iter().map(|v| v.len()).max()), values))
         })
         .min_by_key(|(rank, _)| *rank);
     match best {
