@@ -53,20 +53,20 @@ pub fn both_sides_thoughts(text: &str) -> Vec<TeacherThought> {
 /// `Each term is D more than the one before`, D worked out as the second term minus the first of the
 /// arithmetic progression listed before it: `8 - 5: 8 - 5 = 3; so 3`.
 pub fn step_thoughts(text: &str) -> Vec<TeacherThought> {
-    const CUE: &str = "Each term is";
+    const CUE: &str = "Each term is ";
+    let lists = integer_lists(text);
     let mut out = vec![];
     for (at, _) in text.match_indices(CUE) {
-        let start = at + CUE.len();
-        let Some((d, dend)) = text[start..]
-            .strip_prefix(' ')
-            .and_then(|_| int_after(text.as_bytes(), start + 1))
-        else {
+        // The span starts at the space before D, as the corpus's tokens do.
+        let start = at + CUE.len() - 1;
+        let Some((d, dend)) = int_after(text.as_bytes(), start + 1) else {
             continue;
         };
         if !text[dend..].starts_with(" more than the one before") {
             continue;
         }
-        let Some(list) = integer_lists(&text[..at]).pop() else {
+        // The last list that ends before the cue.
+        let Some(list) = lists.iter().rev().find(|l| l[l.len() - 1].2 <= at) else {
             continue;
         };
         let v: Vec<i64> = list.iter().map(|t| t.0).collect();
@@ -84,23 +84,41 @@ pub fn step_thoughts(text: &str) -> Vec<TeacherThought> {
 
 const FRAC: &str = "\\frac{";
 
-/// `\frac{N}{D}` at the start of `s`: (N, D, the bytes it takes).
-fn fraction(s: &str) -> Option<(i64, i64, usize)> {
-    let body = s.strip_prefix(FRAC)?;
-    let (n, rest) = body.split_once("}{")?;
-    let (d, _) = rest.split_once('}')?;
-    let len = FRAC.len() + n.len() + 2 + d.len() + 1;
-    Some((n.parse().ok()?, d.parse().ok()?, len))
+/// A `\frac{N}{D}` of integers in a text: N, D, the bytes N takes, and where the fraction ends.
+struct Fraction {
+    num: i64,
+    den: i64,
+    num_span: (usize, usize),
+    end: usize,
 }
 
-/// The two fractions of `\frac{A}{B} + \frac{C}{D}` ending at byte `end`: ((A, B), (C, D)).
-fn two_fractions_before(text: &str, end: usize) -> Option<((i64, i64), (i64, i64))> {
-    let left = &text[..end];
-    let plus = left.rfind(" + ")?;
-    let first = left[..plus].rfind(FRAC)?;
-    let (a, b, la) = fraction(&left[first..plus])?;
-    let (c, d, lc) = fraction(&left[plus + 3..])?;
-    (first + la == plus && plus + 3 + lc == end).then_some(((a, b), (c, d)))
+/// The fraction that starts at byte `at` of `text`, its numerator and denominator read as
+/// [`int_after`] reads an integer.
+fn fraction(text: &str, at: usize) -> Option<Fraction> {
+    if !text[at..].starts_with(FRAC) {
+        return None;
+    }
+    let b = text.as_bytes();
+    let n_at = at + FRAC.len();
+    let (num, n_end) = int_after(b, n_at)?;
+    if !text[n_end..].starts_with("}{") {
+        return None;
+    }
+    let (den, d_end) = int_after(b, n_end + 2)?;
+    (b.get(d_end) == Some(&b'}')).then_some(Fraction {
+        num,
+        den,
+        num_span: (n_at, n_end),
+        end: d_end + 1,
+    })
+}
+
+/// The two fractions of `\frac{A}{B} + \frac{C}{D}` that ends at byte `end`.
+fn two_fractions_before(text: &str, end: usize) -> Option<(Fraction, Fraction)> {
+    let plus = text[..end].rfind(" + ")?;
+    let first = fraction(text, text[..plus].rfind(FRAC)?)?;
+    let second = fraction(text, plus + 3)?;
+    (first.end == plus && second.end == end).then_some((first, second))
 }
 
 /// The numerator of a sum of two fractions over one denominator, `\frac{X}{D} + \frac{Y}{D} =
@@ -108,20 +126,19 @@ fn two_fractions_before(text: &str, end: usize) -> Option<((i64, i64), (i64, i64
 pub fn fraction_sum_thoughts(text: &str) -> Vec<TeacherThought> {
     let mut out = vec![];
     for (eq, _) in text.match_indices(" = \\frac{") {
-        let Some((z, dz, _)) = fraction(&text[eq + 3..]) else {
+        let Some(z) = fraction(text, eq + 3) else {
             continue;
         };
-        let Some(((x, dx), (y, dy))) = two_fractions_before(text, eq) else {
+        let Some((x, y)) = two_fractions_before(text, eq) else {
             continue;
         };
-        if dx != dy || dz != dx || x < 0 || y < 0 || x + y != z {
+        if x.den != y.den || z.den != x.den || x.num < 0 || y.num < 0 || x.num + y.num != z.num {
             continue;
         }
-        let start = eq + 3 + FRAC.len();
         out.push(TeacherThought {
-            start,
-            end: start + z.to_string().len(),
-            text: add(x, y),
+            start: z.num_span.0,
+            end: z.num_span.1,
+            text: add(x.num, y.num),
         });
     }
     out
@@ -133,32 +150,33 @@ pub fn fraction_sum_thoughts(text: &str) -> Vec<TeacherThought> {
 pub fn fraction_part_thoughts(text: &str) -> Vec<TeacherThought> {
     let mut out = vec![];
     for (eq, _) in text.match_indices(" = \\frac{") {
-        let Some(((a, b), (c, d))) = two_fractions_before(text, eq) else {
+        let Some((ab, cd)) = two_fractions_before(text, eq) else {
             continue;
         };
-        let x_at = eq + 3;
-        let Some((x, m, lx)) = fraction(&text[x_at..]) else {
+        let Some(x) = fraction(text, eq + 3) else {
             continue;
         };
-        let Some(y_at) = text[x_at + lx..].strip_prefix(" + ").map(|_| x_at + lx + 3) else {
+        let Some(y) = text[x.end..]
+            .starts_with(" + ")
+            .then(|| fraction(text, x.end + 3))
+            .flatten()
+        else {
             continue;
         };
-        let Some((y, my, _)) = fraction(&text[y_at..]) else {
-            continue;
-        };
-        if m != my || a < 0 || c < 0 || b <= 0 || d <= 0 || m % b != 0 || m % d != 0 {
+        let m = x.den;
+        let (a, b, c, d) = (ab.num, ab.den, cd.num, cd.den);
+        if y.den != m || a < 0 || c < 0 || b <= 0 || d <= 0 || m % b != 0 || m % d != 0 {
             continue;
         }
-        for (num, den, written, at) in [(a, b, x, x_at), (c, d, y, y_at)] {
-            let k = m / den;
-            if k >= 100 || num * k != written {
+        for (given, written) in [(ab, x), (cd, y)] {
+            let k = m / given.den;
+            if k >= 100 || given.num * k != written.num {
                 continue;
             }
-            let start = at + FRAC.len();
             out.push(TeacherThought {
-                start,
-                end: start + written.to_string().len(),
-                text: format!("{den} \\times {k} = {m}; {}", mul(num, k)),
+                start: written.num_span.0,
+                end: written.num_span.1,
+                text: format!("{} \\times {k} = {m}; {}", given.den, mul(given.num, k)),
             });
         }
     }
