@@ -33,26 +33,41 @@ pub(super) fn solve(x: i64, op: char, y: i64) -> Option<(String, i64)> {
     }
 }
 
-/// Column addition: `7 + 5 = 12, carry 1; 4 + 1 + 1 = 6; 1; so 162`.
+/// One column of an addition: the digits `a` and `b` (either may be absent) and the carry in, as
+/// two-operand steps, the carry added in a step of its own (`4 + 1 = 5, 5 + 1 = 6`), where a single
+/// `4 + 1 + 1 = 6` asked a small model to add three numbers at once. Returns the step and the carry
+/// out.
+fn column(a: Option<i64>, b: Option<i64>, carry: i64) -> (String, i64) {
+    let (mut text, mut s) = match (a, b) {
+        (Some(a), Some(b)) => (format!("{a} + {b} = {}", a + b), a + b),
+        (Some(d), None) | (None, Some(d)) => (d.to_string(), d),
+        (None, None) => (String::new(), 0),
+    };
+    if carry > 0 {
+        text = if text.is_empty() {
+            carry.to_string()
+        } else if a.is_some() && b.is_some() {
+            format!("{text}, {s} + {carry} = {}", s + carry)
+        } else {
+            format!("{s} + {carry} = {}", s + carry)
+        };
+        s += carry;
+    }
+    if s >= 10 {
+        text.push_str(&format!(", carry {}", s / 10));
+    }
+    (text, s / 10)
+}
+
+/// Column addition: `7 + 5 = 12, carry 1; 4 + 1 = 5, 5 + 1 = 6; 1; so 162`.
 pub(super) fn add(x: i64, y: i64) -> String {
     let (dx, dy) = (digits(x), digits(y));
     let mut steps = vec![];
     let mut carry = 0;
     for i in 0..dx.len().max(dy.len()) {
-        let (a, b) = (dx.get(i).copied(), dy.get(i).copied());
-        let s = a.unwrap_or(0) + b.unwrap_or(0) + carry;
-        let mut terms: Vec<String> = [a, b].iter().flatten().map(|d| d.to_string()).collect();
-        if carry > 0 {
-            terms.push(carry.to_string());
-        }
-        carry = s / 10;
-        steps.push(if terms.len() == 1 {
-            terms[0].clone()
-        } else if carry > 0 {
-            format!("{} = {s}, carry {carry}", terms.join(" + "))
-        } else {
-            format!("{} = {s}", terms.join(" + "))
-        });
+        let (step, c) = column(dx.get(i).copied(), dy.get(i).copied(), carry);
+        steps.push(step);
+        carry = c;
     }
     if carry > 0 {
         steps.push(carry.to_string());
@@ -101,36 +116,65 @@ fn lhs_borrowed(a: i64, b: i64, borrow: i64) -> String {
     }
 }
 
-/// Long multiplication by a one- or two-digit `y`: each digit of `x` times `y`'s ones digit with the
-/// carries, then (for two digits) the tens row and the sum.
+/// Long multiplication by a one- or two-digit `y`. A row multiplies each digit of `x` by one digit
+/// of `y`, least significant first, each a table fact (`7 \times 9 = 63; 4 \times 9 = 36`), then
+/// adds the products' digits in columns: a product's ones digit and the tens digit of the product
+/// before it (`3; 6 + 6 = 12, carry 1; 3 + 1 = 4; so 423`), each step one addition of two numbers.
+/// (Adding the carry inside a product, `4 \times 9 + 6 = 42` or `36 + 6 = 42`, asked a small model
+/// for a two-digit sum in one pass: it got those steps right a third of the time.) By two digits:
+/// the ones row, the tens row (`x \times 10` is `x` with a 0 written after it) and their sum in
+/// columns.
 pub(super) fn mul(x: i64, y: i64) -> String {
     let row = |m: i64| -> String {
-        let mut steps = vec![];
-        let mut carry = 0;
-        for d in digits(x) {
-            let p = d * m + carry;
-            steps.push(if carry > 0 {
-                format!("{d} \\times {m} + {carry} = {p}")
-            } else {
-                format!("{d} \\times {m} = {p}")
-            });
-            carry = p / 10;
+        let ds = digits(x);
+        let products: Vec<i64> = ds.iter().map(|d| d * m).collect();
+        let mut steps: Vec<String> = ds
+            .iter()
+            .zip(&products)
+            .map(|(d, p)| format!("{d} \\times {m} = {p}"))
+            .collect();
+        if products.len() == 1 {
+            return steps.join("; ");
         }
-        steps.join(", ")
+        let mut carry = 0;
+        for k in 0..=products.len() {
+            let ones = products.get(k).map(|p| p % 10);
+            let tens = k
+                .checked_sub(1)
+                .map(|j| products[j] / 10)
+                .filter(|&t| t > 0);
+            let (step, c) = column(ones, tens, carry);
+            if !step.is_empty() {
+                steps.push(step);
+            }
+            carry = c;
+        }
+        steps.join("; ")
     };
     if y < 10 {
         return format!("{}; so {}", row(y), x * y);
     }
     let (t, o) = (y / 10, y % 10);
-    format!(
-        "{x} \\times {o}: {}, gives {}; {x} \\times {t}0: {}, gives {}0; {} + {}0 = {}; so {}",
-        row(o),
-        x * o,
-        row(t),
-        x * t,
-        x * o,
-        x * t,
-        x * y,
-        x * y
-    )
+    let tens = if t == 1 {
+        format!("{x} \\times 10 = {x}0")
+    } else {
+        format!("{x} \\times {t}0: {}, so {}0", row(t), x * t)
+    };
+    match o {
+        0 if t == 1 => format!("{tens}; so {}", x * y),
+        0 => format!("{x} \\times {t}0: {}; so {}", row(t), x * y),
+        1 => format!(
+            "{x} \\times 1 = {x}; {tens}; {x} + {}0: {}",
+            x * t,
+            add(x, x * t * 10)
+        ),
+        _ => format!(
+            "{x} \\times {o}: {}, so {}; {tens}; {} + {}0: {}",
+            row(o),
+            x * o,
+            x * o,
+            x * t,
+            add(x * o, x * t * 10)
+        ),
+    }
 }

@@ -78,7 +78,8 @@ pub fn arithmetic_thoughts(text: &str) -> Vec<TeacherThought> {
 /// solver.
 pub const SOLVER: &str = "column arithmetic of: X op Y = Z, progressions from their third term and \
                           their step, the right side after subtracting from both sides, fraction \
-                          numerators over a common denominator and their sums";
+                          numerators over a common denominator and their sums; carries added in steps of their \
+                          own, products' digits summed in columns";
 
 /// Every thought the built-in solver offers for `text`: [`arithmetic_thoughts`], then
 /// [`sequence_thoughts`], [`step_thoughts`], [`both_sides_thoughts`], [`fraction_part_thoughts`] and
@@ -228,14 +229,17 @@ mod tests {
         let text = "Then $47 + 115 = 162$.\n";
         let t = one(text);
         assert_eq!(&text[t.start..t.end], " 162");
-        assert_eq!(t.text, "7 + 5 = 12, carry 1; 4 + 1 + 1 = 6; 1; so 162");
+        assert_eq!(
+            t.text,
+            "7 + 5 = 12, carry 1; 4 + 1 = 5, 5 + 1 = 6; 1; so 162"
+        );
     }
 
     #[test]
     fn column_work_for_each_operation() {
         assert_eq!(
             one("$23 \\times 5 = 115$").text,
-            "3 \\times 5 = 15, 2 \\times 5 + 1 = 11; so 115"
+            "3 \\times 5 = 15; 2 \\times 5 = 10; 5; 0 + 1 = 1; 1; so 115"
         );
         assert_eq!(
             one("$32 - 17 = 15$").text,
@@ -245,15 +249,52 @@ mod tests {
             one("$7 - 23 = -16$").text,
             "7 < 23, so the result is negative: 3 - 7: borrow, 13 - 7 = 6; 2 - 1 = 1; so 16"
         );
-        assert!(
-            one("$14 \\times 12 = 168$")
-                .text
-                .ends_with("28 + 140 = 168; so 168")
+        assert_eq!(
+            one("$14 \\times 12 = 168$").text,
+            "14 \\times 2: 4 \\times 2 = 8; 1 \\times 2 = 2; 8; 2, so 28; 14 \\times 10 = 140; \
+             28 + 140: 8 + 0 = 8; 2 + 4 = 6; 1; so 168"
+        );
+        assert_eq!(
+            one("$47 \\times 9 = 423$").text,
+            "7 \\times 9 = 63; 4 \\times 9 = 36; 3; 6 + 6 = 12, carry 1; 3 + 1 = 4; so 423"
+        );
+        assert_eq!(
+            one("$56 \\times 11 = 616$").text,
+            "56 \\times 1 = 56; 56 \\times 10 = 560; 56 + 560: 6 + 0 = 6; 5 + 6 = 11, carry 1; \
+             5 + 1 = 6; so 616"
+        );
+        assert_eq!(
+            one("$38 \\times 20 = 760$").text,
+            "38 \\times 20: 8 \\times 2 = 16; 3 \\times 2 = 6; 6; 6 + 1 = 7; so 760"
         );
         assert_eq!(
             one("$99 + 1 = 100$").text,
             "9 + 1 = 10, carry 1; 9 + 1 = 10, carry 1; 1; so 100"
         );
+    }
+
+    #[test]
+    fn additions_and_products_take_two_numbers_a_step() {
+        // The form the built-in model learns best: no sum of three numbers (`4 + 1 + 1`) and no
+        // carry inside a product (`4 \times 9 + 6`), anywhere the solver writes.
+        let mut steps = 0;
+        for d in crate::env::generate_corpus(40, 7) {
+            for t in solver_thoughts(&d) {
+                for step in t.text.split([';', ',']) {
+                    let Some((lhs, _)) = step.split_once(" = ") else {
+                        continue;
+                    };
+                    let lhs = lhs.rsplit(':').next().unwrap();
+                    let (plus, times) =
+                        (lhs.matches(" + ").count(), lhs.matches(" \\times ").count());
+                    if plus + times > 0 {
+                        assert_eq!(plus + times + lhs.matches(" - ").count(), 1, "{}", t.text);
+                        steps += 1;
+                    }
+                }
+            }
+        }
+        assert!(steps > 400, "{steps}");
     }
 
     #[test]
@@ -279,7 +320,7 @@ mod tests {
         );
         assert_eq!(
             t[3].text,
-            "the ratio is 3; then 7 \\times 3 = 21, 2 \\times 3 + 2 = 8; so 81"
+            "the ratio is 3; then 7 \\times 3 = 21; 2 \\times 3 = 6; 1; 6 + 2 = 8; so 81"
         );
         // Neither rule holds for the whole list, or too few terms: nothing.
         assert!(sequence_thoughts("1, 2, 4, 7").is_empty());
