@@ -155,26 +155,31 @@ pub(super) fn mul(x: i64, y: i64) -> String {
         return format!("{}; so {}", row(y), x * y);
     }
     let (t, o) = (y / 10, y % 10);
+    if o == 0 {
+        return if t == 1 {
+            format!("{x} \\times 10 = {x}0; so {}", x * y)
+        } else {
+            format!("{x} \\times {t}0: {}; so {}", row(t), x * y)
+        };
+    }
     let tens = if t == 1 {
         format!("{x} \\times 10 = {x}0")
     } else {
         format!("{x} \\times {t}0: {}, so {}0", row(t), x * t)
     };
-    match o {
-        0 if t == 1 => format!("{tens}; so {}", x * y),
-        0 => format!("{x} \\times {t}0: {}; so {}", row(t), x * y),
-        1 => format!(
+    if o == 1 {
+        return format!(
             "{x} \\times 1 = {x}; {tens}; {x} + {}0: {}",
             x * t,
             add(x, x * t * 10)
-        ),
-        _ => format!(
-            "{x} \\times {o}: {}, so {}; {tens}; {} + {}0: {}",
-            row(o),
-            x * o,
-            x * o,
-            x * t,
-            add(x * o, x * t * 10)
-        ),
+        );
     }
+    format!(
+        "{x} \\times {o}: {}, so {}; {tens}; {} + {}0: {}",
+        row(o),
+        x * o,
+        x * o,
+        x * t,
+        add(x * o, x * t * 10)
+    )
 }

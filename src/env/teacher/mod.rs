@@ -78,8 +78,8 @@ pub fn arithmetic_thoughts(text: &str) -> Vec<TeacherThought> {
 /// solver.
 pub const SOLVER: &str = "column arithmetic of: X op Y = Z, progressions from their third term and \
                           their step, the right side after subtracting from both sides, fraction \
-                          numerators over a common denominator and their sums; carries added in steps of their \
-                          own, products' digits summed in columns";
+                          numerators over a common denominator and their sums; carries added in \
+                          steps of their own, products' digits summed in columns";
 
 /// Every thought the built-in solver offers for `text`: [`arithmetic_thoughts`], then
 /// [`sequence_thoughts`], [`step_thoughts`], [`both_sides_thoughts`], [`fraction_part_thoughts`] and
