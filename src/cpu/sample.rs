@@ -11,6 +11,8 @@ use super::forward::{rms, rope};
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::matmul::{Kernel, infer_linear_with, infer_linears_with};
 use super::tape::{Params, get};
+#[cfg(target_arch = "x86_64")]
+use super::vector::dot_avx2;
 use super::vector::{Shared, dot, sigmoid, softmax_prefix};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
@@ -205,22 +207,12 @@ fn attend(
         if nq <= 2 {
             // Decoding: dot products straight off the cache, no packing.
             let mut sc = vec![0f32; nk];
+            let mut o = vec![0f32; hd];
             for qi in 0..nq {
                 let at = (r * s + i0 + qi) * qw + head * hd;
-                let qv = &q[at..at + hd];
                 let seen = past + i0 + qi - p0 + 1;
-                for (j, x) in sc[..seen].iter_mut().enumerate() {
-                    let k0 = kv_off + j * kw;
-                    *x = dot(qv, &kc[k0..k0 + hd]);
-                }
-                softmax_prefix(&mut sc, seen, inv_sqrt);
-                let mut o = vec![0f32; hd];
-                for (j, &w) in sc[..seen].iter().enumerate() {
-                    let v0 = kv_off + j * kw;
-                    o.iter_mut()
-                        .zip(&vc[v0..v0 + hd])
-                        .for_each(|(o, v)| *o += w * v);
-                }
+                let kv = (&kc[kv_off..], &vc[kv_off..]);
+                attend_query(&q[at..at + hd], kv, kw, seen, inv_sqrt, &mut sc, &mut o);
                 // SAFETY: this job alone writes head `head` of row r's new tokens.
                 unsafe {
                     std::ptr::copy_nonoverlapping(o.as_ptr(), out.at(at), hd);
@@ -264,4 +256,146 @@ fn attend(
         };
     });
     att
+}
+
+/// One decoding query `q` of one head over the first `seen` cached keys and values (rows `stride`
+/// floats apart in `kv`): `o = Σⱼ softmax(q·kⱼ / √hd)ⱼ · vⱼ`, with `scores` as work space. The AVX2
+/// form keeps `o` in registers across the keys and does the arithmetic of the portable one in its
+/// order (each element's sum over j in order, a product then a sum), so both give the same bits.
+fn attend_query(
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    stride: usize,
+    seen: usize,
+    inv_sqrt: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { attend_query_avx2(q, kv, stride, seen, inv_sqrt, scores, o) };
+        return;
+    }
+    attend_query_portable(q, kv, stride, seen, inv_sqrt, scores, o);
+}
+
+fn attend_query_portable(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    stride: usize,
+    seen: usize,
+    inv_sqrt: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    let hd = q.len();
+    for (j, x) in scores[..seen].iter_mut().enumerate() {
+        *x = dot(q, &k[j * stride..j * stride + hd]);
+    }
+    softmax_prefix(scores, seen, inv_sqrt);
+    o.fill(0.0);
+    for (j, &w) in scores[..seen].iter().enumerate() {
+        (o.iter_mut().zip(&v[j * stride..j * stride + hd])).for_each(|(o, v)| *o += w * v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_query_avx2(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    stride: usize,
+    seen: usize,
+    inv_sqrt: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    assert!(
+        seen <= scores.len()
+            && o.len() == hd
+            && (seen == 0 || (seen - 1) * stride + hd <= v.len().min(k.len()))
+    );
+    for (j, x) in scores[..seen].iter_mut().enumerate() {
+        // SAFETY: the CPU has the features (this function's own).
+        *x = unsafe { dot_avx2(q, &k[j * stride..j * stride + hd]) };
+    }
+    softmax_prefix(scores, seen, inv_sqrt);
+    let (pv, po) = (v.as_ptr(), o.as_mut_ptr());
+    let mut c = 0;
+    // SAFETY: the loads read v[j·stride + c .. + 8·blocks] with c + 8·blocks ≤ hd, inside v (asserted
+    // above); the stores write o[c .. c + 8·blocks] ⊂ o.
+    unsafe {
+        while c + 32 <= hd {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (j, &w) in scores[..seen].iter().enumerate() {
+                let (w, row) = (_mm256_set1_ps(w), pv.add(j * stride + c));
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * b))));
+                }
+            }
+            for (b, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(po.add(c + 8 * b), *a);
+            }
+            c += 32;
+        }
+        while c + 8 <= hd {
+            let mut a = _mm256_setzero_ps();
+            for (j, &w) in scores[..seen].iter().enumerate() {
+                let x = _mm256_loadu_ps(pv.add(j * stride + c));
+                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(w), x));
+            }
+            _mm256_storeu_ps(po.add(c), a);
+            c += 8;
+        }
+    }
+    for (i, o) in o.iter_mut().enumerate().skip(c) {
+        *o = 0.0;
+        for (j, &w) in scores[..seen].iter().enumerate() {
+            *o += w * v[j * stride + i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 form of a decoding query's attention gives the portable form's bits, for head sizes
+    /// with and without whole blocks of 32 and 8 floats and for cache rows wider than a head.
+    #[test]
+    fn decoding_attention_is_the_same_on_both_forms() {
+        let mut rng = crate::model::Rng::new(7);
+        for (hd, stride, seen) in [
+            (32, 64, 1),
+            (32, 64, 37),
+            (64, 128, 90),
+            (40, 40, 5),
+            (13, 26, 9),
+            (128, 256, 200),
+            (8, 8, 3),
+        ] {
+            let rows = seen + 2;
+            let mut draw = |n: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+                    .collect()
+            };
+            let (q, k, v) = (draw(hd), draw(rows * stride), draw(rows * stride));
+            let (mut s1, mut s2) = (vec![0f32; rows], vec![0f32; rows]);
+            let (mut o1, mut o2) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+            let inv = 1.0 / (hd as f32).sqrt();
+            attend_query(&q, (&k, &v), stride, seen, inv, &mut s1, &mut o1);
+            attend_query_portable(&q, (&k, &v), stride, seen, inv, &mut s2, &mut o2);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&o1),
+                bits(&o2),
+                "head {hd}, stride {stride}, {seen} keys"
+            );
+            assert_eq!(bits(&s1), bits(&s2));
+        }
+    }
 }
