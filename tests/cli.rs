@@ -328,7 +328,7 @@ fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
             "--prompt",
             "4",
             "--new",
-            "3",
+            "16",
         ])?;
         assert!(ok, "{err}");
         let r: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))?;
