@@ -297,43 +297,51 @@ fn weighted_rows_portable(w: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn weighted_rows_avx2(scores: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (hd, seen) = (o.len(), scores.len());
-    assert!(seen == 0 || (seen - 1) * stride + hd <= v.len());
-    let (pv, po) = (v.as_ptr(), o.as_mut_ptr());
+unsafe fn weighted_rows_avx2(w: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
+    let hd = o.len();
+    assert!(w.is_empty() || (w.len() - 1) * stride + hd <= v.len());
     let mut c = 0;
-    // SAFETY: the loads read v[j·stride + c .. + 8·blocks] with c + 8·blocks ≤ hd, inside v (asserted
-    // above); the stores write o[c .. c + 8·blocks] ⊂ o.
+    // SAFETY: each block reads and writes floats c .. c + 8·B ≤ hd of rows inside v (asserted above)
+    // and of o; the CPU has the feature (this function's own).
     unsafe {
         while c + 32 <= hd {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (j, &w) in scores[..seen].iter().enumerate() {
-                let (w, row) = (_mm256_set1_ps(w), pv.add(j * stride + c));
-                for (b, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * b))));
-                }
-            }
-            for (b, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(po.add(c + 8 * b), *a);
-            }
+            weighted_block_avx2::<4>(w, v.as_ptr().add(c), stride, o.as_mut_ptr().add(c));
             c += 32;
         }
         while c + 8 <= hd {
-            let mut a = _mm256_setzero_ps();
-            for (j, &w) in scores[..seen].iter().enumerate() {
-                let x = _mm256_loadu_ps(pv.add(j * stride + c));
-                a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(w), x));
-            }
-            _mm256_storeu_ps(po.add(c), a);
+            weighted_block_avx2::<1>(w, v.as_ptr().add(c), stride, o.as_mut_ptr().add(c));
             c += 8;
         }
     }
-    for (i, o) in o.iter_mut().enumerate().skip(c) {
-        *o = 0.0;
-        for (j, &w) in scores[..seen].iter().enumerate() {
-            *o += w * v[j * stride + i];
+    weighted_rows_portable(w, &v[c.min(v.len())..], stride, &mut o[c..]);
+}
+
+/// `o[..8·B] = Σⱼ w[j] · v[j·stride ..][..8·B]`, in B registers of 8 floats.
+///
+/// # Safety
+/// The CPU has AVX2; `v` and `o` are valid for the floats named above.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn weighted_block_avx2<const B: usize>(
+    w: &[f32],
+    v: *const f32,
+    stride: usize,
+    o: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); B];
+    for (j, &w) in w.iter().enumerate() {
+        let w = _mm256_set1_ps(w);
+        for (b, a) in acc.iter_mut().enumerate() {
+            // SAFETY: inside row j's block (the caller's contract).
+            let x = unsafe { _mm256_loadu_ps(v.add(j * stride + 8 * b)) };
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(w, x));
         }
+    }
+    for (b, a) in acc.iter().enumerate() {
+        // SAFETY: inside o's block (the caller's contract).
+        unsafe { _mm256_storeu_ps(o.add(8 * b), *a) };
     }
 }
 
