@@ -191,7 +191,7 @@ fn bootstrap_never_writes_over_a_users_model() -> Result<()> {
         .iter()
         .map(|f| std::fs::read(user.join(f)).unwrap())
         .collect();
-    let e = rpt::pipeline::bootstrap::check_target(&user)
+    let e = rpt::pipeline::model_dir::check_target(&user)
         .unwrap_err()
         .to_string();
     assert!(
@@ -229,9 +229,9 @@ fn bootstrap_never_writes_over_a_users_model() -> Result<()> {
     let (ok, _, err) = rpt(&["bootstrap", "--out", &out], &[])?;
     assert!(!ok && err.contains("bootstrap.json"), "{err}");
     // New and empty directories are fine.
-    rpt::pipeline::bootstrap::check_target(&dir.path().join("new"))?;
+    rpt::pipeline::model_dir::check_target(&dir.path().join("new"))?;
     std::fs::create_dir(dir.path().join("empty"))?;
-    rpt::pipeline::bootstrap::check_target(&dir.path().join("empty"))?;
+    rpt::pipeline::model_dir::check_target(&dir.path().join("empty"))?;
     Ok(())
 }
 

@@ -49,7 +49,7 @@ pub fn run_bootstrap(a: &BootstrapArgs) -> Result<()> {
 /// Builds the built-in model at `out` (always when `force`, else only when missing) and prints its report.
 pub fn ensure_builtin(cfg: &Config, out: &Path, force: bool) -> Result<()> {
     if !force && out.join("config.json").exists() {
-        return Ok(bootstrap::check_settings(cfg, out)?);
+        return Ok(rpt::pipeline::model_dir::check_settings(cfg, out)?);
     }
     eprintln!("building the built-in model in {} ...", out.display());
     let r = bootstrap::bootstrap(cfg, out, &super::device()?)?;

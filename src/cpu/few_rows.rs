@@ -88,13 +88,13 @@ pub(super) unsafe fn small_block_avx512(
                     }
                     // Lane 4a + b of `sums` is out[i + a, j + b]: four contiguous outputs per row.
                     let sums = reduce_16(acc);
-                    let mut lanes = [0f32; 16];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), sums);
-                    let cols = 4.min(rows - j);
-                    for a in 0..4.min(i_end - i) {
-                        let dst = std::slice::from_raw_parts_mut(out.add((i + a) * ldo + j), cols);
-                        dst.copy_from_slice(&lanes[4 * a..4 * a + cols]);
-                    }
+                    store_lanes::<4>(
+                        sums,
+                        4.min(i_end - i),
+                        4.min(rows - j),
+                        out.add(i * ldo + j),
+                        ldo,
+                    );
                 }
                 i += 4;
             }
@@ -134,7 +134,9 @@ unsafe fn eight_by_two(
     use std::arch::x86_64::*;
     let xp = row_ptrs::<8>(x, i0, i_end, k, zeros);
     let pairs = rows.div_ceil(2);
-    let mut carry = vec![[[_mm512_setzero_ps(); 8]; 2]; pairs];
+    // Each pair's unreduced sums between blocks of k; none when k is one block.
+    let blocks = k.div_ceil(K_BLOCK);
+    let mut carry = vec![[[_mm512_setzero_ps(); 8]; 2]; if blocks > 1 { pairs } else { 0 }];
     // The block of x's eight rows, interleaved: step s holds row a's 16 columns at `8 s + a`, zeros
     // past k. One pointer addresses all eight at fixed offsets, so the loop keeps its pointers in
     // registers.
@@ -154,7 +156,7 @@ unsafe fn eight_by_two(
         }
         // Steps with 16 columns of w left; the last one may be masked.
         let full = (k_end - kb) / 16;
-        for (pair, kept) in carry.iter_mut().enumerate() {
+        for pair in 0..pairs {
             let j = 2 * pair;
             let wp = row_ptrs::<2>(w, j, rows, k, zeros);
             // The same block of the pair after next, fetched while this one is multiplied (see
@@ -163,7 +165,11 @@ unsafe fn eight_by_two(
             // SAFETY: every pointer addresses k floats; the masked loads stop at k; the writes stay
             // inside rows i0 .. i_end and columns j .. j + 2 < rows of out.
             unsafe {
-                let mut acc = *kept;
+                let kept = carry.get_mut(pair);
+                let mut acc = match &kept {
+                    Some(sums) if kb > 0 => **sums,
+                    _ => [[_mm512_setzero_ps(); 8]; 2],
+                };
                 let step = |s: usize, wv: [__m512; 2], acc: &mut [[__m512; 8]; 2]| {
                     for a in 0..8 {
                         let xv = packed[8 * s + a];
@@ -193,7 +199,9 @@ unsafe fn eight_by_two(
                     step(full, wv, &mut acc);
                 }
                 if k_end < k {
-                    *kept = acc;
+                    if let Some(sums) = kept {
+                        *sums = acc;
+                    }
                     continue;
                 }
                 // Output (a, b) as lane n = 2a + b: `reduce_16` puts the sum of its
@@ -201,16 +209,46 @@ unsafe fn eight_by_two(
                 let grid: [[__m512; 4]; 4] = std::array::from_fn(|bb| {
                     std::array::from_fn(|aa| acc[(4 * aa + bb) % 2][(4 * aa + bb) / 2])
                 });
-                let mut lanes = [0f32; 16];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), reduce_16(grid));
-                let cols = 2.min(rows - j);
-                for a in 0..i_end - i0 {
-                    let dst = std::slice::from_raw_parts_mut(out.add((i0 + a) * ldo + j), cols);
-                    dst.copy_from_slice(&lanes[2 * a..2 * a + cols]);
-                }
+                let (n_rows, cols) = (i_end - i0, 2.min(rows - j));
+                store_lanes::<2>(reduce_16(grid), n_rows, cols, out.add(i0 * ldo + j), ldo);
             }
         }
         kb = k_end;
+    }
+}
+
+/// Writes lane `C a + c` of `sums` to `out[a ldo + c]` for `a < n_rows`, `c < cols`: the outputs of
+/// `n_rows` rows of x against `C` rows of w. Plain stores of single floats: a copy of a slice this short
+/// had compiled to a call of `memcpy` per row, which took as long as the multiply-adds of a short row.
+///
+/// # Safety
+/// `out[a ldo + c]` must be writable for every `a < n_rows`, `c < cols`, and `C · n_rows ≤ 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_lanes<const C: usize>(
+    sums: std::arch::x86_64::__m512,
+    n_rows: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 floats; the caller vouches for every write to `out`.
+    unsafe {
+        std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), sums);
+        for a in 0..n_rows {
+            if cols == C {
+                // A constant count: moves, not a call.
+                for c in 0..C {
+                    *out.add(a * ldo + c) = lanes[C * a + c];
+                }
+            } else {
+                for c in 0..cols {
+                    *out.add(a * ldo + c) = lanes[C * a + c];
+                }
+            }
+        }
     }
 }
 

@@ -419,3 +419,6 @@ fn stats(
 #[cfg(test)]
 #[path = "loss_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "loss_types_tests.rs"]
+mod types_tests;

@@ -20,7 +20,7 @@ pub struct InitReport {
 
 /// Writes `config.json` (as read from `config_json`, normalised), random `model.safetensors` and a
 /// tokenizer into `out`, which must be new or empty (it is never written over; see
-/// [`super::bootstrap::check_target`]). Built in `out.partial` and renamed into place.
+/// [`super::model_dir::check_target`]). Built in `out.partial` and renamed into place.
 pub fn random_checkpoint(
     config_json: &Path,
     out: &Path,
@@ -28,7 +28,7 @@ pub fn random_checkpoint(
     seed: u64,
 ) -> Result<InitReport> {
     let cfg = ModelConfig::from_file(config_json)?;
-    super::bootstrap::check_new_model_dir(out, false)?;
+    super::model_dir::check_new_model_dir(out, false)?;
     let (tok, source) = match tokenizer {
         Some(p) => (Tokenizer::from_file(p)?, p.display().to_string()),
         None => {
@@ -56,7 +56,7 @@ pub fn random_checkpoint(
         .iter()
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
-    super::bootstrap::write_model_dir(out, false, |tmp| {
+    super::model_dir::write_model_dir(out, false, |tmp| {
         Ok(Checkpoint::save(tmp, &cfg, &tok, &weights)?)
     })?;
     drop(weights);

@@ -7,6 +7,7 @@ pub mod curve;
 pub mod evaluate;
 pub mod init;
 pub mod memory;
+pub mod model_dir;
 pub mod next_token;
 pub mod prepare;
 pub mod rows;

@@ -2,16 +2,7 @@
 //! beside `trl_peer.py generate` / `train` measured in the same sitting. Prints one JSON line per figure
 //! (median of `--repeat` runs after a warm-up; for `--work grpo`, `--repeat 0` times one step, the first).
 //!
-//! `--work decode` puts decoding speed beside the memory-bandwidth bound. A decode step of a batch reads
-//! every weight once (the embedding table only through the head, when it is tied; an untied table
-//! only at the batch's rows), so no decoder can make more than `batch × bandwidth ÷ weight bytes`
-//! tokens a second. The bandwidth is measured here, by summing a buffer as large as the weights (at
-//! least 1 GiB, far beyond the caches) on every thread of the pool the model runs on; it is what a
-//! read-only stream reaches on this machine, not a datasheet figure. Each of `--repeat` rounds times the
-//! decode, then takes the best of two passes over that buffer right after it: `bound_over_measured`
-//! sets the median step against the best bandwidth of all rounds (the strictest bound), and
-//! `bound_over_measured_paired` is the median of each round's step against its own round's bandwidth
-//! (a shared machine's bandwidth drifts by tens of percent from one minute to the next).
+//! `--work decode` (`decode.rs`) puts decoding speed beside the memory-bandwidth bound.
 
 use std::time::Instant;
 
@@ -20,6 +11,10 @@ use rpt::model::{
     AdamW, AdamWConfig, Family, GradPath, ModelConfig, Rng, SampleParams, Tensor, Trainable,
     generate, init_weights,
 };
+
+mod decode;
+
+use decode::decode;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -340,163 +335,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "optimizer_ms": phase(1), "grad_path": format!("{:?}", params.path), "threads": threads, "samples": a.repeat})
             );
         }
-    }
-    Ok(())
-}
-
-/// Bytes a decode step reads of `weights`: all of them, but an untied embedding table only at the
-/// batch's rows (counted as none).
-pub fn decode_weight_bytes(cfg: &ModelConfig, weights: &rpt::model::TensorMap) -> usize {
-    let layout = rpt::model::Layout::of(cfg);
-    weights
-        .iter()
-        .filter(|(k, _)| layout.tied() || **k != layout.embed)
-        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
-        .sum()
-}
-
-/// A buffer of `bytes` (at least 1 GiB) to measure read bandwidth on.
-pub struct BandwidthProbe(Vec<f32>);
-
-impl BandwidthProbe {
-    pub fn new(bytes: usize) -> Self {
-        use rayon::prelude::*;
-        let n = bytes.max(1 << 30) / 4;
-        BandwidthProbe((0..n).into_par_iter().map(|i| (i % 7) as f32).collect())
-    }
-
-    /// Read bandwidth in bytes a second: the best of `passes` parallel sums over the buffer.
-    pub fn measure(&self, passes: usize) -> f64 {
-        use rayon::prelude::*;
-        let mut best = 0f64;
-        for _ in 0..passes {
-            let t0 = Instant::now();
-            let s: f32 = self
-                .0
-                .par_chunks(1 << 16)
-                .map(|c| {
-                    // Eight sums side by side, so the adds keep up with the loads.
-                    let mut acc = [0f32; 8];
-                    for x in c.chunks_exact(8) {
-                        for k in 0..8 {
-                            acc[k] += x[k];
-                        }
-                    }
-                    acc.iter().sum::<f32>()
-                })
-                .sum();
-            let dt = t0.elapsed().as_secs_f64();
-            std::hint::black_box(s);
-            best = best.max((self.0.len() * 4) as f64 / dt);
-        }
-        best
-    }
-}
-
-/// Decoding tokens a second at `--batch` (seconds of `--new` tokens less those of one, over the
-/// steps between), beside the bandwidth bound (see the module doc).
-fn decode(a: &BenchArgs) -> Result<()> {
-    anyhow::ensure!(
-        a.new >= 2,
-        "--new must be at least 2 for --work decode, got {}",
-        a.new
-    );
-    let device = super::device()?;
-    let models: Vec<(String, ModelConfig, rpt::model::TensorMap)> = match &a.model {
-        Some(dir) => {
-            let ck = super::load_checkpoint(dir)?;
-            vec![(dir.display().to_string(), ck.config, ck.weights)]
-        }
-        None => {
-            let names = if a.shape == "all" {
-                vec!["small", "big"]
-            } else {
-                vec![a.shape.as_str()]
-            };
-            names
-                .into_iter()
-                .map(|n| {
-                    let cfg = shape(n)?;
-                    let w = init_weights(&cfg, 0, 0.02, &device)?;
-                    Ok((n.to_string(), cfg, w))
-                })
-                .collect::<Result<_>>()?
-        }
-    };
-    let threads = rayon::current_num_threads();
-    for (name, cfg, weights) in models {
-        let dtype = rpt::model::Route::for_device(&device).policy_dtype;
-        let policy = weights
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
-            .collect::<Result<rpt::model::TensorMap>>()?;
-        let bytes = decode_weight_bytes(&cfg, &policy);
-        let model = rpt::model::Decoder::new(&cfg, &policy)?;
-        drop(policy);
-        let prompts: Vec<Vec<u32>> = (0..a.batch)
-            .map(|i| random_ids(a.prompt, cfg.vocab_size, i as u64))
-            .collect();
-        let seeds: Vec<u64> = (0..a.batch as u64).collect();
-        let run = |new: usize| -> Result<f64> {
-            let params = SampleParams {
-                temperature: 0.8,
-                top_k: 0,
-                top_p: 1.0,
-                max_new_tokens: new,
-            };
-            let t0 = Instant::now();
-            generate(&model, &prompts, &params, &seeds, &[], &|_, _| false)?;
-            Ok(t0.elapsed().as_secs_f64())
-        };
-        // The fastest of up to five timings of `new` tokens, as many as fit in 0.2 s after the first:
-        // one for a real model, where a generation takes longer; on a tiny one, where the steps
-        // between take microseconds, a single timing's noise can exceed them.
-        let fastest = |new: usize| -> Result<f64> {
-            let mut best = run(new)?;
-            let mut spent = best;
-            for _ in 1..5 {
-                if spent >= 0.2 {
-                    break;
-                }
-                let t = run(new)?;
-                (best, spent) = (best.min(t), spent + t);
-            }
-            Ok(best)
-        };
-        run(a.new)?;
-        run(1)?;
-        // Each repeat times `--new` tokens and one token, then measures the bandwidth right after, so
-        // that a step and its bound come from the same moment of a machine whose bandwidth drifts.
-        let probe = BandwidthProbe::new(bytes);
-        let (mut steps, mut bws) = (vec![], vec![]);
-        for _ in 0..a.repeat {
-            let per_step = (fastest(a.new)? - fastest(1)?) / (a.new - 1) as f64;
-            anyhow::ensure!(
-                per_step > 0.0,
-                "--work decode: {} new tokens took no longer than one on {name}; the steps are too short to time, raise --new",
-                a.new
-            );
-            steps.push(per_step);
-            bws.push(probe.measure(2));
-        }
-        let paired: Vec<f64> = steps
-            .iter()
-            .zip(&bws)
-            .map(|(t, bw)| t * bw / bytes as f64)
-            .collect();
-        let per_step = median(steps);
-        let tps = a.batch as f64 / per_step;
-        let bw = bws.iter().copied().fold(0.0, f64::max);
-        let bound = a.batch as f64 * bw / bytes as f64;
-        println!(
-            "{}",
-            serde_json::json!({"rpt": "decode", "model": name, "batch": a.batch, "prompt": a.prompt,
-                "new": a.new, "tokens_per_s": tps, "ms_per_step": 1000.0 * per_step,
-                "weight_bytes_per_step": bytes, "read_bandwidth_gb_s": bw / 1e9,
-                "bound_tokens_per_s": bound, "bound_over_measured": bound / tps,
-                "bound_over_measured_paired": median(paired),
-                "threads": threads, "samples": a.repeat, "dtype": format!("{dtype:?}")})
-        );
     }
     Ok(())
 }
