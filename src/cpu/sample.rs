@@ -11,7 +11,7 @@ use super::forward::{rms, rope};
 use super::gemm::{MatRef, gemm, gemm_into};
 use super::matmul::{Kernel, infer_linear_with, infer_linears_with};
 use super::tape::{Params, get};
-use super::vector::{Shared, dot, sigmoid, softmax_prefix};
+use super::vector::{Shared, dots, sigmoid, softmax_prefix};
 use crate::model::config::ModelConfig;
 use crate::model::error::{ModelError, Result};
 use crate::model::layout::{Layout, Proj};
@@ -267,10 +267,7 @@ fn attend_query(
     scores: &mut [f32],
     o: &mut [f32],
 ) {
-    let hd = q.len();
-    for (j, x) in scores[..seen].iter_mut().enumerate() {
-        *x = dot(q, &k[j * stride..j * stride + hd]);
-    }
+    dots(q, k, stride, &mut scores[..seen]);
     softmax_prefix(scores, seen, inv_sqrt);
     weighted_rows(&scores[..seen], v, stride, o);
 }
