@@ -238,13 +238,9 @@ unsafe fn store_lanes<const C: usize>(
     unsafe {
         std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), sums);
         for a in 0..n_rows {
-            if cols == C {
-                // A constant count: moves, not a call.
-                for c in 0..C {
-                    *out.add(a * ldo + c) = lanes[C * a + c];
-                }
-            } else {
-                for c in 0..cols {
+            // A constant count, each store guarded: moves, not a call.
+            for c in 0..C {
+                if c < cols {
                     *out.add(a * ldo + c) = lanes[C * a + c];
                 }
             }

@@ -212,25 +212,27 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// transposed lanes, where `dot` alone spends a chain of seven dependent adds, a store and a call on
 /// every key.
 pub(super) fn dots(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if q.len().is_multiple_of(8)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
         // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { dots_avx2(q, k, stride, out) };
-        return;
+        done = unsafe { dots_avx2(q, k, stride, out) };
     }
     let hd = q.len();
-    for (j, x) in out.iter_mut().enumerate() {
+    for (j, x) in out.iter_mut().enumerate().skip(done) {
         *x = dot(q, &k[j * stride..j * stride + hd]);
     }
 }
 
-/// [`dots`] for a query of a multiple of 8 floats.
+/// [`dots`] for a query of a multiple of 8 floats, over the keys in whole fours; returns how many
+/// keys it scored (the rest are left to [`dot`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+unsafe fn dots_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     let hd = q.len();
     let n = out.len();
@@ -291,10 +293,7 @@ unsafe fn dots_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
             j += 4;
         }
     }
-    for (jj, x) in out.iter_mut().enumerate().skip(j) {
-        // SAFETY: the CPU has the features (the caller checked).
-        *x = unsafe { dot_avx2(q, &k[jj * stride..jj * stride + hd]) };
-    }
+    j
 }
 
 /// Σ x, kept in 16 running partial sums: one running sum is a chain of dependent additions, which
@@ -362,11 +361,8 @@ mod tests {
     /// four, rows of the cache wider than a head.
     #[test]
     fn scores_of_many_keys_are_dots_bits() {
-        let mut state = 7u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut rng = crate::model::Rng::new(7);
+        let mut next = || (rng.next_f64() * 2.0 - 1.0) as f32;
         for hd in [8, 24, 32, 64, 128] {
             for n in [0, 1, 3, 4, 7, 13] {
                 let stride = hd * 3 + 8;
