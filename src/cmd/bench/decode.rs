@@ -1,13 +1,14 @@
 //! `rpt bench --work decode`: decoding speed beside the memory-bandwidth bound. A decode step of a
 //! batch reads every weight once (the embedding table only through the head, when it is tied; an
 //! untied table only at the batch's rows), so no decoder can make more than
-//! `batch × bandwidth ÷ weight bytes` tokens a second. The bandwidth is measured here, by summing a buffer as large as the weights (at
-//! least 1 GiB, far beyond the caches) on every thread of the pool the model runs on; it is what a
-//! read-only stream reaches on this machine, not a datasheet figure. Each of `--repeat` rounds times the
-//! decode, then takes the best of two passes over that buffer right after it: `bound_over_measured`
-//! sets the median step against the best bandwidth of all rounds (the strictest bound), and
-//! `bound_over_measured_paired` is the median of each round's step against its own round's bandwidth
-//! (a shared machine's bandwidth drifts by tens of percent from one minute to the next).
+//! `batch × bandwidth ÷ weight bytes` tokens a second. The bandwidth is measured here, by summing a
+//! buffer as large as the weights (at least 1 GiB, far beyond the caches) on every thread of the pool
+//! the model runs on; it is what a read-only stream reaches on this machine, not a datasheet figure.
+//! Each of `--repeat` rounds times the decode, then takes the best of two passes over that buffer
+//! right after it: `bound_over_measured` sets the median step against the best bandwidth of all
+//! rounds (the strictest bound), and `bound_over_measured_paired` is the median of each round's step
+//! against its own round's bandwidth (a shared machine's bandwidth drifts by tens of percent from one
+//! minute to the next).
 
 use std::time::Instant;
 
