@@ -6,8 +6,9 @@
 use rayon::prelude::*;
 
 use super::attention::attention_back;
-use super::forward::{head_exps, keep_logits_buffer, layer_forward, logits_buffer, rope};
-use super::gemm::{MatRef, gemm, gemm_new};
+use super::forward::{layer_forward, rope};
+use super::gemm::{KBlocks, MatRef, gemm, gemm_blocked, gemm_new_blocked};
+use super::head::{head_exps, keep_logits_buffer, logits_buffer};
 use super::tape::{Dims, FlatGrads, Params, Tape, get};
 use super::vector::{dot3, exp_shifted, for_row_pairs, for_rows};
 use crate::model::config::ModelConfig;
@@ -41,6 +42,7 @@ pub(super) fn linear_back(
     grads: &mut FlatGrads,
     weight_name: &str,
     bias_name: Option<&str>,
+    rows_cut: KBlocks,
 ) {
     let inp = w.len() / out;
     // The two products are independent and equally large: run them side by side. The weight's
@@ -64,7 +66,7 @@ pub(super) fn linear_back(
             )
         },
         || match acc {
-            Some(acc) => gemm(
+            Some(acc) => gemm_blocked(
                 out,
                 inp,
                 rows,
@@ -74,15 +76,17 @@ pub(super) fn linear_back(
                 inp,
                 true,
                 true,
+                rows_cut,
             ),
             None => {
-                dw = gemm_new(
+                dw = gemm_new_blocked(
                     out,
                     inp,
                     rows,
                     MatRef::rows_t(dy, out),
                     MatRef::rows(x, inp),
                     true,
+                    rows_cut,
                 )
             }
         },
@@ -110,6 +114,7 @@ fn proj_back(
     dx: &mut [f32],
     dx_accumulate: bool,
     grads: &mut FlatGrads,
+    rows_cut: KBlocks,
 ) -> Result<()> {
     let w = get(p, &proj.weight)?;
     let bias = proj.bias.as_deref();
@@ -124,6 +129,7 @@ fn proj_back(
         grads,
         &proj.weight,
         bias,
+        rows_cut,
     );
     Ok(())
 }
@@ -188,18 +194,19 @@ pub fn backward(
     } else {
         &layout.head
     };
-    let rows = tape.head_rows.min(nsel).max(1);
     // One chunk: the stored exponentials; several: each chunk's recomputed (see `forward_core`).
-    let mut dlogits = if rows < nsel {
-        logits_buffer(rows * v)
+    let chunked = tape.head_chunks.len() > 1;
+    let mut dlogits = if chunked {
+        let longest = tape.head_chunks.iter().map(|c| c.rows.len()).max();
+        logits_buffer(longest.unwrap_or(0) * v)
     } else {
         std::mem::take(&mut tape.exps)
     };
-    for (ci, dh) in dhs.chunks_mut(rows * h).enumerate() {
-        let r0 = ci * rows;
-        let n = dh.len() / h;
+    for head_chunk in &tape.head_chunks {
+        let (r0, n) = (head_chunk.rows.start, head_chunk.rows.len());
+        let dh = &mut dhs[r0 * h..(r0 + n) * h];
         let chunk = &mut dlogits[..n * v];
-        if rows < nsel {
+        if chunked {
             head_exps(chunk, &tape.hs[r0 * h..(r0 + n) * h], head, h, v);
             chunk.par_chunks_mut(v).for_each(|row| {
                 exp_shifted(row, scale);
@@ -223,6 +230,10 @@ pub fn backward(
             grads,
             head_name,
             None,
+            head_chunk
+                .cuts
+                .as_deref()
+                .map_or(KBlocks::Every, KBlocks::At),
         );
     }
     keep_logits_buffer(dlogits);
@@ -234,6 +245,10 @@ pub fn backward(
         rms_back(&tape.xf, norm_w, &tape.rstd_f, &dhs, &mut dxf),
     );
     let mut dx = vec![0f32; t_all * h];
+    let cut = tape
+        .token_cuts
+        .as_deref()
+        .map_or(KBlocks::Every, KBlocks::At);
     // A position scored more than once (a shared prompt's last token) sums its gradients.
     for (row, &t) in dxf.chunks(h).zip(&tape.sel) {
         dx[t * h..(t + 1) * h]
@@ -254,7 +269,17 @@ pub fn backward(
         let names = &layout.layers[l];
         // MLP: x_out = x_mid + down(silu(gate(h2)) · up(h2)).
         let mut da = vec![0f32; t_all * d.inter];
-        proj_back(&dx, &lt.a, t_all, p, &names.down, &mut da, false, grads)?;
+        proj_back(
+            &dx,
+            &lt.a,
+            t_all,
+            p,
+            &names.down,
+            &mut da,
+            false,
+            grads,
+            cut,
+        )?;
         // a = g · σ(g) · u: dg = da · u · σ(g)(1 + g(1 − σ(g))), du = da · g · σ(g) (in place of da).
         let inter = d.inter;
         let mut dg = vec![0f32; da.len()];
@@ -271,8 +296,18 @@ pub fn backward(
         };
         for_row_pairs(&mut dg, &mut du, inter, grad);
         let mut dh2 = vec![0f32; t_all * h];
-        proj_back(&dg, &lt.h2, t_all, p, &names.gate, &mut dh2, false, grads)?;
-        proj_back(&du, &lt.h2, t_all, p, &names.up, &mut dh2, true, grads)?;
+        proj_back(
+            &dg,
+            &lt.h2,
+            t_all,
+            p,
+            &names.gate,
+            &mut dh2,
+            false,
+            grads,
+            cut,
+        )?;
+        proj_back(&du, &lt.h2, t_all, p, &names.up, &mut dh2, true, grads, cut)?;
         drop((dg, du));
         let ln2 = get(p, &names.post_norm)?;
         put(
@@ -282,7 +317,9 @@ pub fn backward(
         );
         // Attention: x_mid = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))).
         let mut datt = vec![0f32; t_all * nh * hd];
-        proj_back(&dx, &lt.att, t_all, p, &names.o, &mut datt, false, grads)?;
+        proj_back(
+            &dx, &lt.att, t_all, p, &names.o, &mut datt, false, grads, cut,
+        )?;
         let (mut dq, mut dk, dv) = attention_back(&d, lt, &datt, t_all, &tape.jobs, &tape.units);
         rope(&mut dq, nh, hd, &tape.cos, &tape.sin, -1.0);
         rope(&mut dk, nkv, hd, &tape.cos, &tape.sin, -1.0);
@@ -307,7 +344,7 @@ pub fn backward(
             .into_iter()
             .enumerate()
         {
-            proj_back(dy, &lt.h1, t_all, p, proj, &mut dh1, i > 0, grads)?;
+            proj_back(dy, &lt.h1, t_all, p, proj, &mut dh1, i > 0, grads, cut)?;
         }
         let ln1 = get(p, &names.input_norm)?;
         put(

@@ -2,13 +2,21 @@
 //! ([`forward`]) or of GRPO groups that share each prompt ([`forward_shared`]), keeping on a [`Tape`]
 //! what the backward pass needs.
 //!
-//! Padding: a left-padded row's padding positions attend to nothing and get no gradient; real
-//! positions never see them, as on the autograd path.
+//! Padding: a left-padded batch is computed without its padding. Only each row's real tokens go
+//! through the layers and the head (in a batch of the warm-up's answer-format rows, of unequal
+//! lengths, two positions in five are padding), a column predicted from padding gets log-prob 0,
+//! and the backward pass cuts its sums over tokens (the weights' gradients) where the padded
+//! batch's would be cut (`KBlocks::At`). The numbers are those of the padded computation, whose
+//! padding added only zero terms to those sums (tested): real positions never see the padding and
+//! it gets no gradient, as on the autograd path.
 
 use rayon::prelude::*;
 
 use super::attention::{attention, keep_probs};
-use super::gemm::{MatRef, gemm};
+use super::gemm::k_block_starts;
+use super::head::{
+    HEAD_CHUNK_FLOATS, head_chunk_rows, head_chunks, head_exps, keep_logits_buffer, logits_buffer,
+};
 use super::matmul::linear;
 use super::tape::{AttnJob, Dims, LayerTape, Params, SharedGroup, Tape, get};
 use super::vector::{add_into, dot, exp_shifted, for_row_pairs, for_rows, sigmoid};
@@ -56,7 +64,8 @@ pub(super) fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f
 }
 
 /// Teacher-forced log-probs of tokens `from..s` of each row of a left-padded (b, s) batch under
-/// `softmax(scale · logits)`, as (b · (s − from)) values in row order, with the tape for `backward`.
+/// `softmax(scale · logits)`, as (b · (s − from)) values in row order (0 where a token is predicted
+/// from padding), with the tape for `backward`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     cfg: &ModelConfig,
@@ -77,32 +86,62 @@ pub fn forward(
             pad.len()
         )));
     }
-    // Positions are counted from each row's first real token.
-    let positions: Vec<usize> = (0..b)
-        .flat_map(|r| (0..s).map(move |t| t.saturating_sub(pad[r])))
-        .collect();
-    let jobs: Vec<AttnJob> = (0..b)
-        .filter(|&r| pad[r] < s)
-        .map(|r| AttnJob {
-            q0: r * s + pad[r],
-            n: s - pad[r],
-            p0: 0,
-            np: 0,
-        })
-        .collect();
-    let units = (0..jobs.len()).map(|j| j..j + 1).collect();
+    // Each row's real tokens, one after another; positions counted from a row's first real token.
     let n = s - from;
-    let mut sel = Vec::with_capacity(b * n);
-    let mut targets = Vec::with_capacity(b * n);
-    for r in 0..b {
-        for t in from - 1..s - 1 {
-            sel.push(r * s + t);
-            targets.push(ids[r * s + t + 1]);
+    let mut real = Vec::with_capacity(ids.len());
+    let (mut positions, mut jobs) = (Vec::with_capacity(ids.len()), vec![]);
+    let (mut sel, mut targets, mut slots) = (vec![], vec![], vec![]);
+    let mut at = Padding {
+        tokens: Vec::with_capacity(ids.len()),
+        scored: vec![],
+        scored_len: b * n,
+    };
+    for (r, row) in ids.chunks(s).enumerate() {
+        let (q0, first) = (real.len(), pad[r]);
+        real.extend_from_slice(&row[first..]);
+        positions.extend(0..s - first);
+        at.tokens.extend(r * s + first..(r + 1) * s);
+        if first < s {
+            jobs.push(AttnJob {
+                q0,
+                n: s - first,
+                p0: 0,
+                np: 0,
+            });
+        }
+        // Column j of the row's output scores token from + j, predicted at token from + j − 1.
+        for t in (from - 1).max(first)..s - 1 {
+            sel.push(q0 + t - first);
+            targets.push(row[t + 1]);
+            slots.push(r * n + t + 1 - from);
         }
     }
+    at.scored.clone_from(&slots);
+    let units = (0..jobs.len()).map(|j| j..j + 1).collect();
     forward_core(
-        cfg, layout, p, ids, &positions, jobs, units, sel, targets, None, scale, budget,
+        cfg,
+        layout,
+        p,
+        &real,
+        &positions,
+        jobs,
+        units,
+        sel,
+        targets,
+        Some((slots, b * n)),
+        Some(at),
+        scale,
+        budget,
     )
+}
+
+/// Where the tokens and the scored rows of a batch computed without its padding sit in the
+/// left-padded batch it came from, and how many rows that batch scores: the backward pass cuts its
+/// sums over them where the padded batch's would be cut.
+pub(super) struct Padding {
+    tokens: Vec<usize>,
+    scored: Vec<usize>,
+    scored_len: usize,
 }
 
 /// Like [`forward`] for GRPO groups, with each prompt computed once and attended to by all of its
@@ -178,6 +217,7 @@ pub fn forward_shared(
         sel,
         targets,
         Some((slots, row * c)),
+        None,
         scale,
         budget,
     )
@@ -195,6 +235,7 @@ pub(super) fn forward_core(
     sel: Vec<usize>,
     targets: Vec<u32>,
     slots: Option<(Vec<usize>, usize)>,
+    padding: Option<Padding>,
     scale: f32,
     budget: Budget,
 ) -> Result<(Vec<f32>, Tape)> {
@@ -242,10 +283,21 @@ pub(super) fn forward_core(
     // by exp(scale · logit − max) and kept for the backward pass; with several, only each row's
     // log-prob and 1 / sum are kept, and the backward pass recomputes each chunk's logits (the same
     // bits: the GEMM computes a row the same way in any number of rows).
-    let head_rows = head_chunk_rows(budget.head_floats, d.vocab, sel.len());
-    let mut exps = logits_buffer(head_rows.min(sel.len()) * d.vocab);
+    let scored = padding.as_ref().map_or(sel.len(), |p| p.scored_len);
+    let head_rows = head_chunk_rows(budget.head_floats, d.vocab, scored);
+    let chunks = head_chunks(
+        sel.len(),
+        head_rows,
+        padding.as_ref().map(|p| p.scored.as_slice()),
+    );
+    let longest = chunks.iter().map(|c| c.rows.len()).max().unwrap_or(0);
+    let mut exps = logits_buffer(longest * d.vocab);
     let mut rows: Vec<(f32, f32)> = Vec::with_capacity(sel.len());
-    for (c, tgt) in hs.chunks(head_rows * h).zip(targets.chunks(head_rows)) {
+    for chunk in &chunks {
+        let (c, tgt) = (
+            &hs[chunk.rows.start * h..chunk.rows.end * h],
+            &targets[chunk.rows.clone()],
+        );
         let n = tgt.len();
         head_exps(&mut exps[..n * d.vocab], c, head, h, d.vocab);
         rows.extend(
@@ -260,7 +312,7 @@ pub(super) fn forward_core(
                 .collect::<Vec<_>>(),
         );
     }
-    if head_rows < sel.len() {
+    if chunks.len() > 1 {
         keep_logits_buffer(std::mem::take(&mut exps));
     }
     let lp = match &slots {
@@ -294,54 +346,10 @@ pub(super) fn forward_core(
             hs,
             exps,
             inv_sums,
-            head_rows,
+            head_chunks: chunks,
+            token_cuts: padding.map(|p| k_block_starts(p.tokens)),
         },
     ))
-}
-
-/// The largest head chunk a step makes, in floats, unless told otherwise: 16 M (64 MB). Any model
-/// whose scored rows × vocabulary fit is never chunked.
-pub const HEAD_CHUNK_FLOATS: usize = 1 << 24;
-
-/// Rows per head chunk: as many as `floats` allows, at least one, at most `rows`.
-pub(super) fn head_chunk_rows(floats: usize, vocab: usize, rows: usize) -> usize {
-    (floats / vocab.max(1)).clamp(1, rows.max(1))
-}
-
-/// `out` (n × vocab) = `hs` (n × h) · headᵀ: one chunk of the head's logits.
-pub(super) fn head_exps(out: &mut [f32], hs: &[f32], head: &[f32], h: usize, vocab: usize) {
-    gemm(
-        hs.len() / h,
-        vocab,
-        h,
-        MatRef::rows(hs, h),
-        MatRef::rows_t(head, h),
-        out,
-        vocab,
-        false,
-        true,
-    );
-}
-
-/// The head's logits (positions × vocabulary), the largest buffer of a step, is kept from one
-/// step's backward pass to the next step's forward pass, so that its pages are not handed back to
-/// the system and faulted in (zeroed) again every step.
-static LOGITS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
-
-/// A buffer of `len` values for the logits, with unspecified contents (the head's product
-/// overwrites them).
-pub(super) fn logits_buffer(len: usize) -> Vec<f32> {
-    let mut buf = std::mem::take(&mut *LOGITS.lock().unwrap_or_else(|e| e.into_inner()));
-    buf.resize(len, 0.0);
-    buf
-}
-
-/// Keeps `buf` for the next step's logits (the larger one, when two passes run at once).
-pub(super) fn keep_logits_buffer(buf: Vec<f32>) {
-    let mut kept = LOGITS.lock().unwrap_or_else(|e| e.into_inner());
-    if buf.capacity() > kept.capacity() {
-        *kept = buf;
-    }
 }
 
 /// Activation floats a layer keeps per token for the backward pass (as `pipeline::memory` counts

@@ -50,6 +50,23 @@ pub fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
+    gemm_blocked(m, n, k, a, b, c, ldc, accumulate, parallel, KBlocks::Every)
+}
+
+/// [`gemm`] with the sums over k cut where `blocks` says.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_blocked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+    blocks: KBlocks,
+) {
     assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
     assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
     assert!(
@@ -70,6 +87,7 @@ pub fn gemm(
             accumulate,
             parallel,
             kernel,
+            blocks,
         )
     }
 }
@@ -95,20 +113,90 @@ pub unsafe fn gemm_into(
     assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
     assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
     let kernel = Kernel::detect();
-    unsafe { gemm_raw(m, n, k, a, b, Out(c), ldc, accumulate, parallel, kernel) }
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            a,
+            b,
+            Out(c),
+            ldc,
+            accumulate,
+            parallel,
+            kernel,
+            KBlocks::Every,
+        )
+    }
 }
 
 /// `A · B` into a new row-major (m, n) matrix, written once (not cleared first).
 pub fn gemm_new(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, parallel: bool) -> Vec<f32> {
+    gemm_new_blocked(m, n, k, a, b, parallel, KBlocks::Every)
+}
+
+/// [`gemm_new`] with the sums over k cut where `blocks` says.
+pub fn gemm_new_blocked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    parallel: bool,
+    blocks: KBlocks,
+) -> Vec<f32> {
+    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
+    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
     let mut c = Vec::with_capacity(m * n);
     // SAFETY: the capacity holds the (m, n) tile with leading dimension n, no one else sees it, and
     // a multiply without `accumulate` writes every element of its tile (zeros when k = 0) before
     // `set_len`.
     unsafe {
-        gemm_into(m, n, k, a, b, c.as_mut_ptr(), n, false, parallel);
+        let out = Out(c.as_mut_ptr());
+        gemm_raw(
+            m,
+            n,
+            k,
+            a,
+            b,
+            out,
+            n,
+            false,
+            parallel,
+            Kernel::detect(),
+            blocks,
+        );
         c.set_len(m * n);
     }
     c
+}
+
+/// Where a multiply cuts its sums over k. The values of each block of k (at most KC of them) are
+/// summed from zero in the micro-kernel's registers, and each block's sum is then added to C, so the
+/// cuts decide the bits of the result.
+#[derive(Clone, Copy, Debug)]
+pub enum KBlocks<'a> {
+    /// At every multiple of KC.
+    Every,
+    /// At these offsets into k: the first 0, increasing, each block at most KC long
+    /// ([`k_block_starts`]). A sum over the real tokens of a left-padded batch cut where the same
+    /// sum over the padded batch would be cut has the same bits, the padding's zero terms aside.
+    At(&'a [usize]),
+}
+
+/// The cuts of a sum over some of the values of a longer one: `at` gives, in increasing order, each
+/// value's index in the longer sum, which [`KBlocks::Every`] cuts at every multiple of KC. The result
+/// starts a block wherever that multiple changes (for [`KBlocks::At`]).
+pub fn k_block_starts(at: impl IntoIterator<Item = usize>) -> Vec<usize> {
+    let mut starts = vec![];
+    let mut block = None;
+    for (i, x) in at.into_iter().enumerate() {
+        if block != Some(x / KC) {
+            starts.push(i);
+            block = Some(x / KC);
+        }
+    }
+    starts
 }
 
 /// Which micro-kernel runs.
@@ -172,6 +260,7 @@ unsafe fn gemm_raw(
     accumulate: bool,
     parallel: bool,
     kernel: Kernel,
+    blocks: KBlocks,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -187,8 +276,18 @@ unsafe fn gemm_raw(
         return;
     }
     if kernel == Kernel::Portable {
+        // The crate cuts k its own way: `blocks` is not followed (nor are the AVX-512 path's bits
+        // promised there).
         unsafe { gemm_crate(m, n, k, a, b, c, ldc, accumulate, parallel) };
         return;
+    }
+    if let KBlocks::At(starts) = blocks {
+        let ends = starts.iter().skip(1).chain(std::iter::once(&k));
+        assert!(
+            starts.first() == Some(&0)
+                && starts.iter().zip(ends).all(|(&s, &e)| s < e && e - s <= KC),
+            "gemm: k blocks {starts:?} do not cover {k} values in blocks of 1 to {KC}"
+        );
     }
     let np = n.div_ceil(NR);
     // Rows of A that are contiguous are read in place (the panel of MR rows stays in L1 while B's
@@ -205,9 +304,13 @@ unsafe fn gemm_raw(
     let (a_len, b_len) = (a_panels * MR * KC.min(k), np * NR * KC.min(k));
     let mut scratch = Scratch::take(a_len + b_len);
     let (pa, pb) = scratch.0.split_at_mut(a_len);
-    let mut k0 = 0;
+    let (mut k0, mut block) = (0, 0);
     while k0 < k {
-        let kc = KC.min(k - k0);
+        block += 1;
+        let kc = match blocks {
+            KBlocks::Every => KC.min(k - k0),
+            KBlocks::At(starts) => starts.get(block).copied().unwrap_or(k) - k0,
+        };
         pack_b(b, n, k0, kc, &mut pb[..np * NR * kc], parallel);
         let pa = &mut pa[..a_panels * MR * kc];
         if in_place {
@@ -219,12 +322,12 @@ unsafe fn gemm_raw(
         }
         let acc = accumulate || k0 > 0;
         let (pa, pb) = (&*pa, &pb[..np * NR * kc]);
-        let tiles_m = m.div_ceil(MC);
-        let tiles_n = n.div_ceil(NC);
+        let (mc, nc) = tiling(m, n, parallel);
+        let (tiles_m, tiles_n) = (m.div_ceil(mc), n.div_ceil(nc));
         let tile = |t: usize| {
             let (tm, tn) = (t % tiles_m, t / tiles_m);
-            let (i0, j0) = (tm * MC, tn * NC);
-            let (i1, j1) = ((i0 + MC).min(m), (j0 + NC).min(n));
+            let (i0, j0) = (tm * mc, tn * nc);
+            let (i1, j1) = ((i0 + mc).min(m), (j0 + nc).min(n));
             // One panel of A (MR·kc values) stays in L1 while the tile's panels of B stream from L2.
             let mut ir = i0;
             while ir < i1 {
@@ -259,6 +362,23 @@ unsafe fn gemm_raw(
     }
 }
 
+/// The tile of C that one task computes, (rows, columns): at most MC × NC, rows a multiple of MR
+/// and columns a multiple of NR (the packed panels are indexed by them), of near-equal sizes, and for
+/// a parallel multiply at least two tiles per thread where C has that many panels, so that no thread
+/// waits long for another at the end of a block along k. A weight's gradient of 128 rows cut into
+/// tiles of 96 and 32 rows was one tile per thread, one three times the other. Which thread computes
+/// a tile changes no value of it.
+fn tiling(m: usize, n: usize, parallel: bool) -> (usize, usize) {
+    let tiles_m = m.div_ceil(MC);
+    let mc = m.div_ceil(tiles_m).next_multiple_of(MR);
+    let mut tiles_n = n.div_ceil(NC);
+    if parallel {
+        let want = 2 * rayon::current_num_threads();
+        tiles_n = tiles_n.max(want.div_ceil(tiles_m)).min(n.div_ceil(NR));
+    }
+    (mc, n.div_ceil(tiles_n).next_multiple_of(NR))
+}
+
 /// Packs rows 0..m, columns k0..k0+kc of A into MR-row panels: panel p holds, for each kk, the MR
 /// values A[p·MR + r, k0 + kk] (zero past row m).
 fn pack_a(a: MatRef, m: usize, k0: usize, kc: usize, out: &mut [f32], parallel: bool) {
@@ -277,153 +397,9 @@ fn pack_b(b: MatRef, n: usize, k0: usize, kc: usize, out: &mut [f32], parallel: 
     pack_panels::<NR>(bt, n, k0, kc, out, parallel)
 }
 
-/// MR rows of A for the micro-kernel: packed (`kk · MR + r`), or read in place, rows `rs` apart.
-#[derive(Clone, Copy)]
-enum APanel<'a> {
-    Packed(&'a [f32]),
-    Rows(&'a [f32], usize),
-}
-
-/// One (mr ≤ MR, nr ≤ NR) tile of C from packed panels. Partial tiles go through a local buffer.
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro(
-    kc: usize,
-    a: APanel,
-    b: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    mr: usize,
-    nr: usize,
-    acc: bool,
-) {
-    let run = |c: *mut f32, ldc: usize, acc: bool| match a {
-        // SAFETY: as for `micro`.
-        APanel::Packed(p) => unsafe {
-            kernel_avx512::<false>(kc, p.as_ptr(), 0, b.as_ptr(), c, ldc, acc)
-        },
-        APanel::Rows(p, rs) => unsafe {
-            kernel_avx512::<true>(kc, p.as_ptr(), rs, b.as_ptr(), c, ldc, acc)
-        },
-    };
-    if mr == MR && nr == NR {
-        run(c, ldc, acc);
-        return;
-    }
-    let mut tmp = [0f32; MR * NR];
-    run(tmp.as_mut_ptr(), NR, false);
-    for r in 0..mr {
-        for j in 0..nr {
-            // SAFETY: (r, j) is inside the caller's tile.
-            unsafe {
-                let dst = c.add(r * ldc + j);
-                *dst = if acc {
-                    *dst + tmp[r * NR + j]
-                } else {
-                    tmp[r * NR + j]
-                };
-            }
-        }
-    }
-}
-
-/// The register tile: MR rows of A times one packed NR-column panel of B, over kc. A is packed
-/// (`a[kk · MR + r]`) or, with `ROWS`, read in place (`a[r · rs + kk]`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const ROWS: bool>(
-    kc: usize,
-    a: *const f32,
-    rs: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
-    use std::arch::x86_64::*;
-    // SAFETY: a holds MR rows of kc values in the stated layout, b a packed panel of kc·NR floats;
-    // c is valid for an MR×NR tile with leading dimension ldc. The caller checked that the CPU has
-    // AVX-512F.
-    unsafe {
-        let mut c0 = [_mm512_setzero_ps(); MR];
-        let mut c1 = [_mm512_setzero_ps(); MR];
-        for p in 0..kc {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            for r in 0..MR {
-                let at = if ROWS { r * rs + p } else { p * MR + r };
-                let av = _mm512_set1_ps(*a.add(at));
-                c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
-                c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
-            }
-        }
-        for r in 0..MR {
-            let dst = c.add(r * ldc);
-            if acc {
-                c0[r] = _mm512_add_ps(c0[r], _mm512_loadu_ps(dst));
-                c1[r] = _mm512_add_ps(c1[r], _mm512_loadu_ps(dst.add(16)));
-            }
-            _mm512_storeu_ps(dst, c0[r]);
-            _mm512_storeu_ps(dst.add(16), c1[r]);
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel_avx512<const ROWS: bool>(
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: *const f32,
-    _: *mut f32,
-    _: usize,
-    _: bool,
-) {
-    unreachable!("the AVX-512 kernel is only called where the CPU has AVX-512")
-}
-
-/// The portable path: the `gemm` crate (AVX2 or NEON kernels, chosen at run time).
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    b: MatRef,
-    c: Out,
-    ldc: usize,
-    accumulate: bool,
-    parallel: bool,
-) {
-    let par = if parallel {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the views were bounds-checked by the caller; strides fit in isize.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.0,
-            1,
-            ldc as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
+#[path = "gemm_kernel.rs"]
+mod kernel;
+use kernel::{APanel, gemm_crate, micro};
 
 #[cfg(test)]
 #[path = "gemm_tests.rs"]

@@ -50,7 +50,19 @@ fn matches_naive_for_every_layout_and_edge() {
             {
                 let mut c = vec![f32::NAN; m * n];
                 let run = |c: &mut Vec<f32>, acc: bool| unsafe {
-                    gemm_raw(m, n, k, a, b, Out(c.as_mut_ptr()), n, acc, parallel, kernel)
+                    gemm_raw(
+                        m,
+                        n,
+                        k,
+                        a,
+                        b,
+                        Out(c.as_mut_ptr()),
+                        n,
+                        acc,
+                        parallel,
+                        kernel,
+                        KBlocks::Every,
+                    )
                 };
                 run(&mut c, false);
                 for (x, y) in c.iter().zip(&want) {
@@ -95,4 +107,116 @@ fn writes_only_its_tile_of_a_wider_output() {
             }
         }
     }
+}
+
+/// A sum over some of a longer sum's values, cut where the longer one is cut (`KBlocks::At`), gives
+/// its bits when the values left out are zeros: the weights' gradients of a batch computed without
+/// its padding.
+#[test]
+fn a_sum_cut_like_a_longer_one_gives_its_bits() {
+    if !has_avx512() {
+        return;
+    }
+    let (m, n, long) = (20, 40, 3 * KC + 70);
+    // Every third index of the long sum and a run past the second cut are zeros in A's columns.
+    let kept: Vec<usize> = (0..long)
+        .filter(|&i| i % 3 != 0 && !(2 * KC - 50..2 * KC + 20).contains(&i))
+        .collect();
+    let a_long: Vec<f32> = data(m * long, 3)
+        .chunks(long)
+        .flat_map(|row| (0..long).map(|i| if kept.contains(&i) { row[i] } else { 0.0 }))
+        .collect();
+    let b_long = data(long * n, 4);
+    let a_kept: Vec<f32> = a_long
+        .chunks(long)
+        .flat_map(|row| kept.iter().map(|&i| row[i]))
+        .collect();
+    let b_kept: Vec<f32> = kept
+        .iter()
+        .flat_map(|&i| b_long[i * n..(i + 1) * n].to_vec())
+        .collect();
+    let starts = k_block_starts(kept.iter().copied());
+    assert_eq!(starts.len(), 4);
+    for acc in [false, true] {
+        let mut want = data(m * n, 5);
+        let mut got = want.clone();
+        gemm(
+            m,
+            n,
+            long,
+            MatRef::rows(&a_long, long),
+            MatRef::rows(&b_long, n),
+            &mut want,
+            n,
+            acc,
+            true,
+        );
+        let (a, b) = (MatRef::rows(&a_kept, kept.len()), MatRef::rows(&b_kept, n));
+        let cut = KBlocks::At(&starts);
+        gemm_blocked(m, n, kept.len(), a, b, &mut got, n, acc, true, cut);
+        assert!(
+            want.iter().zip(&got).all(|(x, y)| x == y),
+            "accumulate {acc}"
+        );
+        if !acc {
+            assert_eq!(gemm_new_blocked(m, n, kept.len(), a, b, false, cut), got);
+        }
+    }
+    // Cut at every KC of its own values instead, the shorter sum differs in some last bits.
+    let every = gemm_new(
+        m,
+        n,
+        kept.len(),
+        MatRef::rows(&a_kept, kept.len()),
+        MatRef::rows(&b_kept, n),
+        false,
+    );
+    let mut want = vec![0f32; m * n];
+    gemm(
+        m,
+        n,
+        long,
+        MatRef::rows(&a_long, long),
+        MatRef::rows(&b_long, n),
+        &mut want,
+        n,
+        false,
+        true,
+    );
+    assert!(want.iter().zip(&every).any(|(x, y)| x != y));
+}
+
+/// Tiles fit the packed panels and the blocking, are of near-equal sizes, and a parallel multiply
+/// with few rows is cut along its columns too.
+#[test]
+fn tiles_fit_the_panels_and_share_the_work() {
+    for (m, n) in [
+        (1, 1),
+        (128, 128),
+        (128, 384),
+        (256, 768),
+        (1536, 466),
+        (13, 2000),
+        (97, 33),
+    ] {
+        for parallel in [false, true] {
+            let (mc, nc) = tiling(m, n, parallel);
+            let (tm, tn) = (m.div_ceil(mc), n.div_ceil(nc));
+            let what = format!("{m} × {n} in tiles of {mc} × {nc}");
+            assert!(
+                mc % MR == 0 && mc <= MC && nc % NR == 0 && nc <= NC,
+                "{what}"
+            );
+            // The last tile short by less than a panel per tile.
+            assert!(tm * mc - m < tm * MR && tn * nc - n < tn * NR, "{what}");
+        }
+    }
+    // A weight's gradient of 128 rows: two row tiles of 72 and 56, not 96 and 32, and, in parallel,
+    // its columns in two.
+    assert_eq!(tiling(128, 384, false), (72, 384));
+    if rayon::current_num_threads() == 2 {
+        assert_eq!(tiling(128, 384, true), (72, 192));
+    }
+    // Many rows: the blocking's own tiles.
+    assert_eq!(tiling(1536, 466, true), (96, 480));
 }

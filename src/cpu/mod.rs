@@ -5,13 +5,15 @@
 //! - **Training** ([`forward`], [`forward_shared`], [`backward`]): a forward pass that keeps the
 //!   activations it needs on a [`Tape`], and a backward pass written out layer by layer (RMSNorm, rotary,
 //!   grouped-query attention in both directions in `attention.rs`, SwiGLU, the head's log-softmax at
-//!   the target). The GRPO loss is composed with candle ops on the per-token log-probs; only its
-//!   gradient with respect to them enters here.
+//!   the target, in chunks of rows in `head.rs`). A left-padded batch is computed without its
+//!   padding, with the padded batch's numbers. The GRPO loss is composed with candle ops on the
+//!   per-token log-probs; only its gradient with respect to them enters here.
 //! - **Sampling** ([`step`] over a [`HostCache`]): prefill and decode with a preallocated KV cache,
 //!   batch-invariant: prompts always take the GEMM, new tokens always the few-row kernel, and both
 //!   compute a row the same way in any batch.
-//! - **Kernels**: a packed single-precision GEMM with an AVX-512 register tile (`gemm.rs`, its operand
-//!   packing in `pack.rs`; the `gemm` crate where the CPU lacks AVX-512), a few-row decoding kernel
+//! - **Kernels**: a packed single-precision GEMM with an AVX-512 register tile (`gemm.rs`, the tile in
+//!   `gemm_kernel.rs`, its operand packing in `pack.rs`; the `gemm` crate where the CPU lacks
+//!   AVX-512), a few-row decoding kernel
 //!   (`matmul.rs`, its AVX-512 tiles in `few_rows.rs`), the fused log-softmax at the target
 //!   (`logsoftmax.rs`), and vectorized element-wise work (`vector.rs`).
 //!
@@ -22,16 +24,20 @@ mod backward;
 mod few_rows;
 mod forward;
 mod gemm;
+mod head;
 mod logsoftmax;
 mod matmul;
 mod pack;
+#[cfg(test)]
+mod padding_tests;
 mod sample;
 mod tape;
 mod vector;
 
 pub use attention::KEEP_PROBS_FLOATS;
 pub use backward::backward;
-pub use forward::{Budget, HEAD_CHUNK_FLOATS, TAPE_FLOATS, forward, forward_shared};
+pub use forward::{Budget, TAPE_FLOATS, forward, forward_shared};
+pub use head::HEAD_CHUNK_FLOATS;
 pub use logsoftmax::target_log_softmax;
 pub use matmul::matmul_t;
 pub use sample::{HostCache, step};

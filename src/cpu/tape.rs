@@ -74,8 +74,11 @@ pub struct Tape {
     /// sum (softmax = product of both).
     pub(super) exps: Vec<f32>,
     pub(super) inv_sums: Vec<f32>,
-    /// Scored rows per head chunk; `sel.len()` or more: one chunk, whose exponentials are in `exps`.
-    pub(super) head_rows: usize,
+    /// The head's chunks of scored rows; with one, its exponentials are in `exps`.
+    pub(super) head_chunks: Vec<super::head::HeadChunk>,
+    /// Where the sums over tokens (the weights' gradients) are cut, for a batch computed without its
+    /// padding (see `forward`); `None`: every KC tokens.
+    pub(super) token_cuts: Option<Vec<usize>>,
 }
 
 /// One attention problem: the `n` query tokens from token `q0` see, causally, themselves, and all `np`
