@@ -1,5 +1,5 @@
 //! The backward half of the CPU training pass: from the gradient of the per-token log-probs that
-//! [`super::forward`] returned, the gradient of every parameter, layer by layer (the head's
+//! [`super::forward()`] returned, the gradient of every parameter, layer by layer (the head's
 //! log-softmax, RMSNorm, SwiGLU, grouped-query attention, rotary embeddings). The tape's buffers are
 //! reused for the gradients.
 

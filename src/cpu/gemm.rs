@@ -53,7 +53,7 @@ pub fn gemm(
     gemm_blocked(m, n, k, a, b, c, ldc, accumulate, parallel, KBlocks::Every)
 }
 
-/// [`gemm`] with the sums over k cut where `blocks` says.
+/// [`gemm()`] with the sums over k cut where `blocks` says.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_blocked(
     m: usize,

@@ -2,7 +2,7 @@
 //! over the weights' memory without a tensor graph, only faster. `model/` calls it where the weights are
 //! f32 on the CPU and uses candle's ops elsewhere; nothing here is called with tensors on other devices.
 //!
-//! - **Training** ([`forward`], [`forward_shared`], [`backward`]): a forward pass that keeps the
+//! - **Training** ([`forward()`], [`forward_shared`], [`backward()`]): a forward pass that keeps the
 //!   activations it needs on a [`Tape`], and a backward pass written out layer by layer (RMSNorm, rotary,
 //!   grouped-query attention in both directions in `attention.rs`, SwiGLU, the head's log-softmax at
 //!   the target, in chunks of rows in `head.rs`). A left-padded batch is computed without its

@@ -62,7 +62,7 @@ pub struct BootstrapReport {
     pub eval_positions: usize,
     pub seconds: f64,
     /// The config sections the model was built from ([`settings`]): a later run whose sections
-    /// differ is refused rather than handed a model built another way ([`check_settings`]).
+    /// differ is refused rather than handed a model built another way ([`check_settings`](super::model_dir::check_settings)).
     pub settings: BTreeMap<String, String>,
 }
 

@@ -93,7 +93,7 @@ pub(super) fn write_model_dir<T>(
 }
 
 /// What a bootstrap's result depends on, beyond the seed: the `[corpus]` and `[bootstrap]` keys, dotted
-/// as a resumed run's config is compared ([`super::checks::flatten`]), and which thoughts the corpus's
+/// as a resumed run's config is compared (`super::checks::flatten`), and which thoughts the corpus's
 /// solver writes ([`crate::env::SOLVER`]). (The seed is left out: a sweep's seeds share one built-in
 /// model.)
 pub fn settings(cfg: &Config) -> BTreeMap<String, String> {

@@ -82,8 +82,8 @@ pub const SOLVER: &str = "column arithmetic of: X op Y = Z, progressions from th
                           steps of their own, products' digits summed in columns";
 
 /// Every thought the built-in solver offers for `text`: [`arithmetic_thoughts`], then
-/// [`sequence_thoughts`], [`step_thoughts`], [`both_sides_thoughts`], [`fraction_part_thoughts`] and
-/// [`fraction_sum_thoughts`], one per span (the first found where two cover the same bytes), ordered
+/// `sequence_thoughts`, `step_thoughts`, `both_sides_thoughts`, `fraction_part_thoughts` and
+/// `fraction_sum_thoughts`, one per span (the first found where two cover the same bytes), ordered
 /// by where they start.
 pub fn solver_thoughts(text: &str) -> Vec<TeacherThought> {
     let mut all = arithmetic_thoughts(text);
