@@ -29,7 +29,8 @@ pub(super) fn put(grads: &mut FlatGrads, name: String, g: Vec<f32>) {
     }
 }
 
-/// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients.
+/// Backward of `linear`: `dx (+)= dy · w`, and the weight (and bias) gradients. The weight's
+/// gradient is a sum over the `rows` rows, cut into blocks where `rows_cut` says (see [`KBlocks`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear_back(
     dy: &[f32],
