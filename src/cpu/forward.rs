@@ -91,16 +91,12 @@ pub fn forward(
     let mut real = Vec::with_capacity(ids.len());
     let (mut positions, mut jobs) = (Vec::with_capacity(ids.len()), vec![]);
     let (mut sel, mut targets, mut slots) = (vec![], vec![], vec![]);
-    let mut at = Padding {
-        tokens: Vec::with_capacity(ids.len()),
-        scored: vec![],
-        scored_len: b * n,
-    };
+    let mut at = Padding(Vec::with_capacity(ids.len()));
     for (r, row) in ids.chunks(s).enumerate() {
         let (q0, first) = (real.len(), pad[r]);
         real.extend_from_slice(&row[first..]);
         positions.extend(0..s - first);
-        at.tokens.extend(r * s + first..(r + 1) * s);
+        at.0.extend(r * s + first..(r + 1) * s);
         if first < s {
             jobs.push(AttnJob {
                 q0,
@@ -116,7 +112,6 @@ pub fn forward(
             slots.push(r * n + t + 1 - from);
         }
     }
-    at.scored.clone_from(&slots);
     let units = (0..jobs.len()).map(|j| j..j + 1).collect();
     forward_core(
         cfg,
@@ -135,14 +130,11 @@ pub fn forward(
     )
 }
 
-/// Where the tokens and the scored rows of a batch computed without its padding sit in the
-/// left-padded batch it came from, and how many rows that batch scores: the backward pass cuts its
-/// sums over them where the padded batch's would be cut.
-pub(super) struct Padding {
-    tokens: Vec<usize>,
-    scored: Vec<usize>,
-    scored_len: usize,
-}
+/// Where each token of a batch computed without its padding sits in the left-padded batch it came
+/// from. Its scored rows' places there are their slots in the output, which has the padded batch's
+/// layout: the backward pass cuts its sums over tokens and over scored rows where the padded
+/// batch's would be cut.
+pub(super) struct Padding(Vec<usize>);
 
 /// Like [`forward`] for GRPO groups, with each prompt computed once and attended to by all of its
 /// completions (instead of once per completion in a padded batch): the same numbers with far fewer
@@ -283,13 +275,14 @@ pub(super) fn forward_core(
     // by exp(scale · logit − max) and kept for the backward pass; with several, only each row's
     // log-prob and 1 / sum are kept, and the backward pass recomputes each chunk's logits (the same
     // bits: the GEMM computes a row the same way in any number of rows).
-    let scored = padding.as_ref().map_or(sel.len(), |p| p.scored_len);
+    // A batch computed without its padding scores the padded batch's rows less the padding's.
+    let padded_rows = match (&padding, &slots) {
+        (Some(_), Some((at, len))) => Some((at.as_slice(), *len)),
+        _ => None,
+    };
+    let scored = padded_rows.map_or(sel.len(), |(_, len)| len);
     let head_rows = head_chunk_rows(budget.head_floats, d.vocab, scored);
-    let chunks = head_chunks(
-        sel.len(),
-        head_rows,
-        padding.as_ref().map(|p| p.scored.as_slice()),
-    );
+    let chunks = head_chunks(sel.len(), head_rows, padded_rows.map(|(at, _)| at));
     let longest = chunks.iter().map(|c| c.rows.len()).max().unwrap_or(0);
     let mut exps = logits_buffer(longest * d.vocab);
     let mut rows: Vec<(f32, f32)> = Vec::with_capacity(sel.len());
@@ -347,7 +340,7 @@ pub(super) fn forward_core(
             exps,
             inv_sums,
             head_chunks: chunks,
-            token_cuts: padding.map(|p| k_block_starts(p.tokens)),
+            token_cuts: padding.map(|p| k_block_starts(p.0)),
         },
     ))
 }

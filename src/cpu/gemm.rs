@@ -67,8 +67,7 @@ pub fn gemm_blocked(
     parallel: bool,
     blocks: KBlocks,
 ) {
-    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
-    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
+    check_operands(m, n, k, a, b);
     assert!(
         m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(),
         "gemm: C out of bounds"
@@ -110,8 +109,7 @@ pub unsafe fn gemm_into(
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
-    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
+    check_operands(m, n, k, a, b);
     let kernel = Kernel::detect();
     unsafe {
         gemm_raw(
@@ -145,8 +143,7 @@ pub fn gemm_new_blocked(
     parallel: bool,
     blocks: KBlocks,
 ) -> Vec<f32> {
-    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
-    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
+    check_operands(m, n, k, a, b);
     let mut c = Vec::with_capacity(m * n);
     // SAFETY: the capacity holds the (m, n) tile with leading dimension n, no one else sees it, and
     // a multiply without `accumulate` writes every element of its tile (zeros when k = 0) before
@@ -197,6 +194,12 @@ pub fn k_block_starts(at: impl IntoIterator<Item = usize>) -> Vec<usize> {
         }
     }
     starts
+}
+
+/// Panics unless A is an (m, k) view and B a (k, n) view inside their data.
+fn check_operands(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) {
+    assert!(a.extent(m, k) <= a.data.len(), "gemm: A out of bounds");
+    assert!(b.extent(k, n) <= b.data.len(), "gemm: B out of bounds");
 }
 
 /// Which micro-kernel runs.
@@ -304,6 +307,8 @@ unsafe fn gemm_raw(
     let (a_len, b_len) = (a_panels * MR * KC.min(k), np * NR * KC.min(k));
     let mut scratch = Scratch::take(a_len + b_len);
     let (pa, pb) = scratch.0.split_at_mut(a_len);
+    let (mc, nc) = tiling(m, n, parallel);
+    let (tiles_m, tiles_n) = (m.div_ceil(mc), n.div_ceil(nc));
     let (mut k0, mut block) = (0, 0);
     while k0 < k {
         block += 1;
@@ -322,8 +327,6 @@ unsafe fn gemm_raw(
         }
         let acc = accumulate || k0 > 0;
         let (pa, pb) = (&*pa, &pb[..np * NR * kc]);
-        let (mc, nc) = tiling(m, n, parallel);
-        let (tiles_m, tiles_n) = (m.div_ceil(mc), n.div_ceil(nc));
         let tile = |t: usize| {
             let (tm, tn) = (t % tiles_m, t / tiles_m);
             let (i0, j0) = (tm * mc, tn * nc);
