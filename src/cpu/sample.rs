@@ -272,15 +272,26 @@ fn attend_query(
     weighted_rows(&scores[..seen], v, stride, o);
 }
 
-/// `o = Σⱼ w[j] · v[j·stride ..][..o.len()]`. The AVX2 form keeps `o` in registers across the rows
-/// and does the portable form's arithmetic in its order (each element's sum over j in order, a
-/// product then a sum), so both give the same bits.
+/// `o = Σⱼ w[j] · v[j·stride ..][..o.len()]`. The AVX-512 and AVX2 forms keep `o` in registers across
+/// the rows and do the portable form's arithmetic in its order (each element's sum over j in order, a
+/// product then a sum), so all three give the same bits. The AVX-512 form holds a head of 128 floats
+/// in eight registers and reads each cached row once; the AVX2 form's 32 floats at a time read a
+/// head's rows four times (measured at Qwen3-0.6B's shape, batch 8, 150 new tokens: the weighted sum
+/// took 4.4% of a decoding run's time that way, beside 2.6% for the dot products that read the same
+/// bytes once).
 fn weighted_rows(w: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        unsafe { weighted_rows_avx2(w, v, stride, o) };
-        return;
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            unsafe { weighted_rows_avx512(w, v, stride, o) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            unsafe { weighted_rows_avx2(w, v, stride, o) };
+            return;
+        }
     }
     weighted_rows_portable(w, v, stride, o);
 }
@@ -289,6 +300,60 @@ fn weighted_rows_portable(w: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
     o.fill(0.0);
     for (j, &w) in w.iter().enumerate() {
         (o.iter_mut().zip(&v[j * stride..])).for_each(|(o, v)| *o += w * v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_rows_avx512(w: &[f32], v: &[f32], stride: usize, o: &mut [f32]) {
+    let hd = o.len();
+    assert!(w.is_empty() || (w.len() - 1) * stride + hd <= v.len());
+    let mut c = 0;
+    // SAFETY: each block reads and writes floats c .. c + 16·B ≤ hd of rows inside v (asserted
+    // above) and of o; the CPU has the feature (this function's own).
+    unsafe {
+        while c + 128 <= hd {
+            weighted_block_avx512::<8>(w, v.as_ptr().add(c), stride, o.as_mut_ptr().add(c));
+            c += 128;
+        }
+        while c + 64 <= hd {
+            weighted_block_avx512::<4>(w, v.as_ptr().add(c), stride, o.as_mut_ptr().add(c));
+            c += 64;
+        }
+        while c + 16 <= hd {
+            weighted_block_avx512::<1>(w, v.as_ptr().add(c), stride, o.as_mut_ptr().add(c));
+            c += 16;
+        }
+    }
+    weighted_rows_portable(w, &v[c.min(v.len())..], stride, &mut o[c..]);
+}
+
+/// `o[..16·B] = Σⱼ w[j] · v[j·stride ..][..16·B]`, in B registers of 16 floats.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` and `o` are valid for the floats named above.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn weighted_block_avx512<const B: usize>(
+    w: &[f32],
+    v: *const f32,
+    stride: usize,
+    o: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); B];
+    for (j, &w) in w.iter().enumerate() {
+        let w = _mm512_set1_ps(w);
+        for (b, a) in acc.iter_mut().enumerate() {
+            // SAFETY: inside row j's block (the caller's contract).
+            let x = unsafe { _mm512_loadu_ps(v.add(j * stride + 16 * b)) };
+            *a = _mm512_add_ps(*a, _mm512_mul_ps(w, x));
+        }
+    }
+    for (b, a) in acc.iter().enumerate() {
+        // SAFETY: inside o's block (the caller's contract).
+        unsafe { _mm512_storeu_ps(o.add(16 * b), *a) };
     }
 }
 
@@ -346,10 +411,11 @@ unsafe fn weighted_block_avx2<const B: usize>(
 mod tests {
     use super::*;
 
-    /// The AVX2 form of attention's weighted sum of values gives the portable form's bits, for head
-    /// sizes with and without whole blocks of 32 and 8 floats and for cache rows wider than a head.
+    /// The AVX-512 and AVX2 forms of attention's weighted sum of values give the portable form's
+    /// bits, for head sizes with and without whole blocks of 128, 64, 32, 16 and 8 floats and for
+    /// cache rows wider than a head.
     #[test]
-    fn decoding_attention_is_the_same_on_both_forms() {
+    fn decoding_attention_is_the_same_on_every_form() {
         let mut rng = crate::model::Rng::new(7);
         for (hd, stride, seen) in [
             (32, 64, 1),
@@ -358,6 +424,9 @@ mod tests {
             (40, 40, 5),
             (13, 26, 9),
             (128, 256, 200),
+            (128, 1024, 33),
+            (200, 200, 17),
+            (80, 160, 12),
             (8, 8, 3),
         ] {
             let mut draw = |n: usize| -> Vec<f32> {
@@ -366,16 +435,36 @@ mod tests {
                     .collect()
             };
             let (w, v) = (draw(seen), draw((seen + 2) * stride));
-            let (mut o1, mut o2) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
-            weighted_rows(&w, &v, stride, &mut o1);
-            weighted_rows_portable(&w, &v, stride, &mut o2);
+            let mut portable = vec![f32::NAN; hd];
+            weighted_rows_portable(&w, &v, stride, &mut portable);
+            assert!(portable.iter().all(|x| x.is_finite()));
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&o1),
-                bits(&o2),
-                "head {hd}, stride {stride}, {seen} keys"
-            );
-            assert!(o1.iter().all(|x| x.is_finite()));
+            let mut forms: Vec<(&str, Vec<f32>)> = vec![];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut o = vec![f32::NAN; hd];
+                    // SAFETY: the CPU has the feature.
+                    unsafe { weighted_rows_avx512(&w, &v, stride, &mut o) };
+                    forms.push(("AVX-512", o));
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    let mut o = vec![f32::NAN; hd];
+                    // SAFETY: the CPU has the feature.
+                    unsafe { weighted_rows_avx2(&w, &v, stride, &mut o) };
+                    forms.push(("AVX2", o));
+                }
+            }
+            let mut o = vec![f32::NAN; hd];
+            weighted_rows(&w, &v, stride, &mut o);
+            forms.push(("dispatched", o));
+            for (form, o) in forms {
+                assert_eq!(
+                    bits(&o),
+                    bits(&portable),
+                    "{form}: head {hd}, stride {stride}, {seen} keys"
+                );
+            }
         }
     }
 }
