@@ -304,7 +304,8 @@ fn a_run_that_cannot_fit_is_refused_with_the_estimate() -> Result<()> {
 }
 
 /// `rpt bench --work decode`: the bytes a decode step reads are every weight, but an untied embedding
-/// table (read only at the batch's rows); the bound is batch × bandwidth ÷ those bytes.
+/// table (read only at the batch's rows); the bound is batch × bandwidth ÷ those bytes, and the
+/// multiply-add bound two operations per weight read and row over the measured peak rate.
 #[test]
 fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-parity");
@@ -353,6 +354,26 @@ fn decode_bench_counts_the_weights_a_step_reads() -> Result<()> {
         // Each round's step against its own bandwidth: never above the strictest bound's ratio.
         let paired = r["bound_over_measured_paired"].as_f64().unwrap();
         assert!(paired > 0.0 && paired <= bound / tps * (1.0 + 1e-9), "{r}");
+        // The multiply-add bound: two operations per weight read and row, over the measured peak.
+        let (gflop, peak, fma_ms, bw_ms) = (
+            r["gflop_per_step"].as_f64().unwrap(),
+            r["peak_gflop_s"].as_f64().unwrap(),
+            r["multiply_add_bound_ms"].as_f64().unwrap(),
+            r["bandwidth_bound_ms"].as_f64().unwrap(),
+        );
+        let elements = (want / 4) as f64;
+        assert!(
+            (gflop - 2.0 * 2.0 * elements / 1e9).abs() <= 1e-9 * gflop,
+            "{r}"
+        );
+        assert!(
+            peak > 0.0 && (fma_ms - 1e3 * gflop / peak).abs() <= 1e-6 * fma_ms,
+            "{r}"
+        );
+        assert!(
+            (bw_ms - 1e3 * want as f64 / (bw * 1e9)).abs() <= 1e-6 * bw_ms,
+            "{r}"
+        );
     }
     let (ok, _, err) = rpt(&[
         "bench", "--work", "decode", "--shape", "small", "--new", "1",

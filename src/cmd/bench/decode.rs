@@ -9,6 +9,12 @@
 //! rounds (the strictest bound), and `bound_over_measured_paired` is the median of each round's step
 //! against its own round's bandwidth (a shared machine's bandwidth drifts by tens of percent from one
 //! minute to the next).
+//!
+//! A step also does `2 × batch` floating-point operations per weight, and at a batch of eight that
+//! can take longer than reading the weights. Beside the bandwidth bound the bench prints the
+//! multiply-add bound: the step's operations over the peak rate measured here (`FmaProbe`:
+//! independent fused multiply-adds in registers on every thread, the widest vectors the CPU has), so
+//! that a step's time can be set against whichever of the two bounds is the larger.
 
 use std::time::Instant;
 
@@ -26,6 +32,14 @@ pub fn decode_weight_bytes(cfg: &ModelConfig, weights: &rpt::model::TensorMap) -
         .filter(|(k, _)| layout.tied() || **k != layout.embed)
         .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
         .sum()
+}
+
+/// Bytes of one weight element of `policy` (all its tensors share a dtype); 4 when it is empty.
+fn policy_elem_bytes(policy: &rpt::model::TensorMap) -> usize {
+    policy
+        .values()
+        .next()
+        .map_or(4, |t| t.dtype().size_in_bytes())
 }
 
 /// A buffer of `bytes` (at least 1 GiB) to measure read bandwidth on.
@@ -63,6 +77,85 @@ impl BandwidthProbe {
             best = best.max((self.0.len() * 4) as f64 / dt);
         }
         best
+    }
+}
+
+/// A measure of the peak rate of single-precision multiply-adds: chains of fused multiply-adds in
+/// registers, independent of each other and of memory, on every thread of the pool at once.
+pub struct FmaProbe;
+
+impl FmaProbe {
+    /// Rounds of the twelve chains each thread runs per timing.
+    const ROUNDS: usize = 4_000_000;
+
+    /// Floating-point operations a second (a multiply-add counts two): the best of `passes` timings.
+    pub fn measure(passes: usize) -> f64 {
+        use rayon::prelude::*;
+        let threads = rayon::current_num_threads();
+        let mut best = 0f64;
+        for _ in 0..passes {
+            let t0 = Instant::now();
+            let flops: f64 = (0..threads)
+                .into_par_iter()
+                .map(|_| Self::chains(Self::ROUNDS))
+                .sum();
+            best = best.max(flops / t0.elapsed().as_secs_f64());
+        }
+        best
+    }
+
+    /// Runs twelve independent chains of `rounds` multiply-adds on the widest vectors the CPU has;
+    /// returns the floating-point operations done.
+    fn chains(rounds: usize) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the feature the function is compiled for.
+                return unsafe { Self::chains_avx512(rounds) };
+            }
+            if std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { Self::chains_fma(rounds) };
+            }
+        }
+        let mut acc = [1f32; 12];
+        for _ in 0..rounds {
+            for a in &mut acc {
+                *a = a.mul_add(0.999_999, 1e-7);
+            }
+        }
+        std::hint::black_box(acc);
+        (rounds * 12 * 2) as f64
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn chains_avx512(rounds: usize) -> f64 {
+        use std::arch::x86_64::*;
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..rounds {
+            for r in &mut acc {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        (rounds * 12 * 16 * 2) as f64
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx,fma")]
+    unsafe fn chains_fma(rounds: usize) -> f64 {
+        use std::arch::x86_64::*;
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        for _ in 0..rounds {
+            for r in &mut acc {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        std::hint::black_box(acc);
+        (rounds * 12 * 8 * 2) as f64
     }
 }
 
@@ -104,6 +197,8 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
             .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
             .collect::<Result<rpt::model::TensorMap>>()?;
         let bytes = decode_weight_bytes(&cfg, &policy);
+        // Multiply-adds a step does in the weights it reads (a float's weight is one per row).
+        let flops = 2.0 * a.batch as f64 * (bytes / policy_elem_bytes(&policy)) as f64;
         let model = rpt::model::Decoder::new(&cfg, &policy)?;
         drop(policy);
         let prompts: Vec<Vec<u32>> = (0..a.batch)
@@ -161,6 +256,7 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
         let tps = a.batch as f64 / per_step;
         let bw = bws.iter().copied().fold(0.0, f64::max);
         let bound = a.batch as f64 * bw / bytes as f64;
+        let peak = FmaProbe::measure(3);
         println!(
             "{}",
             serde_json::json!({"rpt": "decode", "model": name, "batch": a.batch, "prompt": a.prompt,
@@ -168,6 +264,9 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
                 "weight_bytes_per_step": bytes, "read_bandwidth_gb_s": bw / 1e9,
                 "bound_tokens_per_s": bound, "bound_over_measured": bound / tps,
                 "bound_over_measured_paired": median(paired),
+                "bandwidth_bound_ms": 1000.0 * bytes as f64 / bw,
+                "peak_gflop_s": peak / 1e9, "gflop_per_step": flops / 1e9,
+                "multiply_add_bound_ms": 1000.0 * flops / peak,
                 "threads": threads, "samples": a.repeat, "dtype": format!("{dtype:?}")})
         );
     }
