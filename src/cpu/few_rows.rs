@@ -96,7 +96,7 @@ pub(super) unsafe fn small_block_avx512(
                     }
                     // Lane 4a + b of `sums` is out[i + a, j + b]: four contiguous outputs per row.
                     let sums = reduce_16(acc);
-                    store_lanes::<4>(
+                    store_lanes(
                         sums,
                         4.min(i_end - i),
                         4.min(rows - j),
@@ -112,16 +112,16 @@ pub(super) unsafe fn small_block_avx512(
     }
 }
 
-/// Writes lane `C a + c` of `sums` to `out[a ldo + c]` for `a < n_rows`, `c < cols`: the outputs of
-/// `n_rows` rows of x against `C` rows of w. Plain stores of single floats: a copy of a slice this short
+/// Writes lane `4a + c` of `sums` to `out[a ldo + c]` for `a < n_rows`, `c < cols`: the outputs of
+/// `n_rows` rows of x against four rows of w. Plain stores of single floats: a copy of a slice this short
 /// had compiled to a call of `memcpy` per row, which took as long as the multiply-adds of a short row.
 ///
 /// # Safety
-/// `out[a ldo + c]` must be writable for every `a < n_rows`, `c < cols`, and `C · n_rows ≤ 16`.
+/// `out[a ldo + c]` must be writable for every `a < n_rows`, `c < cols`, and `n_rows ≤ 4`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store_lanes<const C: usize>(
+unsafe fn store_lanes(
     sums: std::arch::x86_64::__m512,
     n_rows: usize,
     cols: usize,
@@ -134,9 +134,9 @@ unsafe fn store_lanes<const C: usize>(
         std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), sums);
         for a in 0..n_rows {
             // A constant count, each store guarded: moves, not a call.
-            for c in 0..C {
+            for c in 0..4 {
                 if c < cols {
-                    *out.add(a * ldo + c) = lanes[C * a + c];
+                    *out.add(a * ldo + c) = lanes[4 * a + c];
                 }
             }
         }
@@ -159,7 +159,7 @@ fn lanes_left(left: usize) -> std::arch::x86_64::__mmask16 {
 /// arithmetic is the same whatever its place, but the 16 reductions share their shuffles and adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) fn reduce_16(acc: [[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
+fn reduce_16(acc: [[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let v: [__m512; 16] = std::array::from_fn(|n| acc[n / 4][n % 4]);
     // Pairs of vectors → one, halving the lanes per sum: 128-bit quarters first, then within them.

@@ -34,14 +34,6 @@ pub fn decode_weight_bytes(cfg: &ModelConfig, weights: &rpt::model::TensorMap) -
         .sum()
 }
 
-/// Bytes of one weight element of `policy` (all its tensors share a dtype); 4 when it is empty.
-fn policy_elem_bytes(policy: &rpt::model::TensorMap) -> usize {
-    policy
-        .values()
-        .next()
-        .map_or(4, |t| t.dtype().size_in_bytes())
-}
-
 /// A buffer of `bytes` (at least 1 GiB) to measure read bandwidth on.
 pub struct BandwidthProbe(Vec<f32>);
 
@@ -190,6 +182,8 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
         }
     };
     let threads = rayon::current_num_threads();
+    // The machine's, not a model's: measured once for all of them.
+    let peak = FmaProbe::measure(3);
     for (name, cfg, weights) in models {
         let dtype = rpt::model::Route::for_device(&device).policy_dtype;
         let policy = weights
@@ -197,8 +191,8 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
             .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
             .collect::<Result<rpt::model::TensorMap>>()?;
         let bytes = decode_weight_bytes(&cfg, &policy);
-        // Multiply-adds a step does in the weights it reads (a float's weight is one per row).
-        let flops = 2.0 * a.batch as f64 * (bytes / policy_elem_bytes(&policy)) as f64;
+        // Two operations (a multiply-add) per weight read and row of the batch.
+        let flops = 2.0 * a.batch as f64 * (bytes / dtype.size_in_bytes()) as f64;
         let model = rpt::model::Decoder::new(&cfg, &policy)?;
         drop(policy);
         let prompts: Vec<Vec<u32>> = (0..a.batch)
@@ -256,7 +250,6 @@ pub(super) fn decode(a: &BenchArgs) -> Result<()> {
         let tps = a.batch as f64 / per_step;
         let bw = bws.iter().copied().fold(0.0, f64::max);
         let bound = a.batch as f64 * bw / bytes as f64;
-        let peak = FmaProbe::measure(3);
         println!(
             "{}",
             serde_json::json!({"rpt": "decode", "model": name, "batch": a.batch, "prompt": a.prompt,
