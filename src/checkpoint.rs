@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::learn::Learner;
-use crate::model::{Checkpoint, ModelConfig, TensorMap, Tokenizer, write_atomic};
+use crate::model::tensor_file::{self, Source, TensorFile};
+use crate::model::{Checkpoint, ModelConfig, Tokenizer, write_atomic};
 
 /// Everything besides tensors needed to continue a run exactly.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +43,7 @@ pub fn write(
         std::fs::remove_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
-    Checkpoint::save(&tmp, model_cfg, tok, &learner.snapshot()?)?;
+    Checkpoint::save(&tmp, model_cfg, tok, &learner.params.tensors())?;
     write_optimizer(&tmp, learner)?;
     write_atomic(
         &tmp.join("trainer_state.json"),
@@ -66,43 +67,53 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Writes the optimizer moments and the EMA teacher into `dir/optimizer.safetensors`, atomically.
+/// Writes the optimizer moments and the EMA teacher into `dir/optimizer.safetensors`, atomically,
+/// from their own memory.
 fn write_optimizer(dir: &Path, learner: &Learner) -> Result<()> {
-    let mut state = learner.opt.state()?;
+    let mut tensors = learner.opt.sources();
     if let Some(phi) = &learner.ema {
         for (k, t) in phi {
-            state.insert(format!("ema.{k}"), t.clone());
+            tensors.push((format!("ema.{k}"), Source::of(t)));
         }
     }
-    let tmp = dir.join("optimizer.safetensors.tmp");
-    candle_core::safetensors::save(&state, &tmp)?;
-    std::fs::rename(&tmp, dir.join("optimizer.safetensors")).map_err(|e| crate::Error::io(dir, e))
+    Ok(tensor_file::write(
+        &dir.join("optimizer.safetensors"),
+        tensors,
+    )?)
 }
 
-/// Restores a learner from checkpoint `dir`: its `weights`, the optimizer moments (at `opt_step`)
-/// and the EMA teacher. A damaged optimizer file is named in the error.
-pub fn restore(
-    dir: &Path,
-    learner: &mut Learner,
-    weights: &TensorMap,
-    opt_step: u64,
-) -> Result<()> {
-    learner.params.load(weights)?;
-    let path = dir.join("optimizer.safetensors");
-    let device = learner.params.device()?;
-    let state = candle_core::safetensors::load(&path, &device).map_err(|e| {
+/// Restores a learner from checkpoint `dir`: its weights, the optimizer moments (at `opt_step`)
+/// and the EMA teacher, each read tensor by tensor into what the learner already holds (a resume
+/// makes no second copy of the model or of the moments). A damaged file is named in the error.
+pub fn restore(dir: &Path, learner: &mut Learner, opt_step: u64) -> Result<()> {
+    let damaged = |path: &Path, e: crate::model::ModelError| {
         crate::Error::Run(format!(
-            "{}: not a readable optimizer state ({e}); the checkpoint is damaged, resume from an \
-             earlier one by pointing `checkpoints/latest` at it",
-            path.display()
+            "{e}. The checkpoint's {} is damaged: resume from an earlier checkpoint by pointing \
+             `checkpoints/latest` at it",
+            if path.ends_with("optimizer.safetensors") {
+                "optimizer state"
+            } else {
+                "model"
+            }
         ))
-    })?;
-    let (ema, opt): (TensorMap, TensorMap) =
-        state.into_iter().partition(|(k, _)| k.starts_with("ema."));
-    learner.opt.restore(&opt, opt_step)?;
+    };
+    let path = dir.join("model.safetensors");
+    let weights = TensorFile::open(&path).map_err(|e| damaged(&path, e))?;
+    learner
+        .params
+        .read(&weights)
+        .map_err(|e| damaged(&path, e))?;
+    let path = dir.join("optimizer.safetensors");
+    let state = TensorFile::open(&path).map_err(|e| damaged(&path, e))?;
+    let (params, opt) = (&learner.params, &mut learner.opt);
+    opt.read(&state, params, opt_step)
+        .map_err(|e| damaged(&path, e))?;
     if let Some(phi) = &mut learner.ema {
-        for (k, t) in ema {
-            phi.insert(k.trim_start_matches("ema.").to_string(), t);
+        let device = params.device()?;
+        for (k, t) in phi.iter_mut() {
+            *t = state
+                .read(&format!("ema.{k}"), t.dims(), &device)
+                .map_err(|e| damaged(&path, e))?;
         }
     }
     Ok(())

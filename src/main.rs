@@ -8,22 +8,38 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 unsafe extern "C" {
     /// mimalloc's option setter, linked in with the allocator.
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    /// mimalloc's collection: with `force`, freed memory waiting to go back to the system goes now.
+    fn mi_collect(force: bool);
 }
 
 /// mimalloc's `mi_option_purge_delay` (the same place in the option list of mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
+/// How long freed memory waits before it goes back to the system, in milliseconds: 6 minutes, and
+/// an hour for the large blocks that mimalloc's arenas hold (they wait its `arena_purge_mult`, 10,
+/// times as long).
+const KEEP_FREED_MS: std::ffi::c_long = 360_000;
+
 /// Freed memory is kept for reuse instead of going back to the system after mimalloc's 10 ms, so that
 /// a training step's large buffers are reused by the next pass and the next step rather than faulted
 /// in and zeroed by the kernel again. At Qwen3-0.6B's shape (one GRPO step of 8 × 48 tokens, six
-/// steps) the update took 6.7 s a step this way against 10.5 s with a 10 s delay and 15.3–16.2 s
-/// with 1 s, for a peak of 12.25 GB against 12.07 (the peak is reached within the first steps and
-/// does not grow after). `MIMALLOC_PURGE_DELAY` in the environment (milliseconds) still wins.
+/// steps) the update took 6.7 s a step with freed memory kept for good against 10.5 s with a 10 s
+/// delay and 15.3–16.2 s with 1 s. It is kept for an hour rather than for good so that
+/// [`release_freed_memory`] can hand it back between the phases of a command (a delay of -1 never
+/// even schedules it to go). `MIMALLOC_PURGE_DELAY` in the environment (milliseconds) still wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain option setter of the allocator in use; any value is valid for the option.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, KEEP_FREED_MS) };
     }
+}
+
+/// Hands the memory freed so far back to the system now, between phases of a command that hold
+/// different data: the evaluation after training would otherwise stack its model on top of the
+/// learner's freed weights, gradients and moments, kept for reuse that never comes.
+pub(crate) fn release_freed_memory() {
+    // SAFETY: a plain call into the allocator in use.
+    unsafe { mi_collect(true) };
 }
 
 /// User-facing errors read the same whatever `RUST_BACKTRACE` says. candle and anyhow capture a

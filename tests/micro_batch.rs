@@ -206,13 +206,13 @@ fn a_real_vocabulary_model_steps_within_a_small_budget() -> Result<()> {
         let m = t.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
         assert!(d <= 1e-4 * m, "{name} in head chunks: {d} of {m}");
     }
-    let before = l.snapshot()?;
+    let before = l.params.snapshot()?;
     let stats = l.update(&b)?;
     assert!(
         stats.loss.loss.is_finite() && stats.grad_norm > 0.0,
         "{stats:?}"
     );
-    let after = l.snapshot()?;
+    let after = l.params.snapshot()?;
     let moved = before.iter().any(|(k, t)| {
         (t - &after[k])
             .unwrap()

@@ -79,6 +79,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     } else {
         None
     };
+    crate::release_freed_memory();
     let t0 = std::time::Instant::now();
     if next_token {
         let s = rpt::pipeline::next_token::train_next_token(&cfg, &device)?;
@@ -118,6 +119,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             cfg.run_dir.join("tensorboard").display()
         );
     }
+    crate::release_freed_memory();
     if cfg.train.eval_before_after {
         let dir = rpt::checkpoint::latest(&cfg.run_dir)?.context("no checkpoint was written")?;
         let ck = super::load_checkpoint(&dir)?;

@@ -233,11 +233,6 @@ impl Learner {
         Ok((norm, lr))
     }
 
-    /// An immutable copy of the current weights for the policies.
-    pub fn snapshot(&self) -> Result<TensorMap> {
-        Ok(self.params.snapshot()?)
-    }
-
     /// The weights for the policy. With `max_staleness = 0` the policy never samples while the
     /// learner updates (a step is launched only once the previous update is done), so where the
     /// policy's dtype is the learner's, the policy reads the learner's own tensors: no second copy

@@ -15,6 +15,7 @@ mod optim;
 pub(crate) mod rope;
 mod route;
 mod sample;
+pub(crate) mod tensor_file;
 mod tokenizer;
 mod trainable;
 mod weights;

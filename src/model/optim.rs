@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::error::{ModelError, Result};
 use super::route::Route;
+use super::tensor_file::{Source, TensorFile};
 use super::trainable::{Grads, Trainable};
 use super::weights::TensorMap;
 
@@ -257,7 +258,8 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint.
+    /// The moments as named tensors (`m.NAME`, `v.NAME`): a copy, for inspection. A checkpoint
+    /// writes them from their own memory ([`AdamW::sources`]).
     pub fn state(&self) -> Result<TensorMap> {
         let mut out = TensorMap::new();
         for (k, mo) in &self.moments {
@@ -274,31 +276,64 @@ impl AdamW {
         Ok(out)
     }
 
-    /// Restores moments saved by `state`, at optimizer step `step`.
-    pub fn restore(&mut self, state: &TensorMap, step: u64) -> Result<()> {
-        self.step = step;
-        self.moments.clear();
-        for (k, m) in state {
-            let Some(name) = k.strip_prefix("m.") else {
+    /// The moments to write into a checkpoint (`m.NAME`, `v.NAME`), from their own memory.
+    pub fn sources(&self) -> Vec<(String, Source<'_>)> {
+        let mut out = Vec::with_capacity(2 * self.moments.len());
+        for (k, mo) in &self.moments {
+            let (m, v) = match mo {
+                Moments::Host { m, v, shape } => (
+                    Source::Floats {
+                        data: m,
+                        shape: shape.dims().to_vec(),
+                    },
+                    Source::Floats {
+                        data: v,
+                        shape: shape.dims().to_vec(),
+                    },
+                ),
+                Moments::Device { m, v } => (Source::of(m), Source::of(v)),
+            };
+            out.push((format!("m.{k}"), m));
+            out.push((format!("v.{k}"), v));
+        }
+        out
+    }
+
+    /// Restores the moments of every parameter of `params` from `file` (written from
+    /// [`AdamW::sources`]), at optimizer step `step`. Host moments are read into the buffers
+    /// [`AdamW::reserve`] made, so a resume holds no second copy of them. A moment the file lacks,
+    /// or of another shape, is an error naming the file and the tensor; so is a moment in the file
+    /// for a parameter the model does not have.
+    pub fn read(&mut self, file: &TensorFile, params: &Trainable, step: u64) -> Result<()> {
+        self.reserve(params)?;
+        for name in file.names() {
+            // Other tensors may share the file (the EMA teacher's `ema.NAME`).
+            let Some(param) = name.strip_prefix("m.").or_else(|| name.strip_prefix("v.")) else {
                 continue;
             };
-            let v = state.get(&format!("v.{name}")).ok_or_else(|| {
-                ModelError::Invalid(format!("optimizer state has `m.{name}` but no `v.{name}`"))
-            })?;
-            let mo = if Route::of(m).host {
-                Moments::Host {
-                    m: m.flatten_all()?.to_vec1()?,
-                    v: v.flatten_all()?.to_vec1()?,
-                    shape: m.shape().clone(),
-                }
-            } else {
-                Moments::Device {
-                    m: m.clone(),
-                    v: v.clone(),
-                }
-            };
-            self.moments.insert(name.to_string(), mo);
+            if !self.moments.contains_key(param) {
+                return Err(ModelError::Invalid(format!(
+                    "{}: tensor `{name}` is not a moment of any of the model's parameters",
+                    file.path().display()
+                )));
+            }
         }
+        for (name, var) in params.vars() {
+            let w = var.as_tensor();
+            let shape = w.dims();
+            let (mk, vk) = (format!("m.{name}"), format!("v.{name}"));
+            match self.moments.get_mut(name).expect("reserved above") {
+                Moments::Host { m, v, .. } => {
+                    file.read_into(&mk, shape, m)?;
+                    file.read_into(&vk, shape, v)?;
+                }
+                Moments::Device { m, v } => {
+                    *m = file.read(&mk, shape, w.device())?;
+                    *v = file.read(&vk, shape, w.device())?;
+                }
+            }
+        }
+        self.step = step;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use super::config::ModelConfig;
 use super::decoder::Decoder;
 use super::error::{ModelError, Result};
 use super::layout::Layout;
+use super::tensor_file::TensorFile;
 use super::weights::TensorMap;
 
 /// Gradients by published parameter name.
@@ -313,12 +314,7 @@ impl Trainable {
     }
 
     pub fn decoder(&self) -> Result<Decoder> {
-        let map: TensorMap = self
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        Decoder::new(&self.config, &map)
+        Decoder::new(&self.config, &self.tensors())
     }
 
     /// An immutable copy of the current weights.
@@ -364,13 +360,28 @@ impl Trainable {
         self.vars.iter()
     }
 
-    /// Overwrites every variable from `weights` (used when resuming).
-    pub fn load(&mut self, weights: &TensorMap) -> Result<()> {
+    /// Every variable's own tensor by name (no copy): what a checkpoint writes.
+    pub fn tensors(&self) -> TensorMap {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Overwrites every variable from `file` (a checkpoint's weights, when resuming), one tensor at
+    /// a time: a tensor the file lacks, of another shape, or holding NaN or infinite values is an
+    /// error naming the file and the tensor.
+    pub fn read(&mut self, file: &TensorFile) -> Result<()> {
         for (name, var) in &self.vars {
-            let t = weights
-                .get(name)
-                .ok_or_else(|| ModelError::Invalid(format!("weights lack tensor `{name}`")))?;
-            var.set(t)?;
+            let t = var.as_tensor();
+            let w = file.read(name, t.dims(), t.device())?;
+            if !super::weights::all_finite(&w)? {
+                return Err(ModelError::NonFinite {
+                    path: file.path().to_path_buf(),
+                    name: name.clone(),
+                });
+            }
+            var.set(&w)?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Hugging Face checkpoint directories: `model.safetensors` or a sharded
-//! `model.safetensors.index.json`, memory-mapped and converted to f32; and saving in the same layout.
+//! `model.safetensors.index.json`, read tensor by tensor and converted to f32; and saving in the same
+//! layout.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -9,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::layout::Layout;
+use super::tensor_file::{self, Source, TensorFile};
 
 /// Every tensor of a checkpoint by its published name, f32 on `device`.
 pub type TensorMap = HashMap<String, Tensor>;
@@ -43,11 +45,13 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Te
 
     let mut found: HashMap<String, (Tensor, std::path::PathBuf)> = HashMap::new();
     for file in &files {
-        let handle = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
-        // SAFETY: the map is only read while this function runs; a checkpoint being rewritten
-        // underneath is the usual mmap caveat, and checkpoints are written by rename.
-        let mmap = unsafe { memmap2::Mmap::map(&handle) }.map_err(|e| ModelError::io(file, e))?;
-        read_tensors(&mmap, file, device, &mut found)?;
+        // Tensor by tensor with positioned reads: the file's pages stay in the page cache and
+        // never count as the process's memory beside the tensors made from them.
+        let f = TensorFile::open(file)?;
+        for name in f.names() {
+            let t = f.read_float(&name)?.to_device(device)?;
+            found.insert(name, (t, file.to_path_buf()));
+        }
     }
 
     select(found, cfg, &files[0])
@@ -197,20 +201,10 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
 pub fn weights_to_bytes<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a Tensor)>,
 ) -> Result<Vec<u8>> {
-    let mut host = Vec::new();
-    for (name, t) in tensors {
-        host.push((
-            name.to_string(),
-            t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .contiguous()?,
-        ));
-    }
-    safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), None).map_err(|e| {
-        ModelError::Safetensors {
-            path: "<weights>".into(),
-            reason: e.to_string(),
-        }
+    let views: Vec<(&str, Source)> = tensors.map(|(n, t)| (n, Source::of(t))).collect();
+    safetensors::serialize(views, None).map_err(|e| ModelError::Safetensors {
+        path: "<weights>".into(),
+        reason: e.to_string(),
     })
 }
 
@@ -227,28 +221,22 @@ pub fn weights_from_bytes(
     select(found, cfg, label)
 }
 
-/// Writes `model.safetensors` (f32, names as published, a tied head not duplicated) atomically.
+/// Writes `model.safetensors` (f32, names as published, a tied head not duplicated) atomically,
+/// from the tensors' own memory where they are f32 on the host (no copy of the model is made).
 pub fn save_weights(dir: &Path, cfg: &ModelConfig, tensors: &TensorMap) -> Result<()> {
-    let mut out: HashMap<String, Tensor> = HashMap::new();
+    let path = dir.join("model.safetensors");
+    let mut out = Vec::new();
     for (name, shape) in Layout::of(cfg).tensors() {
         let t = tensors
             .get(&name)
             .ok_or_else(|| ModelError::MissingTensor {
-                path: dir.join("model.safetensors"),
+                path: path.clone(),
                 name: name.clone(),
                 expected: shape,
             })?;
-        out.insert(
-            name,
-            t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .contiguous()?,
-        );
+        out.push((name, Source::of(t)));
     }
-    let path = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&out, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))
+    tensor_file::write(&path, out)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half a file.

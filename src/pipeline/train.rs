@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::env::{CorpusEnvironment, Environment, Split};
 use crate::error::{Error, Result};
 use crate::learn::Learner;
-use crate::model::{Checkpoint, Decoder, Device, SampleParams, load_weights};
+use crate::model::{Checkpoint, Decoder, Device, SampleParams};
 use crate::prompt::Prompt;
 use crate::reward::from_config as reward_from_config;
 
@@ -129,34 +129,29 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
             saved_path.display()
         )));
     }
-    let (start_step, cursor, weights, opt_step) = match (&latest, opts.resume) {
+    let (start_step, cursor, opt_step) = match (&latest, opts.resume) {
         (Some(dir), true) => {
             let ts = checkpoint::read_state(dir)?;
-            (
-                ts.step,
-                ts.cursor,
-                load_weights(dir, &base.config, device)?,
-                ts.optimizer_step,
-            )
+            (ts.step, ts.cursor, ts.optimizer_step)
         }
-        _ => (0, 0, base.weights.clone(), 0),
+        _ => (0, 0, 0),
     };
 
     let mut env = training_environment(cfg, &base.tokenizer)?;
     env.seek(cursor);
 
     let mut learner = Learner::new(cfg, &base.weights, &base.config)?;
+    // The learner holds the weights from here on: the loaded copies go (a model's size of memory).
+    // A reference model for the KL term keeps its own.
+    base.weights.clear();
     if let (Some(dir), true) = (&latest, opts.resume) {
-        checkpoint::restore(dir, &mut learner, &weights, opt_step)?;
+        checkpoint::restore(dir, &mut learner, opt_step)?;
     }
     let current = Arc::new(Decoder::new(&base.config, &learner.policy_weights()?)?);
     let ema = match &learner.ema {
         Some(phi) => Some(Arc::new(Decoder::new(&base.config, phi)?)),
         None => None,
     };
-    // The learner holds the weights from here on: the loaded copies go (a model's size of memory).
-    drop(weights);
-    base.weights.clear();
 
     // Every check has passed: from here on the run directory is written.
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
