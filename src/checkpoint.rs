@@ -108,7 +108,10 @@ pub fn restore(dir: &Path, learner: &mut Learner, opt_step: u64) -> Result<()> {
     let (params, opt) = (&learner.params, &mut learner.opt);
     opt.read(&state, params, opt_step)
         .map_err(|e| damaged(&path, e))?;
-    if let Some(phi) = &mut learner.ema {
+    // A checkpoint of a run whose reward had no EMA teacher (resumed with another reward) holds
+    // none: the teacher then starts as the learner made it.
+    let has_ema = state.names().iter().any(|n| n.starts_with("ema."));
+    if let (Some(phi), true) = (&mut learner.ema, has_ema) {
         let device = params.device()?;
         for (k, t) in phi.iter_mut() {
             *t = state

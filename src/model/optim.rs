@@ -113,6 +113,7 @@ impl AdamRule {
 /// (`Var::set` writes in place too), and it never samples during one (`max_staleness = 0`).
 struct InPlace<'a> {
     rule: AdamRule,
+    /// The op's method takes `&self`; the lock hands it the moments to write (never contended).
     moments: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
     g: &'a [f32],
 }

@@ -152,20 +152,20 @@ impl TensorFile {
         names
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.metadata.info(name).is_some()
-    }
-
-    /// The f32 tensor `name` of shape `shape`, checked, or an error naming the file and the tensor.
-    fn info(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo> {
-        let info = self
-            .metadata
+    /// The tensor `name`, or an error naming the file, the tensor and the shape expected of it.
+    fn lookup(&self, name: &str, expected: &[usize]) -> Result<&TensorInfo> {
+        self.metadata
             .info(name)
             .ok_or_else(|| ModelError::MissingTensor {
                 path: self.path.clone(),
                 name: name.to_string(),
-                expected: shape.to_vec(),
-            })?;
+                expected: expected.to_vec(),
+            })
+    }
+
+    /// The f32 tensor `name` of shape `shape`, checked, or an error naming the file and the tensor.
+    fn info(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo> {
+        let info = self.lookup(name, shape)?;
         if info.dtype != Dtype::F32 {
             return Err(ModelError::Invalid(format!(
                 "{}: tensor `{name}` has dtype {:?}, expected F32",
@@ -203,14 +203,7 @@ impl TensorFile {
     /// The tensor `name` as f32 on the host, whatever float dtype the file stores it in (f32, bf16
     /// or f16; another dtype is an error naming the file and the tensor).
     pub fn read_float(&self, name: &str) -> Result<Tensor> {
-        let info = self
-            .metadata
-            .info(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                expected: vec![],
-            })?;
+        let info = self.lookup(name, &[])?;
         let dtype = match info.dtype {
             Dtype::F32 => return self.read(name, &info.shape, &Device::Cpu),
             Dtype::BF16 => DType::BF16,
