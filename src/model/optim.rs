@@ -241,7 +241,9 @@ impl AdamW {
                         })
                     });
                     match done {
-                        Some(r) => r?,
+                        Some(r) => {
+                            r.map_err(|e| ModelError::Invalid(format!("AdamW: `{name}`: {e}")))?
+                        }
                         None => {
                             return Err(ModelError::Invalid(format!(
                                 "AdamW: the gradient of `{name}` is not a contiguous f32 tensor"
