@@ -296,6 +296,7 @@ fn a_run_that_cannot_fit_is_refused_with_the_estimate() -> Result<()> {
         "RPT_MEMORY_GB",
         "grpo.micro_batch_tokens",
         "rollout.kv_cache_tokens",
+        "grpo.activation_checkpointing = \"always\"",
     ] {
         assert!(err.contains(want), "{want}: {err}");
     }

@@ -343,6 +343,7 @@ fn chunked_head_gradients_equal_one_chunk() -> Result<()> {
 /// a padded batch.
 #[test]
 fn checkpointed_layers_give_the_same_bits() -> Result<()> {
+    use rpt::config::ActivationCheckpointing;
     use rpt::model::Tensor;
     let same = |what: &str, a: &rpt::model::Grads, b: &rpt::model::Grads| -> Result<()> {
         assert_eq!(a.len(), b.len(), "{what}");
@@ -364,16 +365,18 @@ fn checkpointed_layers_give_the_same_bits() -> Result<()> {
         let adv = advantages(&b);
         let mut cfg = Config::default();
         cfg.rollout.max_new_tokens = 10;
-        let grads = |tape: usize, budget: usize| -> Result<_> {
+        // Through the config key, as a run sets it.
+        let grads = |mode: ActivationCheckpointing, budget: usize| -> Result<_> {
             let mut c = cfg.clone();
             c.grpo.micro_batch_tokens = budget;
-            let mut l = Learner::new(&c, &ck.weights, &ck.config)?;
-            l.params.tape_floats = tape;
+            c.grpo.activation_checkpointing = mode;
+            let l = Learner::new(&c, &ck.weights, &ck.config)?;
+            assert_eq!(l.params.tape_floats, mode.tape_floats());
             Ok(l.gradients(&b, &adv)?)
         };
         for budget in [100_000, 12] {
-            let (kept, gk) = grads(usize::MAX, budget)?;
-            let (redone, gr) = grads(0, budget)?;
+            let (kept, gk) = grads(ActivationCheckpointing::Never, budget)?;
+            let (redone, gr) = grads(ActivationCheckpointing::Always, budget)?;
             assert_eq!(
                 kept.loss.to_bits(),
                 redone.loss.to_bits(),

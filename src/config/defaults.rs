@@ -182,3 +182,7 @@ pub(super) fn default_is_cap() -> f64 {
 pub(super) fn default_plugin_timeout() -> f64 {
     30.0
 }
+
+pub(super) fn default_activation_checkpointing() -> super::ActivationCheckpointing {
+    super::ActivationCheckpointing::Auto
+}

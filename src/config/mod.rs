@@ -81,6 +81,45 @@ pub enum TeacherKind {
     None,
 }
 
+/// `grpo.activation_checkpointing`: whether the CPU training pass keeps every layer's activations
+/// for the backward pass or only each layer's input, recomputing the rest of a layer just before its
+/// backward step (one more forward pass; the same numbers to the bit).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpointing {
+    /// For every micro-batch of a run whose largest micro-batch's activations would pass
+    /// `cpu::TAPE_FLOATS` (2 GiB), for none of another's ([`crate::learn::tape_budget`]): fastest,
+    /// but a run whose micro-batches stay just under that keeps up to 2 GiB.
+    Auto,
+    /// For every micro-batch: the activations the update keeps are then the least a micro-batch
+    /// allows, and grow with `grpo.micro_batch_tokens`, never past what a full micro-batch needs.
+    Always,
+    /// Never: every layer's activations kept, however many.
+    Never,
+}
+
+impl ActivationCheckpointing {
+    /// The name a config gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationCheckpointing::Auto => "auto",
+            ActivationCheckpointing::Always => "always",
+            ActivationCheckpointing::Never => "never",
+        }
+    }
+
+    /// The training pass's activation budget in floats ([`crate::cpu::Budget::tape_floats`]) for a
+    /// micro-batch alone (a run's learner decides `auto` for all its micro-batches at once:
+    /// [`crate::learn::tape_budget`]).
+    pub fn tape_floats(self) -> usize {
+        match self {
+            ActivationCheckpointing::Auto => crate::cpu::TAPE_FLOATS,
+            ActivationCheckpointing::Always => 0,
+            ActivationCheckpointing::Never => usize::MAX,
+        }
+    }
+}
+
 /// `train.objective`: what a run optimises.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

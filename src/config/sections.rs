@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::defaults::*;
-use super::{Advantage, CorpusKind, LossTokens, Objective, TeacherKind};
+use super::{ActivationCheckpointing, Advantage, CorpusKind, LossTokens, Objective, TeacherKind};
 use crate::grpo::{LossAgg, LossType, OffPolicy, ScaleRewards};
 
 /// Scale-out over ractor_cluster: the run listens, `rpt worker --connect` processes join it and sample
@@ -206,6 +206,14 @@ pub struct GrpoSection {
     /// length. The result equals one big batch to float rounding.
     #[serde(default = "default_micro_batch_tokens")]
     pub micro_batch_tokens: usize,
+    /// `auto` (default), `always` or `never`: whether the CPU training pass recomputes each layer's
+    /// activations in the backward pass instead of keeping them (one more forward pass, the same
+    /// numbers to the bit). `auto` does so for every micro-batch of a run whose largest one would
+    /// keep over 2 GiB, and for none of another's; `always` bounds the activations the update keeps
+    /// by `micro_batch_tokens` alone. candle's autograd (the GPU's path) keeps every activation
+    /// whatever this says.
+    #[serde(default = "default_activation_checkpointing")]
+    pub activation_checkpointing: ActivationCheckpointing,
     /// Drop groups whose rewards are all equal and sample more states.
     #[serde(default)]
     pub dynamic_sampling: bool,

@@ -60,6 +60,13 @@ mod cases {
         let e = err("[rollout]\nmax_new_tokens = 8\n[grpo]\noverlong_buffer = 9\n");
         assert!(e.contains("grpo.overlong_buffer"), "{e}");
         assert_eq!(parse("[grpo]\nis_cap = inf\n").is_cap, f64::INFINITY);
+        let g = parse("[grpo]\nactivation_checkpointing = \"always\"\n");
+        assert_eq!(g.activation_checkpointing, ActivationCheckpointing::Always);
+        assert_eq!(g.activation_checkpointing.tape_floats(), 0);
+        let e = err("[grpo]\nactivation_checkpointing = true\n");
+        assert!(e.contains("activation_checkpointing"), "{e}");
+        let e = err("[grpo]\nactivation_checkpointing = \"sometimes\"\n");
+        assert!(e.contains("sometimes") && e.contains("always"), "{e}");
     }
 
     #[test]

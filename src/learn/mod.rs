@@ -28,6 +28,45 @@ pub struct UpdateStats {
     pub flops: crate::flops::StepFlops,
 }
 
+/// Tokens in the update's largest micro-batch: `grpo.micro_batch_tokens`, or a whole step's rows
+/// where they are fewer (each row counted as `states.max_context_tokens` + `rollout.max_new_tokens`
+/// + 8, plus one more row).
+pub fn largest_micro_batch(cfg: &Config) -> usize {
+    let row = cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8;
+    let rows = cfg.rollout.states_per_step * cfg.rollout.group_size;
+    cfg.grpo.micro_batch_tokens.min(rows * row + row)
+}
+
+/// Activation floats the training pass keeps per token, in all layers (as the pass counts them:
+/// 4·hidden + 2·q + 2·kv + 4·intermediate a layer).
+pub fn activation_floats_per_token(m: &crate::model::ModelConfig) -> usize {
+    let (q, kv) = (
+        m.num_attention_heads * m.head_dim,
+        m.num_key_value_heads * m.head_dim,
+    );
+    m.num_hidden_layers * (4 * m.hidden_size + 2 * q + 2 * kv + 4 * m.intermediate_size)
+}
+
+/// The training pass's activation budget for a run (`cpu::Budget::tape_floats`). Under
+/// `grpo.activation_checkpointing = "auto"` the run's largest micro-batch decides for all of them:
+/// every micro-batch is checkpointed if that one's activations would pass `cpu::TAPE_FLOATS`, so a
+/// short last micro-batch never keeps more than a full one needs, and the memory estimate holds for
+/// every micro-batch.
+pub fn tape_budget(cfg: &Config, m: &crate::model::ModelConfig) -> usize {
+    use crate::config::ActivationCheckpointing;
+    match cfg.grpo.activation_checkpointing {
+        ActivationCheckpointing::Auto => {
+            let floats = largest_micro_batch(cfg).saturating_mul(activation_floats_per_token(m));
+            if floats > crate::cpu::TAPE_FLOATS {
+                0
+            } else {
+                usize::MAX
+            }
+        }
+        mode => mode.tape_floats(),
+    }
+}
+
 pub struct Learner {
     pub params: Trainable,
     pub opt: AdamW,
@@ -45,7 +84,8 @@ impl Learner {
         weights: &TensorMap,
         model_cfg: &crate::model::ModelConfig,
     ) -> Result<Self> {
-        let params = Trainable::new(model_cfg, weights)?;
+        let mut params = Trainable::new(model_cfg, weights)?;
+        params.tape_floats = tape_budget(cfg, model_cfg);
         let reference = if cfg.grpo.beta > 0.0 {
             Some(Decoder::new(model_cfg, weights)?)
         } else {

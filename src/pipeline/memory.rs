@@ -10,7 +10,9 @@
 //!   actors;
 //! - the update's work space per micro-batch of `grpo.micro_batch_tokens`: the activations the
 //!   training pass keeps per token and layer (4·hidden + 2·q + 2·kv + 4·intermediate floats; past
-//!   `cpu::TAPE_FLOATS` in all, each layer's input and one layer's activations at a time), its
+//!   the budget `grpo.activation_checkpointing` sets (`learn::tape_budget`: under `auto`, none when
+//!   the largest micro-batch's would pass `cpu::TAPE_FLOATS`; none under `always`), each layer's
+//!   input and one layer's activations at a time), its
 //!   attention probabilities (every layer's while a layer's fit `cpu::KEEP_PROBS_FLOATS`; past that
 //!   the backward pass recomputes them, and one layer's is counted), the head's logits chunk (in the
 //!   forward and the backward pass), and an allowance of one embedding-sized buffer for temporaries.
@@ -25,7 +27,7 @@
 //! time), 12.2 GB where 11.83 GB with 6,144 (four), 13.6 GB where 12.61 GB with 12,288 (eight). An
 //! estimate, not a bound.
 
-use crate::config::Config;
+use crate::config::{ActivationCheckpointing, Config};
 use crate::model::ModelConfig;
 
 /// The estimate, in bytes, by part.
@@ -63,18 +65,15 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
     let rows = (cfg.rollout.states_per_step * cfg.rollout.group_size) as u64;
     let kv_tokens = (cfg.rollout.kv_cache_tokens as u64).min(rows * row);
     let per_kv_token = (m.num_hidden_layers * 2 * m.num_key_value_heads * m.head_dim) as u64 * F32;
-    let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
-    let q = (m.num_attention_heads * m.head_dim) as u64;
-    let kv = (m.num_key_value_heads * m.head_dim) as u64;
-    let t = (cfg.grpo.micro_batch_tokens as u64).min(rows * row + row);
+    let t = crate::learn::largest_micro_batch(cfg) as u64;
     let layers = m.num_hidden_layers as u64;
-    // Every layer's activations, or past `cpu::TAPE_FLOATS` (activation checkpointing) each layer's
-    // input and one layer's activations at a time.
-    let per_token = 4 * h + 2 * q + 2 * kv + 4 * i;
-    let tape = if t * layers * per_token <= crate::cpu::TAPE_FLOATS as u64 {
-        t * layers * per_token * F32
+    // Every layer's activations, or past the run's budget (`learn::tape_budget`) each layer's input
+    // and one layer's activations at a time.
+    let all_layers = crate::learn::activation_floats_per_token(m) as u64;
+    let tape = if t * all_layers <= crate::learn::tape_budget(cfg, m) as u64 {
+        t * all_layers * F32
     } else {
-        (t * layers * h + t * per_token) * F32
+        (t * layers * m.hidden_size as u64 + t * all_layers / layers) * F32
     };
     // Kept for every layer up to `KEEP_PROBS_FLOATS` a layer, else recomputed in the backward pass
     // (then at most about one layer's at a time).
@@ -121,7 +120,8 @@ pub fn check_fits(cfg: &Config, m: &ModelConfig, model_dir: &std::path::Path) ->
         "{}: this run needs about {:.1} GB and {:.1} GB is available ({}): training state {:.1} GB \
          (16 bytes a parameter, {:.0} M parameters), other weight copies {:.1} GB, KV cache {:.1} GB \
          (`rollout.kv_cache_tokens` = {}), update work space {:.1} GB (`grpo.micro_batch_tokens` = \
-         {}). Lower those two keys, or use a smaller model or a larger machine",
+         {}, `grpo.activation_checkpointing` = \"{}\"). Lower those two numbers{}, or use a smaller \
+         model or a larger machine",
         model_dir.display(),
         gb(e.total()),
         gb(avail),
@@ -137,6 +137,12 @@ pub fn check_fits(cfg: &Config, m: &ModelConfig, model_dir: &std::path::Path) ->
         cfg.rollout.kv_cache_tokens,
         gb(e.update_work),
         cfg.grpo.micro_batch_tokens,
+        cfg.grpo.activation_checkpointing.name(),
+        if cfg.grpo.activation_checkpointing == ActivationCheckpointing::Always {
+            ""
+        } else {
+            " or set `grpo.activation_checkpointing = \"always\"`"
+        },
     )))
 }
 
@@ -195,5 +201,46 @@ mod tests {
         let head = 2 * crate::cpu::HEAD_CHUNK_FLOATS as u64 * 4;
         let probs = 1536 * row * 16 * 4;
         assert_eq!(g.update_work, tape + probs + head + 151_936 * 1024 * 4);
+    }
+
+    /// Under `auto`, a micro-batch just under `cpu::TAPE_FLOATS` keeps every layer's activations, so
+    /// fewer micro-batch tokens can need more memory; under `always` the activations kept grow with
+    /// the micro-batch tokens and are never more than `auto`'s.
+    #[test]
+    fn always_checkpointing_makes_the_work_space_grow_with_the_micro_batch() {
+        let m = qwen3_06b();
+        let mut cfg = Config::default();
+        cfg.rollout.states_per_step = 16;
+        cfg.rollout.group_size = 8;
+        cfg.states.max_context_tokens = 512;
+        cfg.rollout.max_new_tokens = 1024;
+        let work = |cfg: &Config, t: usize, mode: ActivationCheckpointing| {
+            let mut c = cfg.clone();
+            c.grpo.micro_batch_tokens = t;
+            c.grpo.activation_checkpointing = mode;
+            estimate(&c, &m).update_work
+        };
+        use ActivationCheckpointing::{Always, Auto, Never};
+        assert!(work(&cfg, 800, Auto) > work(&cfg, 1536, Auto));
+        // From 192 tokens on: below that, rows of 1,544 tokens keep every layer's attention
+        // probabilities (`cpu::KEEP_PROBS_FLOATS` a layer, 0.47 GB at most), past it one layer's.
+        let mut last = 0;
+        for t in (192..=4096).step_by(64) {
+            let always = work(&cfg, t, Always);
+            assert!(always >= last, "{t}");
+            assert!(always <= work(&cfg, t, Auto), "{t}");
+            assert!(work(&cfg, t, Auto) <= work(&cfg, t, Never), "{t}");
+            last = always;
+        }
+        assert!(work(&cfg, 800, Always) < work(&cfg, 1536, Always));
+        // Under `auto` the largest micro-batch decides for a whole run: a 1,536-token budget
+        // checkpoints every micro-batch, the short last one too; a 448-token one none.
+        let mut c = cfg.clone();
+        c.grpo.micro_batch_tokens = 1536;
+        assert_eq!(crate::learn::tape_budget(&c, &m), 0);
+        c.grpo.micro_batch_tokens = 448;
+        assert_eq!(crate::learn::tape_budget(&c, &m), usize::MAX);
+        c.grpo.activation_checkpointing = Always;
+        assert_eq!(crate::learn::tape_budget(&c, &m), 0);
     }
 }

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// `rollout.kv_cache_tokens` of the sampling (default: the config's default).
     #[arg(long)]
     pub kv_cache_tokens: Option<usize>,
+    /// `grpo.activation_checkpointing` of the GRPO update: auto, always or never (default: the
+    /// config's default).
+    #[arg(long)]
+    pub activation_checkpointing: Option<String>,
     /// Gradient path for `train`: `auto` (the device's route: `fused` on the CPU, `autograd`
     /// elsewhere), `fused` (the hand-written CPU pass) or `autograd` (candle's).
     #[arg(long, default_value = "auto")]
@@ -129,6 +133,17 @@ fn grpo(a: &BenchArgs) -> Result<()> {
     if let Some(t) = a.kv_cache_tokens {
         anyhow::ensure!(t >= 1, "--kv-cache-tokens must be >= 1, got 0");
         cfg.rollout.kv_cache_tokens = t;
+    }
+    if let Some(mode) = &a.activation_checkpointing {
+        use rpt::config::ActivationCheckpointing as A;
+        cfg.grpo.activation_checkpointing = match mode.as_str() {
+            "auto" => A::Auto,
+            "always" => A::Always,
+            "never" => A::Never,
+            other => anyhow::bail!(
+                "--activation-checkpointing must be auto, always or never, got {other:?}"
+            ),
+        };
     }
     let mut learner = rpt::learn::Learner::new(&cfg, &ck.weights, &ck.config)?;
     // The learner holds the weights from here on, as in a run.
