@@ -88,8 +88,9 @@ pub enum TeacherKind {
 #[serde(rename_all = "snake_case")]
 pub enum ActivationCheckpointing {
     /// For every micro-batch of a run whose largest micro-batch's activations would pass
-    /// `cpu::TAPE_FLOATS` (2 GiB), for none of another's ([`crate::learn::tape_budget`]): fastest,
-    /// but a run whose micro-batches stay just under that keeps up to 2 GiB.
+    /// `cpu::TAPE_FLOATS` (2 GiB), for no other but one past it by itself (a completion longer than
+    /// `grpo.micro_batch_tokens`; [`crate::learn::tape_budget`]): fastest, but a run whose
+    /// micro-batches stay just under that keeps up to 2 GiB.
     Auto,
     /// For every micro-batch: the activations the update keeps are then the least a micro-batch
     /// allows, and grow with `grpo.micro_batch_tokens`, never past what a full micro-batch needs.

@@ -209,9 +209,9 @@ pub struct GrpoSection {
     /// `auto` (default), `always` or `never`: whether the CPU training pass recomputes each layer's
     /// activations in the backward pass instead of keeping them (one more forward pass, the same
     /// numbers to the bit). `auto` does so for every micro-batch of a run whose largest one would
-    /// keep over 2 GiB, and for none of another's; `always` bounds the activations the update keeps
-    /// by `micro_batch_tokens` alone. candle's autograd (the GPU's path) keeps every activation
-    /// whatever this says.
+    /// keep over 2 GiB, and for no other but one past that by itself; `always` bounds the
+    /// activations the update keeps by `micro_batch_tokens` alone. candle's autograd (the GPU's
+    /// path) keeps every activation whatever this says.
     #[serde(default = "default_activation_checkpointing")]
     pub activation_checkpointing: ActivationCheckpointing,
     /// Drop groups whose rewards are all equal and sample more states.

@@ -51,7 +51,8 @@ pub fn activation_floats_per_token(m: &crate::model::ModelConfig) -> usize {
 /// `grpo.activation_checkpointing = "auto"` the run's largest micro-batch decides for all of them:
 /// every micro-batch is checkpointed if that one's activations would pass `cpu::TAPE_FLOATS`, so a
 /// short last micro-batch never keeps more than a full one needs, and the memory estimate holds for
-/// every micro-batch.
+/// every micro-batch. Otherwise the budget stays `cpu::TAPE_FLOATS`: a micro-batch of a single
+/// completion longer than `grpo.micro_batch_tokens` is still checkpointed past it.
 pub fn tape_budget(cfg: &Config, m: &crate::model::ModelConfig) -> usize {
     use crate::config::ActivationCheckpointing;
     match cfg.grpo.activation_checkpointing {
@@ -60,7 +61,7 @@ pub fn tape_budget(cfg: &Config, m: &crate::model::ModelConfig) -> usize {
             if floats > crate::cpu::TAPE_FLOATS {
                 0
             } else {
-                usize::MAX
+                crate::cpu::TAPE_FLOATS
             }
         }
         mode => mode.tape_floats(),
