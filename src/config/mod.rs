@@ -89,7 +89,7 @@ pub enum TeacherKind {
 pub enum ActivationCheckpointing {
     /// For every micro-batch of a run whose largest micro-batch's activations would pass
     /// `cpu::TAPE_FLOATS` (2 GiB), for no other but one past it by itself (a completion longer than
-    /// `grpo.micro_batch_tokens`; [`crate::learn::tape_budget`]): fastest, but a run whose
+    /// `grpo.micro_batch_tokens`; `learn::tape_budget`): fastest, but a run whose
     /// micro-batches stay just under that keeps up to 2 GiB.
     Auto,
     /// For every micro-batch: the activations the update keeps are then the least a micro-batch
@@ -111,7 +111,7 @@ impl ActivationCheckpointing {
 
     /// The training pass's activation budget in floats ([`crate::cpu::Budget::tape_floats`]) for a
     /// micro-batch alone (a run's learner decides `auto` for all its micro-batches at once:
-    /// [`crate::learn::tape_budget`]).
+    /// `learn::tape_budget`).
     pub fn tape_floats(self) -> usize {
         match self {
             ActivationCheckpointing::Auto => crate::cpu::TAPE_FLOATS,
