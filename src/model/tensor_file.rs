@@ -2,23 +2,30 @@
 //! tensor at a time, so that writing or reading a checkpoint costs no second copy of the model or
 //! of the optimizer's moments.
 //!
-//! The file format is the `safetensors` crate's: `serialize_to_file` writes the header and the data
-//! (through a temporary file it renames into place), and `SafeTensors::read_metadata` parses the
-//! header of a file mapped into memory, of which only the header's pages are read. The data is read
-//! with positioned reads straight into the caller's floats: the file's pages go to the page cache,
-//! not to the process's resident memory, which a read through the map would count until it was
-//! unmapped. Only host f32 tensors are borrowed; any other tensor (on a GPU, or another dtype) is
-//! copied to the host as f32 when its turn to be written comes, one at a time.
+//! The header is the `safetensors` crate's (`Metadata`, serialized by the crate), and
+//! `SafeTensors::read_metadata` parses the header of a file mapped into memory, of which only the
+//! header's pages are read. The few lines of framing around it (the header's length, the header
+//! padded to 8 bytes, the data in the header's order, through a temporary file renamed into place)
+//! are written here rather than by the crate's `serialize_to_file`, because that writer asks each
+//! tensor for its bytes through `View::data`, which cannot fail, and copying a tensor from a GPU can:
+//! here the copy's error ends the write before the rename, naming the tensor, and the file already at
+//! the path is left as it was. The output is byte for byte the crate's (tested), in a file or in
+//! memory (the weights sent to a policy worker). The data is read with positioned reads straight
+//! into the caller's floats: the file's pages go to the page cache, not to the process's resident
+//! memory, which a read through the map would count until it was unmapped. Only host f32 tensors are
+//! borrowed; any other tensor (on a GPU, or another dtype) is copied to the host as f32 when its turn
+//! to be written comes, one at a time.
 
 use std::borrow::Cow;
 use std::fs::File;
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, SafeTensors};
 
 use super::error::{ModelError, Result};
 
@@ -34,6 +41,9 @@ pub enum Source<'a> {
     Floats { data: &'a [f32], shape: Vec<usize> },
     /// Any other tensor: copied to the host as f32 when it is written.
     Copied(Tensor),
+    /// A tensor whose copy to the host fails, of this shape (for the tests of a failed write).
+    #[cfg(test)]
+    Failing(Vec<usize>),
 }
 
 impl<'a> Source<'a> {
@@ -58,58 +68,114 @@ impl<'a> Source<'a> {
                 _ => None,
             },
             Source::Floats { data, .. } => Some(data),
-            Source::Copied(_) => None,
+            _ => None,
         }
     }
 }
 
-impl View for Source<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-
+impl Source<'_> {
     fn shape(&self) -> &[usize] {
         match self {
             Source::Storage { shape, .. } | Source::Floats { shape, .. } => shape,
             Source::Copied(t) => t.dims(),
+            #[cfg(test)]
+            Source::Failing(shape) => shape,
         }
     }
 
-    fn data(&self) -> Cow<'_, [u8]> {
+    /// The tensor's bytes as f32: its own memory, or a copy to the host (which can fail).
+    fn bytes(&self) -> candle_core::Result<Cow<'_, [u8]>> {
         if let Some(x) = self.floats() {
-            return Cow::Borrowed(bytemuck::cast_slice(x));
+            return Ok(Cow::Borrowed(bytemuck::cast_slice(x)));
         }
-        let Source::Copied(t) = self else {
-            unreachable!("only a copied tensor has no floats of its own")
+        let t = match self {
+            Source::Copied(t) => t,
+            #[cfg(test)]
+            Source::Failing(_) => return Err(candle_core::Error::Msg("device lost".into())),
+            _ => unreachable!("only a copied tensor has no floats of its own"),
         };
-        // `View::data` cannot fail; a tensor that cannot reach the host as f32 is a bug upstream.
         let host: Vec<f32> = t
-            .to_device(&Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .expect("a tensor converts to host f32");
-        Cow::Owned(bytemuck::cast_slice(&host).to_vec())
-    }
-
-    fn data_len(&self) -> usize {
-        4 * self.shape().iter().product::<usize>()
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        Ok(Cow::Owned(bytemuck::cast_slice(&host).to_vec()))
     }
 }
 
 // safetensors stores little-endian numbers; the floats are written as they lie in memory.
 const _: () = assert!(cfg!(target_endian = "little"));
 
-/// Writes `tensors` to `path` as one safetensors file of f32 tensors, atomically (a temporary file
-/// renamed into place).
+/// Writes `tensors` to `path` as one safetensors file of f32 tensors, atomically: through a
+/// temporary file beside it, renamed into place only once every tensor is written. A tensor that
+/// cannot be copied to the host ends the write with an error naming it; the path is then untouched.
 pub fn write(path: &Path, tensors: Vec<(String, Source<'_>)>) -> Result<()> {
-    safetensors::serialize_to_file(tensors, None, path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(e) => ModelError::io(path, e),
-        e => ModelError::Safetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        },
-    })
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ModelError::io(path, e))?;
+    {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        write_to(&mut f, tensors, &path.display().to_string())?;
+        f.flush().map_err(|e| ModelError::io(path, e))?;
+    }
+    tmp.persist(path)
+        .map_err(|e| ModelError::io(path, e.error))?;
+    Ok(())
+}
+
+/// `tensors` as the bytes of one safetensors file of f32 tensors (weights sent to another process).
+pub fn to_bytes(tensors: Vec<(String, Source<'_>)>) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    write_to(&mut bytes, tensors, "<weights>")?;
+    Ok(bytes)
+}
+
+/// The safetensors framing: the header's length, the header (the crate's `Metadata`, padded with
+/// spaces to 8 bytes), then each tensor's data in the header's order, the crate's (by name, for
+/// tensors of one dtype). `label` names the destination in errors.
+fn write_to(
+    out: &mut impl Write,
+    mut tensors: Vec<(String, Source<'_>)>,
+    label: &str,
+) -> Result<()> {
+    let io = |e: std::io::Error| ModelError::io(Path::new(label), e);
+    let format = |reason: String| ModelError::Safetensors {
+        path: label.into(),
+        reason,
+    };
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut offset = 0;
+    let infos = tensors
+        .iter()
+        .map(|(name, t)| {
+            let n = 4 * t.shape().iter().product::<usize>();
+            offset += n;
+            let info = TensorInfo {
+                dtype: Dtype::F32,
+                shape: t.shape().to_vec(),
+                data_offsets: (offset - n, offset),
+            };
+            (name.clone(), info)
+        })
+        .collect();
+    let metadata = Metadata::new(None, infos).map_err(|e| format(e.to_string()))?;
+    let mut header = serde_json::to_vec(&metadata).map_err(|e| format(e.to_string()))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for (name, t) in &tensors {
+        let bytes = t.bytes().map_err(|e| {
+            ModelError::Invalid(format!(
+                "{label}: tensor `{name}` could not be copied to the host as f32 ({e}); nothing \
+                 was written in its place, and what was there is as it was"
+            ))
+        })?;
+        out.write_all(&bytes).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// A safetensors file opened for reading tensor by tensor: its header parsed and checked against
@@ -280,6 +346,77 @@ mod tests {
         // A candle reader sees the same file.
         let candle = candle_core::safetensors::load(&path, &Device::Cpu)?;
         assert_eq!(bits(&candle["b"]), bits(&b));
+        Ok(())
+    }
+
+    #[test]
+    fn the_file_is_byte_for_byte_the_crates_and_a_failed_copy_leaves_the_old_one() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((2, 3))?;
+        let b = Tensor::new(&[0.5f64, -1.0, 7.0], &Device::Cpu)?;
+        let odd = [1f32, 2.0, 3.0, 4.0, 5.0];
+        write(
+            &path,
+            vec![
+                ("z".into(), Source::of(&a)),
+                ("b".into(), Source::of(&b)),
+                (
+                    "odd.name".into(),
+                    Source::Floats {
+                        data: &odd,
+                        shape: vec![5],
+                    },
+                ),
+            ],
+        )?;
+        let written = std::fs::read(&path).unwrap();
+        let b32: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
+        let a32: Vec<f32> = a.flatten_all()?.to_vec1()?;
+        fn view(x: &[f32], shape: Vec<usize>) -> safetensors::tensor::TensorView<'_> {
+            let bytes: &[u8] = bytemuck::cast_slice(x);
+            safetensors::tensor::TensorView::new(Dtype::F32, shape, bytes).unwrap()
+        }
+        let theirs = safetensors::serialize(
+            vec![
+                ("z", view(&a32, vec![2, 3])),
+                ("b", view(&b32, vec![3])),
+                ("odd.name", view(&odd, vec![5])),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(written, theirs);
+        let sent = to_bytes(vec![
+            (
+                "odd.name".into(),
+                Source::Floats {
+                    data: &odd,
+                    shape: vec![5],
+                },
+            ),
+            ("b".into(), Source::of(&b)),
+            ("z".into(), Source::of(&a)),
+        ])?;
+        assert_eq!(sent, theirs);
+        // A tensor that cannot reach the host: an error naming it, the file as it was, and no
+        // temporary file left beside it.
+        let e = write(
+            &path,
+            vec![
+                ("a".into(), Source::of(&a)),
+                ("lost".into(), Source::Failing(vec![4, 2])),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.safetensors") && e.contains("`lost`") && e.contains("device lost"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), written);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
         Ok(())
     }
 

@@ -201,11 +201,11 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
 pub fn weights_to_bytes<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a Tensor)>,
 ) -> Result<Vec<u8>> {
-    let views: Vec<(&str, Source)> = tensors.map(|(n, t)| (n, Source::of(t))).collect();
-    safetensors::serialize(views, None).map_err(|e| ModelError::Safetensors {
-        path: "<weights>".into(),
-        reason: e.to_string(),
-    })
+    tensor_file::to_bytes(
+        tensors
+            .map(|(n, t)| (n.to_string(), Source::of(t)))
+            .collect(),
+    )
 }
 
 /// Reads [`weights_to_bytes`] output back, checked against `cfg` as a checkpoint is; `label` names the
