@@ -108,17 +108,6 @@ impl ActivationCheckpointing {
             ActivationCheckpointing::Never => "never",
         }
     }
-
-    /// The training pass's activation budget in floats ([`crate::cpu::Budget::tape_floats`]) for a
-    /// micro-batch alone (a run's learner decides `auto` for all its micro-batches at once:
-    /// `learn::tape_budget`).
-    pub fn tape_floats(self) -> usize {
-        match self {
-            ActivationCheckpointing::Auto => crate::cpu::TAPE_FLOATS,
-            ActivationCheckpointing::Always => 0,
-            ActivationCheckpointing::Never => usize::MAX,
-        }
-    }
 }
 
 /// `train.objective`: what a run optimises.

@@ -28,11 +28,16 @@ pub struct UpdateStats {
     pub flops: crate::flops::StepFlops,
 }
 
+/// Tokens a sampled row is counted as, for the memory a run needs: `states.max_context_tokens` +
+/// `rollout.max_new_tokens` + 8 (the prompt template's tokens are not counted).
+pub fn row_tokens(cfg: &Config) -> usize {
+    cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8
+}
+
 /// Tokens in the update's largest micro-batch: `grpo.micro_batch_tokens`, or a whole step's rows
-/// where they are fewer (each row counted as `states.max_context_tokens` + `rollout.max_new_tokens`
-/// + 8, plus one more row).
+/// ([`row_tokens`] each) where they are fewer, plus one more row.
 pub fn largest_micro_batch(cfg: &Config) -> usize {
-    let row = cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8;
+    let row = row_tokens(cfg);
     let rows = cfg.rollout.states_per_step * cfg.rollout.group_size;
     cfg.grpo.micro_batch_tokens.min(rows * row + row)
 }
@@ -47,15 +52,21 @@ pub fn activation_floats_per_token(m: &crate::model::ModelConfig) -> usize {
     m.num_hidden_layers * (4 * m.hidden_size + 2 * q + 2 * kv + 4 * m.intermediate_size)
 }
 
-/// The training pass's activation budget for a run (`cpu::Budget::tape_floats`). Under
-/// `grpo.activation_checkpointing = "auto"` the run's largest micro-batch decides for all of them:
-/// every micro-batch is checkpointed if that one's activations would pass `cpu::TAPE_FLOATS`, so a
-/// short last micro-batch never keeps more than a full one needs, and the memory estimate holds for
-/// every micro-batch. Otherwise the budget stays `cpu::TAPE_FLOATS`: a micro-batch of a single
-/// completion longer than `grpo.micro_batch_tokens` is still checkpointed past it.
+/// The training pass's activation budget for a run, in floats (`cpu::Budget::tape_floats`: a
+/// micro-batch whose activations would pass it keeps each layer's input only), as
+/// `grpo.activation_checkpointing` sets it:
+/// - `always`: 0, every micro-batch checkpointed;
+/// - `never`: no limit;
+/// - `auto`: the run's largest micro-batch decides for all of them. Every micro-batch is
+///   checkpointed if that one's activations would pass `cpu::TAPE_FLOATS`, so a short last
+///   micro-batch never keeps more than a full one needs and the memory estimate holds for every
+///   micro-batch. Otherwise the budget stays `cpu::TAPE_FLOATS`: a micro-batch of a single
+///   completion longer than `grpo.micro_batch_tokens` is still checkpointed past it.
 pub fn tape_budget(cfg: &Config, m: &crate::model::ModelConfig) -> usize {
     use crate::config::ActivationCheckpointing;
     match cfg.grpo.activation_checkpointing {
+        ActivationCheckpointing::Always => 0,
+        ActivationCheckpointing::Never => usize::MAX,
         ActivationCheckpointing::Auto => {
             let floats = largest_micro_batch(cfg).saturating_mul(activation_floats_per_token(m));
             if floats > crate::cpu::TAPE_FLOATS {
@@ -64,7 +75,6 @@ pub fn tape_budget(cfg: &Config, m: &crate::model::ModelConfig) -> usize {
                 crate::cpu::TAPE_FLOATS
             }
         }
-        mode => mode.tape_floats(),
     }
 }
 

@@ -17,6 +17,10 @@
 //!   the backward pass recomputes them, and one layer's is counted), the head's logits chunk (in the
 //!   forward and the backward pass), and an allowance of one embedding-sized buffer for temporaries.
 //!
+//! A sampled row counts as `learn::row_tokens`: context and new tokens and 8 more, not the prompt
+//! template's own tokens (the estimate is made before the tokenizer is read; the paper's prompt is
+//! about 80 tokens of Qwen3's), which can undercount runs of short contexts.
+//!
 //! The cache and the update's work space are added, though at `rollout.max_staleness = 0` sampling and
 //! the update take turns: the allocator keeps what each phase freed for reuse, and the larger of the
 //! two alone fell more than 1 GB short of a measured peak (the paper's lengths, two rows at a time).
@@ -61,7 +65,7 @@ pub fn estimate(cfg: &Config, m: &ModelConfig) -> MemoryEstimate {
         + crate::reward::from_config(&cfg.reward)
             .map(|r| r.needs().ema_teacher as u64)
             .unwrap_or(0);
-    let row = (cfg.states.max_context_tokens + cfg.rollout.max_new_tokens + 8) as u64;
+    let row = crate::learn::row_tokens(cfg) as u64;
     let rows = (cfg.rollout.states_per_step * cfg.rollout.group_size) as u64;
     let kv_tokens = (cfg.rollout.kv_cache_tokens as u64).min(rows * row);
     let per_kv_token = (m.num_hidden_layers * 2 * m.num_key_value_heads * m.head_dim) as u64 * F32;
@@ -243,5 +247,7 @@ mod tests {
         assert_eq!(crate::learn::tape_budget(&c, &m), crate::cpu::TAPE_FLOATS);
         c.grpo.activation_checkpointing = Always;
         assert_eq!(crate::learn::tape_budget(&c, &m), 0);
+        c.grpo.activation_checkpointing = Never;
+        assert_eq!(crate::learn::tape_budget(&c, &m), usize::MAX);
     }
 }
