@@ -10,7 +10,8 @@
 //!   per-token log-probs; only its gradient with respect to them enters here.
 //! - **Sampling** ([`step`] over a [`HostCache`]): prefill and decode with a preallocated KV cache,
 //!   batch-invariant: prompts always take the GEMM, new tokens always the few-row kernel, and both
-//!   compute a row the same way in any batch.
+//!   compute a row the same way in any batch. Its attention over the cache, with the cache's layout
+//!   (each key-value head's tokens in one run), is in `cached_attention.rs`.
 //! - **Kernels**: a packed single-precision GEMM with an AVX-512 register tile (`gemm.rs`, the tile in
 //!   `gemm_kernel.rs`, its operand packing in `pack.rs`; the `gemm` crate where the CPU lacks
 //!   AVX-512), a few-row decoding kernel
@@ -21,6 +22,7 @@
 
 mod attention;
 mod backward;
+mod cached_attention;
 mod few_rows;
 mod forward;
 mod gemm;
