@@ -20,8 +20,7 @@ use rpt::pipeline::{bootstrap::bootstrap, prepare};
 fn shared() -> &'static (PathBuf, Config, Vec<serde_json::Value>) {
     static CELL: OnceLock<(PathBuf, Config, Vec<serde_json::Value>)> = OnceLock::new();
     CELL.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("rpt-cluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = common::scratch("cluster");
         let model = root.join("model");
         let mut cfg = tiny_config(&root, &model);
         // Enough states a step that the run's local policy and the workers all get some.

@@ -164,8 +164,8 @@ fn a_plugin_that_fails_once_is_restarted_and_its_groups_reissued() -> Result<()>
     run(&clean, TrainOptions::default())?;
     for fault in ["crash", "hang", "malformed", "count", "nan"] {
         let name = format!("plug-once-{fault}");
-        let state = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
-        let _ = std::fs::remove_file(&state);
+        let scratch = tempfile::tempdir()?;
+        let state = scratch.path().join("faults.json");
         let mut cfg = with_plugin(
             prefix_match_config(&name),
             "tests/plugins/reward_faults.py",
@@ -195,8 +195,8 @@ fn a_plugin_that_keeps_failing_stops_the_run_with_its_stderr_and_line_and_the_ch
         ("crash", "exited"),
     ] {
         let name = format!("plug-always-{fault}");
-        let state = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
-        let _ = std::fs::remove_file(&state);
+        let scratch = tempfile::tempdir()?;
+        let state = scratch.path().join("faults.json");
         // Steps of 3 groups, a checkpoint every 2 steps: the fault comes in step 3.
         let cfg = with_plugin(
             prefix_match_config(&name),

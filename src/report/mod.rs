@@ -372,8 +372,8 @@ mod tests {
 
     #[test]
     fn a_torn_line_is_skipped_with_its_file_and_line_and_an_empty_run_is_named() {
-        let dir = std::env::temp_dir().join(format!("rpt-report-read-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
         std::fs::write(
             dir.join("metrics.jsonl"),
             "{\"step\": 1, \"reward_mean\": 0.5, \"new_field\": [1]}\n{\"step\": 2, \"rew",

@@ -141,19 +141,29 @@ pub fn learned_states(m: &[serde_json::Value]) -> Vec<u64> {
     seen
 }
 
+/// A scratch folder for this test binary's shared files, under cargo's `target/tmp`, emptied when it
+/// is first asked for. Statics are never dropped, so a folder made per process would outlive every
+/// run; this one is reused by the next run of the same binary instead. A lock held until the process
+/// ends keeps two runs of one binary from sharing it at once: the second waits.
+pub fn scratch(label: &str) -> PathBuf {
+    let stem = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{stem}-{label}"));
+    let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    std::mem::forget(lock);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
 /// The tiny model and its index, built once for this test binary.
 pub fn shared() -> &'static (PathBuf, Config) {
     static CELL: OnceLock<(PathBuf, Config)> = OnceLock::new();
     CELL.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!(
-            "rpt-{}-{}",
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = scratch("shared");
         let model = root.join("model");
         let cfg = tiny_config(&root, &model);
         bootstrap(&cfg, &model, &Device::Cpu).unwrap();
