@@ -91,7 +91,7 @@ enum Command {
     Worker(cmd::worker::WorkerArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     no_backtraces_in_errors();
     keep_freed_memory();
     tracing_subscriber::fmt()
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    match &cli.command {
+    let done = match &cli.command {
         Command::Bootstrap(a) => cmd::pipeline::run_bootstrap(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Prepare(a) => cmd::pipeline::run_prepare(a),
@@ -116,5 +116,23 @@ fn main() -> Result<()> {
         Command::Init(a) => cmd::init::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Worker(a) => cmd::worker::run(a),
+    };
+    exit_code(done)
+}
+
+/// 0 when the command succeeded; 130, the status of an interrupted command, when Ctrl-C stopped a
+/// run after its checkpoint; otherwise 1, with the error and its causes as `main` returning the
+/// error would print them.
+fn exit_code(done: Result<()>) -> std::process::ExitCode {
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| c.is::<cmd::train::Stopped>()) => {
+            eprintln!("{e:#}");
+            std::process::ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

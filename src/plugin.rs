@@ -3,11 +3,14 @@
 //!
 //! A plug-in that exits, hangs past its timeout, or answers a line that is not what was asked for is
 //! an error that quotes the bad line and the tail of the process's stderr, and the process is killed:
-//! the caller starts a fresh one for the next request. Written by hand because it is a child process,
+//! the caller starts a fresh one for the next request. A plug-in runs in a process group of its own, so
+//! that a terminal's Ctrl-C reaches `rpt` alone, which finishes its step (and the plug-in's answers)
+//! before it stops; a plug-in ends when its stdin closes. Written by hand because it is a child process,
 //! two reader threads and a channel; no crate adds anything to that.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,7 @@ impl Plugin {
             .ok_or_else(|| format!("the {} plug-in's command is empty", spec.role))?;
         let mut child = Command::new(program)
             .args(args)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -8,6 +8,7 @@
 mod cluster;
 mod environment;
 mod faults;
+mod interrupt;
 mod job;
 mod learner;
 mod messages;
@@ -53,8 +54,8 @@ pub struct RunParts {
     pub bar: indicatif::ProgressBar,
 }
 
-/// Spawns the actors and runs until the last step, a stop (Ctrl-C), or a failure the supervisor does
-/// not restart from.
+/// Spawns the actors and runs until the last step, a stop (Ctrl-C, `interrupt.rs`), or a failure the
+/// supervisor does not restart from.
 pub async fn run(parts: RunParts, hooks: Hooks) -> Result<RunSummary> {
     let cfg = parts.shared.cfg.clone();
     let cluster = match &cfg.cluster {
@@ -85,16 +86,11 @@ pub async fn run(parts: RunParts, hooks: Hooks) -> Result<RunSummary> {
         .await
         .map_err(spawn_err)?;
     let stopper = sup.clone();
-    let ctrl_c = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!(
-                "Ctrl-C: finishing the current step, writing a checkpoint, then stopping"
-            );
-            let _ = stopper.cast(messages::SupMsg::Stop);
-        }
+    let ctrl_c = interrupt::during_run(&cfg.run_dir, move || {
+        let _ = stopper.cast(messages::SupMsg::Stop);
     });
     let outcome = ractor::call!(sup, messages::SupMsg::Run);
-    ctrl_c.abort();
+    drop(ctrl_c);
     sup.stop(None);
     let _ = sup_h.await;
     env_ref.stop(None);

@@ -15,6 +15,8 @@ pub struct Summary {
     pub steps: u64,
     /// States handed out again after a policy or verifier failed.
     pub reissued: usize,
+    /// Stopped on request (Ctrl-C) before the run's last step.
+    pub stopped: bool,
 }
 
 /// Everything about one step in progress.

@@ -73,6 +73,8 @@ pub struct Schedule<V> {
     next_launch: u64,
     learner_busy: bool,
     reissued_total: usize,
+    /// A stop request moved the run's end before its last step.
+    stopped: bool,
     faults: Faults,
 }
 
@@ -90,6 +92,7 @@ impl<V: Clone> Schedule<V> {
             next_launch: start,
             learner_busy: false,
             reissued_total: 0,
+            stopped: false,
             faults: Faults::default(),
             plan,
         }
@@ -109,6 +112,7 @@ impl<V: Clone> Schedule<V> {
         Summary {
             steps: self.updates_done,
             reissued: self.reissued_total,
+            stopped: self.stopped,
         }
     }
 
@@ -338,7 +342,9 @@ impl<V: Clone> Schedule<V> {
 
     /// Finish the step in progress (its update writes a checkpoint) and launch nothing new.
     pub fn stop(&mut self) {
-        self.plan.end_step = (self.updates_done + 1).min(self.plan.end_step);
+        let end = (self.updates_done + 1).min(self.plan.end_step);
+        self.stopped |= end < self.plan.end_step;
+        self.plan.end_step = end;
     }
 
     /// Hands the unfinished states of policy `from` to the policies `to` (split evenly, per step).

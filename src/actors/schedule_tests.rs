@@ -190,7 +190,8 @@ fn on_policy_each_step_samples_the_newest_weights() {
         log.finished,
         Some(Ok(Summary {
             steps: 4,
-            reissued: 0
+            reissued: 0,
+            stopped: false
         }))
     );
 }
@@ -342,28 +343,49 @@ fn only_versions_a_step_in_progress_needs_are_kept() {
     assert_eq!(s.versions.len(), 1);
 }
 
-#[test]
-fn a_stop_finishes_the_step_in_progress_and_checkpoints_it() {
-    let mut s = new(plan(2, 0, 10), 1);
+/// A run of `steps` steps of `states` states each, asked to stop during its first step: what it
+/// learned and how it finished.
+fn stopped_in_the_first_step(states: u64, steps: u64) -> Log {
+    let mut s = new(plan(states as usize, 0, steps), 1);
     s.start();
-    s.took(0, vec![(0, state(0)), (1, state(1))]).unwrap();
+    let taken: Vec<(u64, State)> = (0..states).map(|k| (k, state(k))).collect();
+    s.took(0, taken.clone()).unwrap();
     s.stop();
-    let log = simulate_from(
+    simulate_from(
         &mut s,
         vec![Cmd::Sample {
             policy: 0,
             step: 0,
             version: 0,
             model: 0,
-            states: vec![(0, state(0)), (1, state(1))],
+            states: taken,
         }],
-    );
+    )
+}
+
+#[test]
+fn a_stop_finishes_the_step_in_progress_and_checkpoints_it() {
+    let log = stopped_in_the_first_step(2, 10);
     assert_eq!(log.learned, vec![(0, vec![0, 1])]);
     assert_eq!(
         log.finished,
         Some(Ok(Summary {
             steps: 1,
-            reissued: 0
+            reissued: 0,
+            stopped: true
+        }))
+    );
+}
+
+#[test]
+fn a_stop_during_the_last_step_is_not_an_early_stop() {
+    let log = stopped_in_the_first_step(1, 1);
+    assert_eq!(
+        log.finished,
+        Some(Ok(Summary {
+            steps: 1,
+            reissued: 0,
+            stopped: false
         }))
     );
 }

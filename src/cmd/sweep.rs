@@ -57,7 +57,17 @@ pub fn run(a: &SweepArgs) -> Result<()> {
             allow_config_change: false,
             flops_of: None,
         })
-        .with_context(|| format!("sweep cell {}", cell.name))?;
+        .map_err(|e| {
+            let cell = &cell.name;
+            if e.is::<super::train::Stopped>() {
+                e.context(format!(
+                    "sweep cell {cell} (run the sweep again: it resumes this cell, which is not \
+                     marked done)"
+                ))
+            } else {
+                e.context(format!("sweep cell {cell}"))
+            }
+        })?;
         rpt::model::write_atomic(&dir.join(DONE), b"")?;
         ran += 1;
     }

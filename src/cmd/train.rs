@@ -34,6 +34,35 @@ pub struct TrainArgs {
     pub flops_of: Option<PathBuf>,
 }
 
+/// A run stopped by Ctrl-C before its last step, after writing a checkpoint: the evaluation after
+/// training is skipped and `rpt` exits with status 130.
+#[derive(Debug)]
+pub struct Stopped {
+    pub step: u64,
+    pub of: u64,
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped by Ctrl-C after step {} of {}",
+            self.step, self.of
+        )?;
+        match &self.checkpoint {
+            Some(dir) => write!(
+                f,
+                "; checkpoint {}: `rpt train --resume` continues from it",
+                dir.display()
+            ),
+            None => write!(f, "; no checkpoint was written"),
+        }
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 pub fn run(a: &TrainArgs) -> Result<()> {
     let mut cfg = load_config(a.config.as_deref())?;
     if let Some(s) = a.steps {
@@ -107,6 +136,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             },
             &device,
         ))?;
+        if summary.stopped {
+            return Err(Stopped {
+                step: summary.steps,
+                of: cfg.train.steps,
+                checkpoint: rpt::checkpoint::latest(&cfg.run_dir)?,
+            }
+            .into());
+        }
         println!(
             "trained {} steps in {:.0} s ({} states re-issued); metrics: {}, {:.3e} model FLOPs\n\
              curves, held-out accuracy and samples: rpt report {}    (TensorBoard: tensorboard --logdir {})",
