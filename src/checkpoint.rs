@@ -67,6 +67,18 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// Where a run that stopped early continues from, for its message: the last checkpoint, intact, and
+/// `--resume`; or that none had been written.
+pub fn resume_from(run_dir: &Path) -> String {
+    match latest(run_dir).ok().flatten() {
+        Some(dir) => format!(
+            "the last checkpoint, {}, is intact: `rpt train --resume` continues from it",
+            dir.display()
+        ),
+        None => "no checkpoint had been written yet".into(),
+    }
+}
+
 /// Writes the optimizer moments and the EMA teacher into `dir/optimizer.safetensors`, atomically,
 /// from their own memory.
 fn write_optimizer(dir: &Path, learner: &Learner) -> Result<()> {

@@ -125,14 +125,10 @@ fn pressed() {
 
 /// What a second press says: the step is lost, and which checkpoint a resume starts from.
 fn second_press(run_dir: &Path) -> String {
-    let from = match crate::checkpoint::latest(run_dir) {
-        Ok(Some(dir)) => format!(
-            "the last checkpoint, {}, is intact: `rpt train --resume` continues from it",
-            dir.display()
-        ),
-        _ => format!("no checkpoint had been written in {}", run_dir.display()),
-    };
-    format!("Ctrl-C again: stopped at once; the step in progress is lost, {from}")
+    format!(
+        "Ctrl-C again: stopped at once; the step in progress is lost, {}",
+        crate::checkpoint::resume_from(run_dir)
+    )
 }
 
 #[cfg(test)]

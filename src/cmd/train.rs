@@ -40,24 +40,17 @@ pub struct TrainArgs {
 pub struct Stopped {
     pub step: u64,
     pub of: u64,
-    pub checkpoint: Option<PathBuf>,
+    /// Where the run continues from (`checkpoint::resume_from`).
+    pub resume: String,
 }
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stopped by Ctrl-C after step {} of {}",
-            self.step, self.of
-        )?;
-        match &self.checkpoint {
-            Some(dir) => write!(
-                f,
-                "; checkpoint {}: `rpt train --resume` continues from it",
-                dir.display()
-            ),
-            None => write!(f, "; no checkpoint was written"),
-        }
+            "stopped by Ctrl-C after step {} of {}; {}",
+            self.step, self.of, self.resume
+        )
     }
 }
 
@@ -140,7 +133,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             return Err(Stopped {
                 step: summary.steps,
                 of: cfg.train.steps,
-                checkpoint: rpt::checkpoint::latest(&cfg.run_dir)?,
+                resume: rpt::checkpoint::resume_from(&cfg.run_dir),
             }
             .into());
         }

@@ -208,14 +208,7 @@ pub async fn train(cfg: &Config, opts: &TrainOptions, device: &Device) -> Result
         stop_while_learning: opts.stop_while_learning,
         policies_panic_from_step: opts.policies_panic_from_step,
     };
-    actors::run(parts, hooks).await.map_err(|e| {
-        let intact = match checkpoint::latest(run).ok().flatten() {
-            Some(dir) => format!(
-                "; the last checkpoint, {}, is intact: `rpt train --resume` continues from it",
-                dir.display()
-            ),
-            None => "; no checkpoint had been written yet".into(),
-        };
-        Error::Run(format!("{e}{intact}"))
-    })
+    actors::run(parts, hooks)
+        .await
+        .map_err(|e| Error::Run(format!("{e}; {}", checkpoint::resume_from(run))))
 }
